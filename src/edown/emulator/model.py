@@ -263,7 +263,10 @@ def rfc3339(ms: int) -> str:
 
 
 def parse_rfc3339(text: str) -> int:
-    """Milliseconds since the epoch for an RFC 3339 / ISO 8601 timestamp (``Z`` or offset)."""
+    """Milliseconds since the epoch for an RFC 3339 / ISO 8601 timestamp or date (UTC unless an offset).
+
+    Raises :class:`ValueError` for anything else.
+    """
     value = text.strip()
     if value.endswith("Z"):
         value = value[:-1] + "+00:00"

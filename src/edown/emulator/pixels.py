@@ -418,34 +418,36 @@ def _sinusoidal_half_width(y0: float, sy: float, rows: np.ndarray) -> np.ndarray
 # ---- public -----------------------------------------------------------------------------------------
 
 
-def read_band(asset: ImageAsset, band_id: str, pos: Positions) -> tuple[np.ndarray, np.ndarray]:
-    """Values (in the band's numpy dtype, 0 where invalid) and validity of one band at ``pos``."""
-    return read_bands(asset, [band_id], pos)[0]
+class BandReader:
+    """Reads bands of one image at one set of positions, sharing field lookups between bands."""
 
+    def __init__(self, asset: ImageAsset, pos: Positions) -> None:
+        self.asset = asset
+        self.pos = pos
+        self._contexts: dict[tuple[int, int], _Context] = {}
 
-def read_bands(asset: ImageAsset, band_ids: list[str], pos: Positions) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Like :func:`read_band` for several bands at the same positions, sharing the field lookups."""
-    out = []
-    contexts: dict[tuple[int, int], _Context] = {}
-    for band_id in band_ids:
-        band = asset.band(band_id)
+    def read(self, band_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """Values (in the band's numpy dtype, 0 where invalid) and validity of one band."""
+        band = self.asset.band(band_id)
         offsets = grid_offsets(band)
-        ctx = contexts.get(offsets)
+        ctx = self._contexts.get(offsets)
         if ctx is None:
-            ctx = contexts[offsets] = _Context(asset, pos, offsets[0], offsets[1])
+            ctx = self._contexts[offsets] = _Context(self.asset, self.pos, offsets[0], offsets[1])
         family, _, name = band.recipe.partition(":")
-        raw = RECIPES[family](ctx, name)
-        valid = _valid(ctx, band)
+        raw = np.broadcast_to(RECIPES[family](ctx, name), self.pos.shape)
+        valid = np.ascontiguousarray(_valid(ctx, band))
         dtype = band.pixel_type.numpy_dtype
-        raw = np.broadcast_to(raw, pos.shape)
         if dtype.kind in "iu":
             info = np.iinfo(dtype)
             values = np.clip(raw, info.min, info.max).astype(dtype)
         else:
             values = raw.astype(dtype)
-        values = np.where(valid, values, np.zeros((), dtype=dtype))
-        out.append((values, np.ascontiguousarray(valid)))
-    return out
+        return np.where(valid, values, np.zeros((), dtype=dtype)), valid
+
+
+def read_band(asset: ImageAsset, band_id: str, pos: Positions) -> tuple[np.ndarray, np.ndarray]:
+    """Values (in the band's numpy dtype, 0 where invalid) and validity of one band at ``pos``."""
+    return BandReader(asset, pos).read(band_id)
 
 
 def read_window(

@@ -1,0 +1,575 @@
+"""The HTTP face of the emulator: the Earth Engine REST subset the real ``ee`` client speaks.
+
+Served on loopback over HTTP/1.1 with keep-alive and TCP_NODELAY (without it every response costs ~40 ms
+of Nagle plus delayed ACK). Errors use Google's JSON error body, so the client raises the same
+``EEException`` it would against Earth Engine; the emulator never answers 401 (the client would try to
+refresh the token and fail outside ``EEException``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import secrets
+import socket
+import struct
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import numpy as np
+
+from edown.crs import CRSError, resolve_crs
+from edown.emulator import images as im
+from edown.emulator.behaviour import PIXEL_KINDS, Behaviour, FaultPlan, FaultRule, Latency, Limits, RequestRecord
+from edown.emulator.catalog import AssetNotFoundError, Catalog, CatalogError
+from edown.emulator.discovery import algorithm_names, algorithms_document, discovery_document
+from edown.emulator.expressions import Evaluator
+from edown.emulator.images import EEImage, EvalContext, EvaluationError
+from edown.emulator.listing import FilterSyntaxError, parse_filter
+from edown.emulator.model import Grid
+from edown.emulator.values import EECollection, geometry_from_geojson, to_info
+
+log = logging.getLogger("edown.emulator")
+
+PUBLIC_PREFIX = "projects/earthengine-public/assets/"
+LEGACY_PREFIX = "projects/earthengine-legacy/assets/"
+DEFAULT_PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 10000
+SUPPORTED_FORMATS = ("NPY", "GEO_TIFF")
+GET_PIXELS_FIELDS = {"fileFormat", "bandIds", "grid", "region", "visualizationOptions", "workloadTag"}
+COMPUTE_PIXELS_FIELDS = {"expression", "fileFormat", "bandIds", "grid", "visualizationOptions", "workloadTag"}
+
+
+class ApiError(Exception):
+    """An error answered with Google's JSON error body."""
+
+    STATUS_NAMES = {
+        400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED",
+        500: "INTERNAL", 503: "UNAVAILABLE",
+    }  # fmt: skip
+
+    def __init__(self, code: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        status = self.STATUS_NAMES.get(self.code, "UNKNOWN")
+        return json.dumps({"error": {"code": self.code, "message": self.message, "status": status}}).encode()
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """Everything that shapes an emulator instance; defaults are Earth Engine's limits, no latency, no faults."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    latency: Latency = field(default_factory=Latency)
+    limits: Limits = field(default_factory=Limits)
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    #: Projects allowed to call the API (None: any). Others get 403 PERMISSION_DENIED.
+    allowed_projects: tuple[str, ...] | None = None
+    log_requests: bool = False
+
+
+@dataclass
+class _Outcome:
+    """What a route produced: a body plus how (and whether) to misbehave while sending it."""
+
+    body: bytes
+    content_type: str = "application/json; charset=UTF-8"
+    fault: FaultRule | None = None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    block_on_close = False
+
+    def __init__(self, addr: tuple[str, int], emulator: Emulator) -> None:
+        self.emulator = emulator
+        super().__init__(addr, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.emulator.config.log_requests:
+            log.info("%s - %s", self.address_string(), format % args)
+
+    def do_GET(self) -> None:
+        self.server.emulator.handle(self, "GET")
+
+    def do_POST(self) -> None:
+        self.server.emulator.handle(self, "POST")
+
+    def send_body(self, code: int, body: bytes, content_type: str, headers: dict[str, str] | None = None,
+                  fault: FaultRule | None = None) -> None:  # fmt: skip
+        if fault is not None and fault.kind == "short_body":
+            body = body[: max(1, int(len(body) * fault.fraction))]
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if fault is not None and fault.kind in ("reset", "truncate"):
+            cut = max(1, int(len(body) * fault.fraction))
+            self.wfile.write(body[:cut])
+            self.wfile.flush()
+            if fault.kind == "reset":
+                # SO_LINGER 0 makes close() send RST instead of FIN: a reset connection mid-body.
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+            return
+        self.wfile.write(body)
+
+
+_ASSET_ROUTE = re.compile(r"^/v1/projects/(?P<project>[^/]+)/assets/(?P<asset>.+?)(?::(?P<verb>listAssets|getPixels))?$")
+_PROJECT_ROUTE = re.compile(r"^/v1/projects/(?P<project>[^/:]+)(?P<rest>/algorithms|/value:compute|/image:computePixels|:listAssets)$")
+
+
+class Emulator:
+    """A running (or startable) emulated Earth Engine. Use :func:`serve` for a context manager."""
+
+    def __init__(self, config: EmulatorConfig | None = None, catalog: Catalog | None = None) -> None:
+        self.config = config or EmulatorConfig()
+        self.catalog = catalog or Catalog()
+        self.behaviour = Behaviour(self.config.limits, self.config.latency, self.config.faults)
+        self.evaluator = Evaluator(self.catalog, algorithm_names())
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
+
+    # -- lifecycle --
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("emulator not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host if isinstance(host, str) else host.decode()}:{port}"
+
+    def start(self) -> str:
+        discovery_document()  # fail fast (and pay the parse once) if the ee package lacks the files
+        self._server = _Server((self.config.host, self.config.port), self)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="edown-emulator", daemon=True)
+        self._thread.start()
+        return self.url
+
+    def serve_forever(self) -> None:
+        discovery_document()
+        self._server = _Server((self.config.host, self.config.port), self)
+        try:
+            self._server.serve_forever()
+        finally:
+            self._closing.set()
+            self._server.server_close()
+
+    def stop(self) -> None:
+        self._closing.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> Emulator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- control --
+    def stats(self, include_log: bool = False) -> dict[str, Any]:
+        return self.behaviour.stats(include_log)
+
+    def reset_stats(self) -> None:
+        self.behaviour.reset_stats()
+
+    def set_faults(self, plan: FaultPlan) -> None:
+        self.behaviour.set_faults(plan)
+
+    def storm(self, seconds: float) -> None:
+        self.behaviour.storm(seconds)
+
+    # -- request handling --
+    def handle(self, req: _Handler, method: str) -> None:
+        started = time.monotonic()
+        parts = urlsplit(req.path)
+        path = unquote(parts.path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        length = int(req.headers.get("Content-Length") or 0)
+        raw_body = req.rfile.read(length) if length else b""
+        kind, project, asset = self._classify(method, path, req)
+        admitted = False
+        rec = RequestRecord(kind=kind, status=200, project=project, started=time.time(), finished=0.0, bytes_out=0,
+                            asset=asset)  # fmt: skip
+        try:
+            self._check_project(kind, project)
+            refusal = self.behaviour.admit(kind, project or "")
+            if refusal is not None:
+                retry = self.config.limits.retry_after_seconds
+                headers = {"Retry-After": f"{retry:g}"} if retry is not None else None
+                raise ApiError(429, refusal, headers)
+            admitted = True
+            outcome = self._route(kind, method, path, query, raw_body, project, asset, rec)
+            rec.fault = outcome.fault.kind if outcome.fault else None
+            self._sleep(self.behaviour.service_seconds(kind, len(outcome.body)) - (time.monotonic() - started))
+            rec.bytes_out = len(outcome.body)
+            req.send_body(200, outcome.body, outcome.content_type, fault=outcome.fault)
+        except ApiError as err:
+            rec.status = err.code
+            if err.code != 429:
+                self._sleep(self.behaviour.service_seconds(kind, 0) - (time.monotonic() - started))
+            body = err.body()
+            rec.bytes_out = len(body)
+            req.send_body(err.code, body, "application/json; charset=UTF-8", err.headers)
+        except (BrokenPipeError, ConnectionResetError):
+            rec.status = 499
+        finally:
+            if admitted:
+                self.behaviour.release(kind, project or "")
+            rec.finished = time.time()
+            if kind not in ("discovery", "control"):
+                self.behaviour.record(rec)
+
+    def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self._closing.wait(seconds)
+
+    def _classify(self, method: str, path: str, req: _Handler) -> tuple[str, str | None, str | None]:
+        header_project = req.headers.get("X-Goog-User-Project")
+        if path.startswith("/_emulator/"):
+            return "control", None, None
+        if path.rstrip("/").endswith("$discovery/rest") or path == "/discovery/v1/apis/earthengine/v1/rest":
+            return "discovery", None, None
+        if path.endswith("/token") and method == "POST":
+            return "token", None, None
+        m = _PROJECT_ROUTE.match(path)
+        if m:
+            rest = m.group("rest")
+            kind = {"/algorithms": "algorithms", "/value:compute": "compute", "/image:computePixels": "computePixels",
+                    ":listAssets": "listProjectAssets"}[rest]  # fmt: skip
+            return kind, header_project or m.group("project"), None
+        m = _ASSET_ROUTE.match(path)
+        if m:
+            verb = m.group("verb")
+            kind = {"listAssets": "listAssets", "getPixels": "getPixels", None: "getAsset"}[verb]
+            project = m.group("project")
+            if project in ("earthengine-public", "earthengine-legacy"):
+                project = header_project or project
+            return kind, project, m.group("asset")
+        return "unknown", header_project, None
+
+    def _check_project(self, kind: str, project: str | None) -> None:
+        allowed = self.config.allowed_projects
+        if allowed is None or kind in ("discovery", "token", "control", "unknown") or project in allowed:
+            return
+        raise ApiError(
+            403,
+            f"Caller does not have required permission to use project {project}. Grant the caller the "
+            "roles/serviceusage.serviceUsageConsumer role, or a custom role with the serviceusage.services.use "
+            f"permission, by visiting https://console.developers.google.com/iam-admin/iam/admin?project={project} "
+            "and then retry. Propagation of new permission may take a few minutes.",
+        )
+
+    def _route(self, kind: str, method: str, path: str, query: dict[str, str], raw: bytes, project: str | None,
+               asset: str | None, rec: RequestRecord) -> _Outcome:  # fmt: skip
+        try:
+            if kind == "control":
+                return self._control(method, path, raw)
+            if kind == "discovery":
+                return _Outcome(discovery_document())
+            if kind == "algorithms":
+                return _Outcome(algorithms_document())
+            if kind == "token":
+                token = {"access_token": "emulator-" + secrets.token_hex(8), "expires_in": 3600, "token_type": "Bearer"}
+                return _Outcome(json.dumps(token).encode())
+            if kind == "listProjectAssets":
+                return _Outcome(b'{"assets": []}')
+            if kind == "unknown":
+                raise ApiError(404, f"The requested URL {path} was not found on this server.")
+            body = _json_body(raw) if method == "POST" else {}
+            if kind == "compute":
+                return self._compute(body)
+            if kind == "computePixels":
+                return self._pixels(kind, None, body, rec)
+            assert asset is not None
+            asset_id = _asset_id(asset)
+            if kind == "getAsset":
+                return self._get_asset(asset_id)
+            if kind == "listAssets":
+                return self._list_assets(asset_id, query)
+            if kind == "getPixels":
+                return self._pixels(kind, asset_id, body, rec)
+        except AssetNotFoundError as exc:
+            raise ApiError(404, str(exc)) from None
+        except (CatalogError, EvaluationError, FilterSyntaxError, CRSError) as exc:
+            raise ApiError(400, str(exc)) from None
+        except ApiError:
+            raise
+        except Exception:
+            log.error("emulator internal error on %s:\n%s", path, traceback.format_exc())
+            raise ApiError(500, "An internal error has occurred.") from None
+        raise ApiError(404, f"The requested URL {path} was not found on this server.")
+
+    # -- endpoints --
+    def _control(self, method: str, path: str, raw: bytes) -> _Outcome:
+        action = path[len("/_emulator/") :]
+        if action == "stats":
+            return _Outcome(json.dumps(self.stats(include_log=True)).encode())
+        if action == "health":
+            return _Outcome(b'{"ok": true}')
+        if method == "POST" and action == "reset":
+            self.reset_stats()
+            return _Outcome(b'{"ok": true}')
+        if method == "POST" and action == "faults":
+            self.set_faults(FaultPlan.from_json(raw.decode() or "{}"))
+            return _Outcome(b'{"ok": true}')
+        if method == "POST" and action == "storm":
+            self.storm(float(_json_body(raw).get("seconds", 5)))
+            return _Outcome(b'{"ok": true}')
+        raise ApiError(404, f"unknown emulator control {action!r}")
+
+    def _compute(self, body: dict[str, Any]) -> _Outcome:
+        if "expression" not in body:
+            raise ApiError(400, "Invalid JSON payload: 'expression' is required.")
+        value = self.evaluator.evaluate(body["expression"])
+        return _Outcome(json.dumps({"result": to_info(value)}).encode())
+
+    def _get_asset(self, asset_id: str) -> _Outcome:
+        if self.catalog.has_collection(asset_id):
+            return _Outcome(json.dumps(self.catalog.collection(asset_id).to_rest()).encode())
+        return _Outcome(json.dumps(self.catalog.image(asset_id).to_rest()).encode())
+
+    def _list_assets(self, asset_id: str, query: dict[str, str]) -> _Outcome:
+        if not self.catalog.has_collection(asset_id):
+            self.catalog.image(asset_id)  # 404 for unknown ids
+            raise ApiError(400, f"Asset '{asset_id}' is not a folder or collection.")
+        predicate = parse_filter(query.get("filter"))
+        page_size = _int_param(query, "pageSize", DEFAULT_PAGE_SIZE)
+        if page_size <= 0:
+            page_size = DEFAULT_PAGE_SIZE
+        page_size = min(page_size, MAX_PAGE_SIZE)
+        offset = _page_token(query.get("pageToken"))
+        view = query.get("view", "FULL")
+        matches = self.catalog.query(asset_id, predicate.start, predicate.end, predicate.region, predicate.test)
+        page: list[dict[str, Any]] = []
+        more = False
+        for i, asset in enumerate(matches):
+            if i < offset:
+                continue
+            if len(page) == page_size:
+                more = True
+                break
+            page.append(asset.to_rest(view))
+        out: dict[str, Any] = {"assets": page}
+        if more:
+            out["nextPageToken"] = f"p{offset + page_size}"
+        return _Outcome(json.dumps(out).encode())
+
+    def _pixels(self, kind: str, asset_id: str | None, body: dict[str, Any], rec: RequestRecord) -> _Outcome:
+        allowed = GET_PIXELS_FIELDS if kind == "getPixels" else COMPUTE_PIXELS_FIELDS
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            raise ApiError(400, f'Invalid JSON payload received. Unknown name "{unknown[0]}": Cannot find field.')
+        fmt = body.get("fileFormat", "AUTO_JPEG_PNG")
+        if fmt not in SUPPORTED_FORMATS:
+            raise ApiError(400, f"File format {fmt} is not supported by the edown emulator (use NPY or GEO_TIFF).")
+        if body.get("visualizationOptions"):
+            raise ApiError(400, "visualizationOptions are not supported by the edown emulator.")
+        if asset_id is not None:
+            if self.catalog.has_collection(asset_id):
+                raise ApiError(400, f"Asset '{asset_id}' is not an image.")
+            image = im.load_image(self.catalog.image(asset_id))
+        else:
+            if "expression" not in body:
+                raise ApiError(400, "Invalid JSON payload: 'expression' is required.")
+            value = self.evaluator.evaluate(body["expression"])
+            if not isinstance(value, EEImage):
+                raise ApiError(400, f"computePixels: The expression must evaluate to an Image, not {_type_name(value)}.")
+            image = value
+            rec.asset = image.image_id
+        band_ids = body.get("bandIds")
+        if band_ids:
+            image = im.select(image, [re.escape(str(b)) for b in band_ids])
+        grid = _request_grid(body.get("grid"), image)
+        rec.grid = {"crs": grid.crs, "transform": list(grid.transform), "width": grid.width, "height": grid.height}
+        self._check_limits(image, grid)
+        fault = self.behaviour.pick_fault(kind, grid.width * grid.height)
+        if fault is not None:
+            self._apply_early_fault(fault)
+        ctx = EvalContext(grid)
+        rendered = im.render(image, ctx)
+        if body.get("region"):
+            inside = im.inside_mask(ctx, geometry_from_geojson(body["region"]))
+            rendered = [(n, np.where(inside, v, np.zeros((), v.dtype))) for n, v in rendered]
+        payload = _encode_npy(rendered) if fmt == "NPY" else _encode_geotiff(rendered, grid)
+        return _Outcome(payload, "application/octet-stream", fault)
+
+    def _apply_early_fault(self, fault: FaultRule) -> None:
+        if fault.kind == "error":
+            raise ApiError(fault.status, "An internal error has occurred." if fault.status >= 500 else "Injected error.")
+        if fault.kind == "throttle":
+            raise ApiError(429, "Too many requests (injected).")
+        if fault.kind == "memory":
+            raise ApiError(400, "User memory limit exceeded.")
+        if fault.kind == "size":
+            raise ApiError(400, "Total request size (50331649 bytes) must be less than or equal to 50331648 bytes.")
+        if fault.kind == "stall":
+            self._closing.wait(fault.stall_seconds)
+
+    def _check_limits(self, image: EEImage, grid: Grid) -> None:
+        limits = self.config.limits
+        if len(image.bands) > limits.max_bands:
+            raise ApiError(400, f"Number of bands ({len(image.bands)}) must be less than or equal to {limits.max_bands}.")
+        if grid.width > limits.max_dimension or grid.height > limits.max_dimension:
+            raise ApiError(
+                400,
+                f"Grid dimensions ({grid.width}x{grid.height}) must be less than or equal to {limits.max_dimension} "
+                "in each dimension.",
+            )
+        per_pixel = sum(b.pixel_type.numpy_dtype.itemsize + (1 if limits.count_mask_byte else 0) for b in image.bands)
+        total = grid.width * grid.height * per_pixel
+        if total > limits.max_request_bytes:
+            raise ApiError(
+                400, f"Total request size ({total} bytes) must be less than or equal to {limits.max_request_bytes} bytes."
+            )
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, EECollection):
+        return "ImageCollection"
+    return type(value).__name__.removeprefix("EE")
+
+
+def _json_body(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "Invalid JSON payload received.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Invalid JSON payload received: expected an object.")
+    return body
+
+
+def _asset_id(asset: str) -> str:
+    for prefix in (PUBLIC_PREFIX, LEGACY_PREFIX):
+        if ("projects/" + asset).startswith(prefix):
+            return ("projects/" + asset)[len(prefix) :]
+    return asset
+
+
+def _int_param(query: dict[str, str], name: str, default: int) -> int:
+    if name not in query:
+        return default
+    try:
+        return int(query[name])
+    except ValueError:
+        raise ApiError(400, f"Invalid value for {name}: {query[name]!r}.") from None
+
+
+def _page_token(token: str | None) -> int:
+    if not token:
+        return 0
+    if not re.fullmatch(r"p\d+", token):
+        raise ApiError(400, "Invalid page token.")
+    return int(token[1:])
+
+
+def _request_grid(raw: Any, image: EEImage) -> Grid:
+    """The request's PixelGrid; without one, the first band's full native grid (as EE does)."""
+    if not image.bands:
+        raise ApiError(400, "The image has no bands.")
+    if raw is None:
+        native = image.bands[0].grid
+        if native is None or not native.width:
+            raise ApiError(400, "A grid is required for images without a fixed native grid.")
+        return native
+    if not isinstance(raw, dict):
+        raise ApiError(400, "grid must be an object.")
+    dims = raw.get("dimensions") or {}
+    affine = raw.get("affineTransform") or {}
+    crs = raw.get("crsCode") or raw.get("crsWkt")
+    if not crs:
+        native = image.bands[0].grid or im.DEFAULT_GRID
+        crs = native.crs
+    try:
+        resolve_crs(crs)
+    except CRSError as exc:
+        raise ApiError(400, f"Invalid grid CRS: {exc}") from None
+    try:
+        width, height = int(dims.get("width", 0)), int(dims.get("height", 0))
+        transform = tuple(
+            float(affine.get(k, 0.0)) for k in ("scaleX", "shearX", "translateX", "shearY", "scaleY", "translateY")
+        )
+    except (TypeError, ValueError):
+        raise ApiError(400, "Invalid grid: dimensions and affineTransform must be numbers.") from None
+    if width <= 0 or height <= 0:
+        raise ApiError(400, "Invalid grid: dimensions must be positive.")
+    if transform[0] == 0 and transform[1] == 0 or transform[4] == 0 and transform[3] == 0:
+        raise ApiError(400, "Invalid grid: the affine transform is degenerate.")
+    return Grid(crs=crs, transform=transform, width=width, height=height)  # type: ignore[arg-type]
+
+
+def _encode_npy(bands: list[tuple[str, np.ndarray]]) -> bytes:
+    """A structured (H, W) array with one field per band, in request order, as EE's NPY output."""
+    h, w = bands[0][1].shape
+    out = np.empty((h, w), dtype=[(name, values.dtype) for name, values in bands])
+    for name, values in bands:
+        out[name] = values
+    buf = io.BytesIO()
+    np.save(buf, out, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _encode_geotiff(bands: list[tuple[str, np.ndarray]], grid: Grid) -> bytes:
+    import rasterio
+    from rasterio.io import MemoryFile
+    from rasterio.transform import Affine
+
+    dtype = np.result_type(*[v.dtype for _, v in bands])
+    sx, shx, tx, shy, sy, ty = grid.transform
+    profile = {
+        "driver": "GTiff", "width": grid.width, "height": grid.height, "count": len(bands), "dtype": dtype.name,
+        "crs": rasterio.crs.CRS.from_wkt(resolve_crs(grid.crs).to_wkt()),
+        "transform": Affine(sx, shx, tx, shy, sy, ty),
+    }  # fmt: skip
+    with MemoryFile() as mem:
+        with mem.open(**profile) as dst:
+            for i, (name, values) in enumerate(bands, start=1):
+                dst.write(values.astype(dtype, copy=False), i)
+                dst.set_band_description(i, name)
+        return bytes(mem.read())
+
+
+@contextmanager
+def serve(config: EmulatorConfig | None = None, catalog: Catalog | None = None) -> Iterator[Emulator]:
+    """Run an emulator on a background thread for the duration of a ``with`` block.
+
+    >>> with serve() as emu:
+    ...     ee.Initialize(credentials=None, project="demo", opt_url=emu.url)
+    """
+    emulator = Emulator(config, catalog)
+    emulator.start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
