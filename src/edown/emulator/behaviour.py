@@ -39,7 +39,9 @@ class Latency:
         (0.3 s plus 2 MB/s per request; ~0.15 s for metadata), per the protocol notes."""
         presets = {
             "none": Latency(),
-            "ee": Latency(base_seconds=0.3, bandwidth_bytes_per_second=2 * MB, metadata_seconds=0.15, jitter=0.2),
+            "ee": Latency(
+                base_seconds=0.3, bandwidth_bytes_per_second=2 * MB, metadata_seconds=0.15, jitter=0.2
+            ),
             "fast": Latency(base_seconds=0.05, bandwidth_bytes_per_second=50 * MB, metadata_seconds=0.02),
         }
         try:
@@ -132,7 +134,11 @@ class FaultPlan:
         return FaultPlan(rules=tuple(rules), storms=storms, seed=int(raw.get("seed", 0)))
 
     def to_json(self) -> dict[str, Any]:
-        return {"rules": [asdict(r) for r in self.rules], "storms": [list(s) for s in self.storms], "seed": self.seed}
+        return {
+            "rules": [asdict(r) for r in self.rules],
+            "storms": [list(s) for s in self.storms],
+            "seed": self.seed,
+        }
 
 
 @dataclass

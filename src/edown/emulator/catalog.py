@@ -36,6 +36,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import pairwise
 from typing import Any
 
 from pyproj import Transformer
@@ -100,7 +101,7 @@ def polygon_to_lonlat(crs: str, coords: list[tuple[float, float]], densify: int 
     """Reproject a native-CRS ring to lon/lat, densifying edges so the shape survives the projection."""
     pts: list[tuple[float, float]] = []
     ring = [*coords, coords[0]]
-    for (x0, y0), (x1, y1) in zip(ring[:-1], ring[1:], strict=True):
+    for (x0, y0), (x1, y1) in pairwise(ring):
         for i in range(densify):
             f = i / densify
             pts.append((x0 + (x1 - x0) * f, y0 + (y1 - y0) * f))
@@ -116,7 +117,7 @@ def halfplanes_of_convex(coords: list[tuple[float, float]]) -> tuple[tuple[float
     """Half-planes ``a*x + b*y + c >= 0`` whose intersection is the convex polygon ``coords`` (CCW)."""
     planes = []
     ring = [*coords, coords[0]]
-    for (x1, y1), (x2, y2) in zip(ring[:-1], ring[1:], strict=True):
+    for (x1, y1), (x2, y2) in pairwise(ring):
         # inside when cross((p2 - p1), (p - p1)) >= 0 for a counter-clockwise ring
         a = -(y2 - y1)
         b = x2 - x1
@@ -155,7 +156,9 @@ class SyntheticCollection:
     #: Bound on the candidate images one query may enumerate; EE times out on such queries too.
     max_candidates: int = 250_000
 
-    def images(self, start_ms: int | None, end_ms: int | None, region: BaseGeometry | None) -> Iterator[ImageAsset]:
+    def images(
+        self, start_ms: int | None, end_ms: int | None, region: BaseGeometry | None
+    ) -> Iterator[ImageAsset]:
         """Images whose start time is in ``[start_ms, end_ms)`` and whose footprint meets ``region``."""
         raise NotImplementedError
 
@@ -171,7 +174,9 @@ class SyntheticCollection:
         return range(lo, hi + 1)
 
     def in_time(self, asset: ImageAsset, start_ms: int | None, end_ms: int | None) -> bool:
-        return (start_ms is None or asset.start_ms >= start_ms) and (end_ms is None or asset.start_ms < end_ms)
+        return (start_ms is None or asset.start_ms >= start_ms) and (
+            end_ms is None or asset.start_ms < end_ms
+        )
 
     def check_budget(self, count: int) -> None:
         if count > self.max_candidates:
@@ -202,13 +207,15 @@ class SyntheticCollection:
         }
 
 
-def _grid_for(template: BandTemplate, crs: str, x0: float, y0: float, width_m: float, height_m: float) -> Grid:
+def _grid_for(
+    template: BandTemplate, crs: str, x0: float, y0: float, width_m: float, height_m: float
+) -> Grid:
     res = template.resolution
     return Grid(
         crs=crs,
         transform=(res, 0.0, x0, 0.0, -res, y0),
-        width=int(round(width_m / res)),
-        height=int(round(height_m / res)),
+        width=round(width_m / res),
+        height=round(height_m / res),
     )
 
 
@@ -258,7 +265,7 @@ def utm_epsg(zone: int, north: bool) -> str:
 
 
 def utm_zone_of(lon: float) -> int:
-    return min(60, max(1, int(math.floor((lon + 180.0) / 6.0)) + 1))
+    return min(60, max(1, math.floor((lon + 180.0) / 6.0) + 1))
 
 
 @dataclass(frozen=True)
@@ -293,7 +300,7 @@ class MgrsTile:
         # The square north of northing 100 km * (j - 1); even zones shift the letter cycle by five.
         row = MGRS_ROW_LETTERS[(self.j - 1 + (5 if self.zone % 2 == 0 else 0)) % 20]
         lat = self.center_lonlat[1]
-        band = MGRS_LATBAND_LETTERS[max(0, min(20, int(math.floor((lat + 80.0) / 8.0))))]
+        band = MGRS_LATBAND_LETTERS[max(0, min(20, math.floor((lat + 80.0) / 8.0)))]
         return f"{self.zone:02d}{band}{col}{row}"
 
     @property
@@ -324,12 +331,14 @@ def _s2_tile_geometry(tile: MgrsTile) -> tuple[Polygon, tuple[tuple[float, float
     return footprint, tuple(planes)
 
 
-def _clip_convex(coords: list[tuple[float, float]], plane: tuple[float, float, float]) -> list[tuple[float, float]]:
+def _clip_convex(
+    coords: list[tuple[float, float]], plane: tuple[float, float, float]
+) -> list[tuple[float, float]]:
     """Sutherland-Hodgman clip of a convex ring by one half-plane."""
     a, b, c = plane
     out: list[tuple[float, float]] = []
     ring = [*coords, coords[0]]
-    for (x1, y1), (x2, y2) in zip(ring[:-1], ring[1:], strict=True):
+    for (x1, y1), (x2, y2) in pairwise(ring):
         d1 = a * x1 + b * y1 + c
         d2 = a * x2 + b * y2 + c
         if d1 >= 0:
@@ -367,7 +376,9 @@ class Sentinel2(SyntheticCollection):
                 tiles.extend(self._zone_tiles(zone, north, clipped, region))
         return sorted(set(tiles), key=lambda t: (t.zone, not t.north, t.k, -t.j))
 
-    def _zone_tiles(self, zone: int, north: bool, part: BaseGeometry, region: BaseGeometry | None) -> list[MgrsTile]:
+    def _zone_tiles(
+        self, zone: int, north: bool, part: BaseGeometry, region: BaseGeometry | None
+    ) -> list[MgrsTile]:
         crs = utm_epsg(zone, north)
         bx0, by0, bx1, by1 = part.bounds
         xs = [bx0 + (bx1 - bx0) * i / 8 for i in range(9)]
@@ -379,10 +390,10 @@ class Sentinel2(SyntheticCollection):
         fy = [v for v in ny if math.isfinite(v)]
         if not fx or not fy:
             return []
-        k_lo = max(1, int(math.floor((min(fx) - S2_TILE_SIZE_M) / 100_000)))
-        k_hi = min(8, int(math.floor(max(fx) / 100_000)) + 1)
-        j_lo = max(1, int(math.floor(min(fy) / 100_000)))
-        j_hi = min(100, int(math.floor((max(fy) + S2_TILE_SIZE_M) / 100_000)) + 1)
+        k_lo = max(1, math.floor((min(fx) - S2_TILE_SIZE_M) / 100_000))
+        k_hi = min(8, math.floor(max(fx) / 100_000) + 1)
+        j_lo = max(1, math.floor(min(fy) / 100_000))
+        j_hi = min(100, math.floor((max(fy) + S2_TILE_SIZE_M) / 100_000) + 1)
         zlon0 = -180.0 + 6.0 * (zone - 1)
         out = []
         for k in range(k_lo, k_hi + 1):
@@ -396,7 +407,9 @@ class Sentinel2(SyntheticCollection):
                     out.append(tile)
         return out
 
-    def images(self, start_ms: int | None, end_ms: int | None, region: BaseGeometry | None) -> Iterator[ImageAsset]:
+    def images(
+        self, start_ms: int | None, end_ms: int | None, region: BaseGeometry | None
+    ) -> Iterator[ImageAsset]:
         days = self.day_range(start_ms, end_ms)
         tiles = self.tiles_for(region)
         self.check_budget(len(tiles) * (len(days) // self.revisit_days + 1))
@@ -456,7 +469,9 @@ class Sentinel2(SyntheticCollection):
 def _s2_asset(collection_id: str, tile: MgrsTile, day: int) -> ImageAsset:
     clon, clat = tile.center_lonlat
     cycle = (day - stable_hash("s2-phase", tile.name) % 5) // 5
-    spacecraft = "Sentinel-2A" if (cycle + stable_hash("s2-sat", tile.zone, tile.k)) % 2 == 0 else "Sentinel-2B"
+    spacecraft = (
+        "Sentinel-2A" if (cycle + stable_hash("s2-sat", tile.zone, tile.k)) % 2 == 0 else "Sentinel-2B"
+    )
     # ~10:30 local solar time, later along the descending pass the further south the tile is.
     seconds = int(37_800 - clon * 240 + (60.0 - clat) * 15 + stable_hash("s2-t", tile.name, day) % 30)
     start_ms = day * DAY_MS + seconds * 1000 + stable_hash("s2-ms", tile.name, day) % 1000
@@ -482,7 +497,9 @@ def _s2_asset(collection_id: str, tile: MgrsTile, day: int) -> ImageAsset:
         "DATATAKE_IDENTIFIER": f"G{sat}_{datatake}_{absolute_orbit:06d}_N05.10",
         "GRANULE_ID": f"L2A_T{tile.name}_A{absolute_orbit:06d}_{granule}",
         "PROCESSING_BASELINE": "05.10",
-        "MEAN_SOLAR_ZENITH_ANGLE": round(abs(clat - 23.44 * math.cos(2 * math.pi * ((day + 10) % 365) / 365)), 6),
+        "MEAN_SOLAR_ZENITH_ANGLE": round(
+            abs(clat - 23.44 * math.cos(2 * math.pi * ((day + 10) % 365) / 365)), 6
+        ),
         "NODATA_PIXEL_PERCENTAGE": nodata_pct,
         "DATASTRIP_ID": f"{sat}_OPER_MSI_L2A_DS_{processing}_S{datatake}_N05.10",
     }
@@ -570,7 +587,10 @@ class Landsat(SyntheticCollection):
     def scenes_for(self, region: BaseGeometry | None) -> list[tuple[int, int]]:
         area = WORLD if region is None else region
         lon0, lat0, lon1, lat1 = area.bounds
-        rows = range(max(1, int(60 - lat1 / WRS2_ROW_SPACING_DEG) - 2), min(122, int(60 - lat0 / WRS2_ROW_SPACING_DEG) + 3) + 1)
+        rows = range(
+            max(1, int(60 - lat1 / WRS2_ROW_SPACING_DEG) - 2),
+            min(122, int(60 - lat0 / WRS2_ROW_SPACING_DEG) + 3) + 1,
+        )
         out = []
         for row in rows:
             for path in range(1, WRS2_PATHS + 1):
@@ -583,7 +603,9 @@ class Landsat(SyntheticCollection):
                     out.append((path, row))
         return out
 
-    def images(self, start_ms: int | None, end_ms: int | None, region: BaseGeometry | None) -> Iterator[ImageAsset]:
+    def images(
+        self, start_ms: int | None, end_ms: int | None, region: BaseGeometry | None
+    ) -> Iterator[ImageAsset]:
         days = self.day_range(start_ms, end_ms)
         scenes = self.scenes_for(region)
         self.check_budget(len(scenes) * (len(days) // self.repeat_days + 1))
@@ -593,7 +615,9 @@ class Landsat(SyntheticCollection):
             first = days.start + ((phase - days.start) % self.repeat_days)
             for day in range(first, days.stop, self.repeat_days):
                 asset = _landsat_asset(self.id, self.prefix, self.spacecraft, path, row, day)
-                if self.in_time(asset, start_ms, end_ms) and (region is None or asset.footprint.lonlat.intersects(region)):
+                if self.in_time(asset, start_ms, end_ms) and (
+                    region is None or asset.footprint.lonlat.intersects(region)
+                ):
                     found.append(asset)
         found.sort(key=lambda a: (a.start_ms, a.id))
         yield from found
@@ -609,20 +633,24 @@ class Landsat(SyntheticCollection):
             raise AssetNotFoundError(f"{self.id}/{system_index}") from None
         phase = (path * 7 + self.cycle_offset) % self.repeat_days
         valid_day = day_number(self.first_day) <= day <= day_number(self.last_day)
-        if not (1 <= path <= WRS2_PATHS and 1 <= row <= 122 and valid_day and (day - phase) % self.repeat_days == 0):
+        if not (
+            1 <= path <= WRS2_PATHS
+            and 1 <= row <= 122
+            and valid_day
+            and (day - phase) % self.repeat_days == 0
+        ):
             raise AssetNotFoundError(f"{self.id}/{system_index}")
         return _landsat_asset(self.id, self.prefix, self.spacecraft, path, row, day)
 
 
 def _lon_overlaps(a0: float, a1: float, b0: float, b1: float) -> bool:
-    for shift in (-360.0, 0.0, 360.0):
-        if a0 + shift <= b1 and b0 <= a1 + shift:
-            return True
-    return False
+    return any(a0 + shift <= b1 and b0 <= a1 + shift for shift in (-360.0, 0.0, 360.0))
 
 
 @lru_cache(maxsize=20_000)
-def _landsat_geometry(path: int, row: int, day: int) -> tuple[Polygon, tuple[tuple[float, float, float], ...], str, Grid]:
+def _landsat_geometry(
+    path: int, row: int, day: int
+) -> tuple[Polygon, tuple[tuple[float, float, float], ...], str, Grid]:
     """Footprint (lon/lat), exact half-planes and 30 m grid of one scene on one day.
 
     The scene is a tilted rectangle around the WRS-2 centre; on each date it moves along track by a
@@ -636,7 +664,12 @@ def _landsat_geometry(path: int, row: int, day: int) -> tuple[Polygon, tuple[tup
     shift = (stable_hash("ls-shift", path, row, day) % 9) - 4
     cx = float(round(cx / 30.0) * 30 + shift * 30 * 0.2)
     cy = float(round(cy / 30.0) * 30 - shift * 30)
-    rect = box(-LANDSAT_SCENE_ACROSS_M / 2, -LANDSAT_SCENE_ALONG_M / 2, LANDSAT_SCENE_ACROSS_M / 2, LANDSAT_SCENE_ALONG_M / 2)
+    rect = box(
+        -LANDSAT_SCENE_ACROSS_M / 2,
+        -LANDSAT_SCENE_ALONG_M / 2,
+        LANDSAT_SCENE_ACROSS_M / 2,
+        LANDSAT_SCENE_ALONG_M / 2,
+    )
     tilted = affinity.rotate(rect, LANDSAT_HEADING_DEG, origin=(0, 0))
     corners = [(round(x + cx), round(y + cy)) for x, y in list(tilted.exterior.coords)[:-1]]
     corners = _ccw([(float(x), float(y)) for x, y in corners])
@@ -645,14 +678,16 @@ def _landsat_geometry(path: int, row: int, day: int) -> tuple[Polygon, tuple[tup
     pad = stable_hash("ls-pad", path, row, day) % 4
     x0 = 30.0 * math.floor((min(xs) - 15.0) / 30.0) + 15.0 - 30.0 * pad
     y0 = 30.0 * math.ceil((max(ys) - 15.0) / 30.0) + 15.0 + 30.0 * (3 - pad)
-    width = int(math.ceil((max(xs) - x0) / 30.0)) + 1 + (stable_hash("ls-w", path, row, day) % 3)
-    height = int(math.ceil((y0 - min(ys)) / 30.0)) + 1 + (stable_hash("ls-h", path, row, day) % 3)
+    width = math.ceil((max(xs) - x0) / 30.0) + 1 + (stable_hash("ls-w", path, row, day) % 3)
+    height = math.ceil((y0 - min(ys)) / 30.0) + 1 + (stable_hash("ls-h", path, row, day) % 3)
     grid = Grid(crs=crs, transform=(30.0, 0.0, x0, 0.0, -30.0, y0), width=width, height=height)
     return polygon_to_lonlat(crs, corners), halfplanes_of_convex(corners), crs, grid
 
 
 @lru_cache(maxsize=50_000)
-def _landsat_asset(collection_id: str, prefix: str, spacecraft: str, path: int, row: int, day: int) -> ImageAsset:
+def _landsat_asset(
+    collection_id: str, prefix: str, spacecraft: str, path: int, row: int, day: int
+) -> ImageAsset:
     footprint, planes, crs, grid = _landsat_geometry(path, row, day)
     clon, clat = wrs2_center(path, row)
     seconds = int(36_400 - clon * 240 + (60 - row) * 5 + stable_hash("ls-t", path, row, day) % 20)
@@ -671,11 +706,15 @@ def _landsat_asset(collection_id: str, prefix: str, spacecraft: str, path: int, 
         "LANDSAT_SCENE_ID": f"{prefix[:2]}{prefix[3]}{path:03d}{row:03d}{date_str(start_ms, '%Y%j')}LGN00",
         "DATE_ACQUIRED": date_str(start_ms, "%Y-%m-%d"),
         "SCENE_CENTER_TIME": date_str(start_ms, "%H:%M:%S") + f".{start_ms % 1000:03d}0000Z",
-        "SUN_ELEVATION": round(90.0 - abs(clat - 23.44 * math.cos(2 * math.pi * ((day + 10) % 365) / 365)), 6),
+        "SUN_ELEVATION": round(
+            90.0 - abs(clat - 23.44 * math.cos(2 * math.pi * ((day + 10) % 365) / 365)), 6
+        ),
         "UTM_ZONE": int(crs[-2:]),
         "COLLECTION_CATEGORY": "T1",
     }
-    bands = tuple(BandInfo(id=t.id, pixel_type=_pixel_type(t.dtype), grid=grid, recipe=t.recipe) for t in LANDSAT_BANDS)
+    bands = tuple(
+        BandInfo(id=t.id, pixel_type=_pixel_type(t.dtype), grid=grid, recipe=t.recipe) for t in LANDSAT_BANDS
+    )
     seeds = {
         "field_offset_row": 0,
         "field_offset_col": 0,
@@ -727,7 +766,9 @@ class DailyGlobal(SyntheticCollection):
     band_templates: tuple[BandTemplate, ...] = ()
     mask_rule: str | None = None
 
-    def images(self, start_ms: int | None, end_ms: int | None, region: BaseGeometry | None) -> Iterator[ImageAsset]:
+    def images(
+        self, start_ms: int | None, end_ms: int | None, region: BaseGeometry | None
+    ) -> Iterator[ImageAsset]:
         days = self.day_range(start_ms, end_ms, slack_days=0)
         self.check_budget(len(days))
         if region is not None and not self.footprint_polygon.intersects(region):
@@ -794,8 +835,8 @@ def _modis_grid(res: float) -> Grid:
     return Grid(
         crs=MODIS_CRS,
         transform=(res, 0.0, MODIS_X0, 0.0, -res, MODIS_Y0),
-        width=int(round(2 * -MODIS_X0 / res)),
-        height=int(round(2 * MODIS_Y0 / res)),
+        width=round(2 * -MODIS_X0 / res),
+        height=round(2 * MODIS_Y0 / res),
     )
 
 

@@ -32,10 +32,15 @@ def _ee_test_file(name: str) -> str:
 @lru_cache(maxsize=1)
 def discovery_document() -> bytes:
     """The patched discovery document, serialised once."""
-    doc: dict[str, Any] = json.loads(_ee_test_file("cloud_api_discovery_document.json").replace("v1alpha", "v1"))
+    doc: dict[str, Any] = json.loads(
+        _ee_test_file("cloud_api_discovery_document.json").replace("v1alpha", "v1")
+    )
     projects = doc["resources"]["projects"]
     query_param = {"type": "string", "location": "query"}
-    for method in (projects["methods"]["listAssets"], projects["resources"]["assets"]["methods"]["listAssets"]):
+    for method in (
+        projects["methods"]["listAssets"],
+        projects["resources"]["assets"]["methods"]["listAssets"],
+    ):
         method["parameters"].setdefault("filter", dict(query_param))
         method["parameters"].setdefault("view", dict(query_param))
     algorithms_list = projects["resources"]["algorithms"]["methods"]["list"]

@@ -138,7 +138,9 @@ class _Run:
             known = self.evaluator.known_functions
             if known and name not in known:
                 raise EvaluationError(f"Unknown function: {name}.")
-            raise UnsupportedFunctionError(f"Function '{name}' is not supported by the edown Earth Engine emulator.")
+            raise UnsupportedFunctionError(
+                f"Function '{name}' is not supported by the edown Earth Engine emulator."
+            )
         try:
             return fn(**args)
         except TypeError as exc:
@@ -183,7 +185,9 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
         return len(_collection(collection, "Collection.size").elements())
 
     @fn("Collection.limit")
-    def _limit(collection: EECollection, limit: Any = None, key: str | None = None, ascending: bool = True) -> EECollection:
+    def _limit(
+        collection: EECollection, limit: Any = None, key: str | None = None, ascending: bool = True
+    ) -> EECollection:
         return _collection(collection, "Collection.limit").then("limit", (limit, key, ascending))
 
     @fn("Collection.first")
@@ -205,7 +209,9 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
 
     @fn("Collection.merge")
     def _merge(collection1: EECollection, collection2: EECollection) -> EECollection:
-        return _collection(collection1, "Collection.merge").then("merge", _collection(collection2, "Collection.merge"))
+        return _collection(collection1, "Collection.merge").then(
+            "merge", _collection(collection2, "Collection.merge")
+        )
 
     @fn("AggregateFeatureCollection.array")
     def _agg_array(collection: EECollection, property: str) -> list[Any]:
@@ -214,7 +220,9 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
 
     # -- filters --
     def compare(op: str) -> Function:
-        def make(leftField: Any = None, rightValue: Any = None, rightField: Any = None, leftValue: Any = None) -> EEFilter:
+        def make(
+            leftField: Any = None, rightValue: Any = None, rightField: Any = None, leftValue: Any = None
+        ) -> EEFilter:
             if leftField is not None:
                 check_field(leftField, f"Filter.{op}")
             if rightField is not None:
@@ -223,12 +231,26 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
 
         return make
 
-    for op in ("lessThan", "lessThanOrEquals", "greaterThan", "greaterThanOrEquals", "equals", "notEquals",
-               "eq", "neq", "stringContains", "stringStartsWith", "stringEndsWith", "inList"):  # fmt: skip
+    for op in (
+        "lessThan",
+        "lessThanOrEquals",
+        "greaterThan",
+        "greaterThanOrEquals",
+        "equals",
+        "notEquals",
+        "eq",
+        "neq",
+        "stringContains",
+        "stringStartsWith",
+        "stringEndsWith",
+        "inList",
+    ):
         reg[f"Filter.{op}"] = compare(op)
 
     @fn("Filter.dateRangeContains")
-    def _drc(leftField: Any = None, rightValue: Any = None, rightField: Any = None, leftValue: Any = None) -> EEFilter:
+    def _drc(
+        leftField: Any = None, rightValue: Any = None, rightField: Any = None, leftValue: Any = None
+    ) -> EEFilter:
         if isinstance(leftValue, EEDateRange) and isinstance(rightField, str):
             return DateRangeFilter(leftValue.start, leftValue.end, rightField)
         if isinstance(rightValue, EEDateRange) and isinstance(leftField, str):
@@ -238,8 +260,13 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
         )
 
     @fn("Filter.intersects")
-    def _intersects(leftField: Any = None, rightValue: Any = None, rightField: Any = None, leftValue: Any = None,
-                    maxError: Any = None) -> EEFilter:  # fmt: skip
+    def _intersects(
+        leftField: Any = None,
+        rightValue: Any = None,
+        rightField: Any = None,
+        leftValue: Any = None,
+        maxError: Any = None,
+    ) -> EEFilter:
         if leftField is not None and rightValue is not None:
             return IntersectsFilter(geometry_argument(rightValue))
         if rightField is not None and leftValue is not None:
@@ -247,8 +274,13 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
         raise EvaluationError("Filter.intersects: Expected a field and a geometry value.")
 
     @fn("Filter.isContained")
-    def _contained(leftField: Any = None, rightValue: Any = None, rightField: Any = None, leftValue: Any = None,
-                   maxError: Any = None) -> EEFilter:  # fmt: skip
+    def _contained(
+        leftField: Any = None,
+        rightValue: Any = None,
+        rightField: Any = None,
+        leftValue: Any = None,
+        maxError: Any = None,
+    ) -> EEFilter:
         value = rightValue if rightValue is not None else leftValue
         return IntersectsFilter(geometry_argument(value), contained=True)
 
@@ -310,13 +342,15 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
         raise EvaluationError("Geometry: Invalid crs argument.")
 
     @fn("GeometryConstructors.Polygon")
-    def _polygon(coordinates: Any, crs: Any = None, geodesic: Any = None, maxError: Any = None,
-                 evenOdd: Any = True) -> EEGeometry:  # fmt: skip
+    def _polygon(
+        coordinates: Any, crs: Any = None, geodesic: Any = None, maxError: Any = None, evenOdd: Any = True
+    ) -> EEGeometry:
         return EEGeometry(make_polygon(coordinates, crs_of(crs)), geodesic is not False)
 
     @fn("GeometryConstructors.MultiPolygon")
-    def _mpolygon(coordinates: Any, crs: Any = None, geodesic: Any = None, maxError: Any = None,
-                  evenOdd: Any = True) -> EEGeometry:  # fmt: skip
+    def _mpolygon(
+        coordinates: Any, crs: Any = None, geodesic: Any = None, maxError: Any = None, evenOdd: Any = True
+    ) -> EEGeometry:
         return EEGeometry(make_polygon(coordinates, crs_of(crs), multi=True), geodesic is not False)
 
     @fn("GeometryConstructors.Rectangle")
@@ -379,11 +413,32 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
         return im.rename(_image(input, "Image.rename"), names)
 
     @fn("Image.addBands")
-    def _add_bands(dstImg: Any, srcImg: Any, names: list[str] | None = None, overwrite: bool = False) -> EEImage:
+    def _add_bands(
+        dstImg: Any, srcImg: Any, names: list[str] | None = None, overwrite: bool = False
+    ) -> EEImage:
         return im.add_bands(_image(dstImg, "Image.addBands"), im.as_image(srcImg), names, bool(overwrite))
 
-    for op in ("add", "subtract", "multiply", "divide", "max", "min", "pow", "gt", "lt", "gte", "lte", "eq", "neq",
-               "and", "or", "bitwiseAnd", "bitwiseOr", "rightShift", "leftShift"):  # fmt: skip
+    for op in (
+        "add",
+        "subtract",
+        "multiply",
+        "divide",
+        "max",
+        "min",
+        "pow",
+        "gt",
+        "lt",
+        "gte",
+        "lte",
+        "eq",
+        "neq",
+        "and",
+        "or",
+        "bitwiseAnd",
+        "bitwiseOr",
+        "rightShift",
+        "leftShift",
+    ):
         reg[f"Image.{op}"] = lambda image1, image2, _op=op: im.binary(_op, image1, image2)
     reg["Image.bitwise_and"] = reg["Image.bitwiseAnd"]
     for op in ("abs", "sqrt", "round", "floor", "ceil", "exp", "log", "log10", "not"):
@@ -425,7 +480,9 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
         return im.normalized_difference(_image(input, "Image.normalizedDifference"), bandNames)
 
     @fn("Image.parseExpression")
-    def _parse(expression: str, argName: str, vars: list[str], mapFreeVarsToDefaultImageBands: bool = False) -> EEFunction:
+    def _parse(
+        expression: str, argName: str, vars: list[str], mapFreeVarsToDefaultImageBands: bool = False
+    ) -> EEFunction:
         return parse_image_expression(expression, argName, tuple(vars))
 
     @fn("Image.bandNames")
@@ -457,7 +514,9 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
         return element.image_id if isinstance(element, EEImage) else None
 
     @fn("Image.geometry")
-    def _image_geometry(feature: Any, maxError: Any = None, proj: Any = None, geodesics: Any = None) -> EEGeometry | None:
+    def _image_geometry(
+        feature: Any, maxError: Any = None, proj: Any = None, geodesics: Any = None
+    ) -> EEGeometry | None:
         geom = _image(feature, "Image.geometry").footprint
         return EEGeometry(geom) if geom is not None else None
 
@@ -471,7 +530,9 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
         if isinstance(object, EEImage):
             props = dict(object.properties)
             props[key] = value
-            return EEImage(object.bands, props, object.image_id, object.version, object.footprint, object.asset)
+            return EEImage(
+                object.bands, props, object.image_id, object.version, object.footprint, object.asset
+            )
         if isinstance(object, EEFeature):
             return EEFeature(object.geometry, {**object.properties, key: value})
         raise EvaluationError("Element.set: Expected an element.")
@@ -489,12 +550,20 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
 
     @fn("Element.toDictionary")
     def _to_dict(element: Any, properties: list[str] | None = None) -> dict[str, Any]:
-        names = properties if properties is not None else [n for n in _prop_names(element) if not n.startswith("system:")]
+        names = (
+            properties
+            if properties is not None
+            else [n for n in _prop_names(element) if not n.startswith("system:")]
+        )
         return {n: element_property(element, n) for n in names if element_property(element, n) is not None}
 
     @fn("Element.copyProperties")
-    def _copy_props(destination: Any, source: Any = None, properties: list[str] | None = None,
-                    exclude: list[str] | None = None) -> Any:  # fmt: skip
+    def _copy_props(
+        destination: Any,
+        source: Any = None,
+        properties: list[str] | None = None,
+        exclude: list[str] | None = None,
+    ) -> Any:
         if source is None:
             return destination
         names = properties if properties is not None else _prop_names(source)
@@ -517,15 +586,21 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
             raise EvaluationError(f"List.get: List index must be between 0 and {len(list) - 1}.") from None
 
     @fn("List.slice")
-    def _list_slice(list: list[Any], start: int, end: int | None = None, step: int | None = None) -> list[Any]:
+    def _list_slice(
+        list: list[Any], start: int, end: int | None = None, step: int | None = None
+    ) -> list[Any]:
         return list[int(start) : None if end is None else int(end) : None if step is None else int(step)]
 
     @fn("Dictionary")
     def _dictionary(input: Any = None) -> dict[str, Any]:
         return dict(input or {})
 
-    for op, func in (("add", lambda a, b: a + b), ("subtract", lambda a, b: a - b), ("multiply", lambda a, b: a * b),
-                     ("divide", lambda a, b: a / b if b else 0)):  # fmt: skip
+    for op, func in (
+        ("add", lambda a, b: a + b),
+        ("subtract", lambda a, b: a - b),
+        ("multiply", lambda a, b: a * b),
+        ("divide", lambda a, b: a / b if b else 0),
+    ):
         reg[f"Number.{op}"] = lambda left, right, _f=func: _f(left, right)
 
     return reg
@@ -552,10 +627,21 @@ _TOKEN = re.compile(
     r"|(?P<str>'[^']*'|\"[^\"]*\")|(?P<name>[A-Za-z_]\w*)|(?P<op>\*\*|==|!=|<=|>=|&&|\|\||[-+*/%<>!?:(),.]))"
 )
 _BINARY = {
-    "||": (1, "or"), "&&": (2, "and"), "==": (3, "eq"), "!=": (3, "neq"), "<": (4, "lt"), "<=": (4, "lte"),
-    ">": (4, "gt"), ">=": (4, "gte"), "+": (5, "add"), "-": (5, "subtract"), "*": (6, "multiply"),
-    "/": (6, "divide"), "%": (6, "mod"), "**": (8, "pow"),
-}  # fmt: skip
+    "||": (1, "or"),
+    "&&": (2, "and"),
+    "==": (3, "eq"),
+    "!=": (3, "neq"),
+    "<": (4, "lt"),
+    "<=": (4, "lte"),
+    ">": (4, "gt"),
+    ">=": (4, "gte"),
+    "+": (5, "add"),
+    "-": (5, "subtract"),
+    "*": (6, "multiply"),
+    "/": (6, "divide"),
+    "%": (6, "mod"),
+    "**": (8, "pow"),
+}
 _EXPR_FUNCS = {"abs", "sqrt", "round", "floor", "ceil", "exp", "log", "log10"}
 
 
@@ -635,14 +721,19 @@ class _ExprParser:
     def apply(self, op: str, left: Any, right: Any) -> Any:
         if isinstance(left, int | float) and isinstance(right, int | float):
             ops: dict[str, Callable[[Any, Any], Any]] = {
-                "add": lambda a, b: a + b, "subtract": lambda a, b: a - b, "multiply": lambda a, b: a * b,
-                "divide": lambda a, b: a / b if b else 0, "pow": lambda a, b: a**b,
+                "add": lambda a, b: a + b,
+                "subtract": lambda a, b: a - b,
+                "multiply": lambda a, b: a * b,
+                "divide": lambda a, b: a / b if b else 0,
+                "pow": lambda a, b: a**b,
                 "mod": lambda a, b: a % b if b else 0,
-            }  # fmt: skip
+            }
             if op in ops:
                 return ops[op](left, right)
         if op == "mod":
-            raise UnsupportedFunctionError("Function 'Image.mod' is not supported by the edown Earth Engine emulator.")
+            raise UnsupportedFunctionError(
+                "Function 'Image.mod' is not supported by the edown Earth Engine emulator."
+            )
         return im.binary(op, left, right)
 
     def unary(self) -> Any:
@@ -711,5 +802,6 @@ class _ExprParser:
             return im.unary(name, args[0])
         if name in ("min", "max") and len(args) == 2:
             return im.binary(name, args[0], args[1])
-        raise UnsupportedFunctionError(f"Image.parseExpression: function '{name}' is not supported by the edown emulator.")
-
+        raise UnsupportedFunctionError(
+            f"Image.parseExpression: function '{name}' is not supported by the edown emulator."
+        )

@@ -68,7 +68,7 @@ class EvalContext:
 
 
 def _map_positions(request: Grid, native: Grid) -> Positions:
-    sx, shx, tx, shy, sy, ty = request.transform
+    sx, _, tx, _, sy, ty = request.transform
     nsx, nshx, ntx, nshy, nsy, nty = native.transform
     if same_crs(request.crs, native.crs) and not request.has_shear and not native.has_shear:
         j = np.arange(request.width, dtype=np.float64) + 0.5
@@ -239,7 +239,9 @@ def select(image: EEImage, selectors: Sequence[Any], new_names: Sequence[str] | 
         if isinstance(sel, int | float) and not isinstance(sel, bool):
             idx = int(sel)
             if not 0 <= idx < len(names):
-                raise EvaluationError(f"Image.select: Band index {idx} out of bounds (image has {len(names)} bands).")
+                raise EvaluationError(
+                    f"Image.select: Band index {idx} out of bounds (image has {len(names)} bands)."
+                )
             chosen.append(image.bands[idx])
             continue
         if not isinstance(sel, str):
@@ -270,7 +272,9 @@ def rename(image: EEImage, names: Sequence[str]) -> EEImage:
     return image.with_bands([replace(b, name=str(n)) for b, n in zip(image.bands, names, strict=True)])
 
 
-def add_bands(dst: EEImage, src: EEImage, names: Sequence[str] | None = None, overwrite: bool = False) -> EEImage:
+def add_bands(
+    dst: EEImage, src: EEImage, names: Sequence[str] | None = None, overwrite: bool = False
+) -> EEImage:
     """``Image.addBands``: append ``src``'s bands (optionally only ``names``), replacing on ``overwrite``."""
     incoming = list(src.bands)
     if names is not None:
@@ -407,7 +411,17 @@ def _as_int(values: np.ndarray) -> np.ndarray:
 
 
 def _compute(op: str, a: np.ndarray, b: np.ndarray, is_int: bool) -> np.ndarray:
-    if is_int and op in ("add", "subtract", "multiply", "max", "min", "bitwiseAnd", "bitwiseOr", "rightShift", "leftShift"):
+    if is_int and op in (
+        "add",
+        "subtract",
+        "multiply",
+        "max",
+        "min",
+        "bitwiseAnd",
+        "bitwiseOr",
+        "rightShift",
+        "leftShift",
+    ):
         x, y = _as_int(a), _as_int(b)
     else:
         x, y = _as_float(a), _as_float(b)
@@ -435,9 +449,13 @@ def _compute(op: str, a: np.ndarray, b: np.ndarray, is_int: bool) -> np.ndarray:
         if op == "leftShift":
             return np.left_shift(_as_int(a), _as_int(b))
         comparisons = {
-            "gt": np.greater, "lt": np.less, "gte": np.greater_equal, "lte": np.less_equal,
-            "eq": np.equal, "neq": np.not_equal,
-        }  # fmt: skip
+            "gt": np.greater,
+            "lt": np.less,
+            "gte": np.greater_equal,
+            "lte": np.less_equal,
+            "eq": np.equal,
+            "neq": np.not_equal,
+        }
         if op in comparisons:
             return comparisons[op](x, y).astype(np.int64)
         if op == "and":
@@ -477,7 +495,9 @@ def binary(op: str, image1: Any, image2: Any) -> EEImage:
             ptype = _arith_type(op, ba.pixel_type, bb.pixel_type)
         is_int = ptype.is_integer
 
-        def evaluate(ctx: EvalContext, x: EEBand = ba, y: EEBand = bb, t: PixelType = ptype, integer: bool = is_int) -> Raster:
+        def evaluate(
+            ctx: EvalContext, x: EEBand = ba, y: EEBand = bb, t: PixelType = ptype, integer: bool = is_int
+        ) -> Raster:
             ra, rb = x.evaluate(ctx), y.evaluate(ctx)
             values = _compute(op, ra.values, rb.values, integer)
             if t.precision == "float":
@@ -508,7 +528,11 @@ def unary(op: str, image: Any) -> EEImage:
         if op == "not":
             ptype = PixelType("int", 0, 1)
         elif op in ("abs", "round", "floor", "ceil") and band.pixel_type.is_integer:
-            ptype = band.pixel_type if op != "abs" else PixelType("int", 0, max(abs(_lo(band.pixel_type)), abs(_hi(band.pixel_type))))
+            ptype = (
+                band.pixel_type
+                if op != "abs"
+                else PixelType("int", 0, max(abs(_lo(band.pixel_type)), abs(_hi(band.pixel_type))))
+            )
         else:
             ptype = PixelType("double") if band.pixel_type.precision == "double" else PixelType("float")
 
@@ -592,7 +616,9 @@ def unmask(image: EEImage, value: Any = None, same_footprint: bool = True) -> EE
         fb = fill.bands[0 if len(fill.bands) == 1 else i]
         ptype = union_type(band.pixel_type, fb.pixel_type)
 
-        def evaluate(ctx: EvalContext, src: EEBand = band, fband: EEBand = fb, t: PixelType = ptype) -> Raster:
+        def evaluate(
+            ctx: EvalContext, src: EEBand = band, fband: EEBand = fb, t: PixelType = ptype
+        ) -> Raster:
             r, rf = src.evaluate(ctx), fband.evaluate(ctx)
             region = ~r.mask & rf.mask
             if same_footprint:
@@ -619,7 +645,13 @@ def where(image: EEImage, test: Any, value: Any) -> EEImage:
         vb = v.bands[0 if len(v.bands) == 1 else i]
         ptype = union_type(band.pixel_type, vb.pixel_type)
 
-        def evaluate(ctx: EvalContext, src: EEBand = band, tband: EEBand = tb, vband: EEBand = vb, pt: PixelType = ptype) -> Raster:
+        def evaluate(
+            ctx: EvalContext,
+            src: EEBand = band,
+            tband: EEBand = tb,
+            vband: EEBand = vb,
+            pt: PixelType = ptype,
+        ) -> Raster:
             r, rt, rv = src.evaluate(ctx), tband.evaluate(ctx), vband.evaluate(ctx)
             use = rt.mask & (rt.values != 0)
             conv = _as_int if pt.is_integer else _as_float

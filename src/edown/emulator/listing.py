@@ -159,11 +159,15 @@ class _Parser:
             try:
                 obj = json.loads(raw.replace("'", '"'))
             except json.JSONDecodeError:
-                raise FilterSyntaxError(f"Invalid filter {self.text!r}: intersects() needs GeoJSON.") from None
+                raise FilterSyntaxError(
+                    f"Invalid filter {self.text!r}: intersects() needs GeoJSON."
+                ) from None
         try:
             geom = shape(obj)
         except Exception as exc:
-            raise FilterSyntaxError(f"Invalid filter {self.text!r}: bad geometry in intersects(): {exc}") from None
+            raise FilterSyntaxError(
+                f"Invalid filter {self.text!r}: bad geometry in intersects(): {exc}"
+            ) from None
         return ("intersects", geom)
 
     def value(self) -> Any:
@@ -172,7 +176,9 @@ class _Parser:
             return _unquote(text)
         if kind == "num":
             number = float(text)
-            return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
+            return (
+                int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
+            )
         if kind == "word":
             return {"true": True, "false": False, "null": None}.get(text, text)
         raise FilterSyntaxError(f"Invalid filter {self.text!r}: unexpected {text!r}.")

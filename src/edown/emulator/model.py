@@ -273,7 +273,7 @@ def parse_rfc3339(text: str) -> int:
     stamp = dt.datetime.fromisoformat(value)
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=dt.timezone.utc)
-    return int(round(stamp.timestamp() * 1000))
+    return round(stamp.timestamp() * 1000)
 
 
 def mapping_json(geom: BaseGeometry) -> dict[str, Any]:
@@ -283,7 +283,7 @@ def mapping_json(geom: BaseGeometry) -> dict[str, Any]:
 
 def footprint_ring(geom: BaseGeometry) -> dict[str, Any]:
     """The ``system:footprint`` form: a LinearRing of the polygon's exterior."""
-    coords = [[float(x), float(y)] for x, y in geom.exterior.coords]  # type: ignore[attr-defined]
+    coords = [[float(x), float(y)] for x, y in geom.exterior.coords]
     return {"type": "LinearRing", "coordinates": coords}
 
 

@@ -183,11 +183,11 @@ class _Context:
 
     @property
     def terrain(self) -> np.ndarray:
-        return self.get("T", lambda: self._lookup("terrain", 0, 0))  # type: ignore[no-any-return]
+        return self.get("T", lambda: self._lookup("terrain", 0, 0))
 
     @property
     def vegetation(self) -> np.ndarray:
-        return self.get("V", lambda: self._lookup("vegetation", 0, 0))  # type: ignore[no-any-return]
+        return self.get("V", lambda: self._lookup("vegetation", 0, 0))
 
     @property
     def season(self) -> int:
@@ -196,11 +196,11 @@ class _Context:
 
     @property
     def veg(self) -> np.ndarray:
-        return self.get("veg", lambda: self.vegetation * (400 + 3 * self.season // 5) // 1000)  # type: ignore[no-any-return]
+        return self.get("veg", lambda: self.vegetation * (400 + 3 * self.season // 5) // 1000)
 
     @property
     def water(self) -> np.ndarray:
-        return self.get("water", lambda: self.terrain < WATER_LEVEL)  # type: ignore[no-any-return]
+        return self.get("water", lambda: self.terrain < WATER_LEVEL)
 
     @property
     def cloud(self) -> np.ndarray:
@@ -208,7 +208,7 @@ class _Context:
             seed = int(self.asset.seeds.get("cloud_seed", 0))
             return self._lookup("cloud", (seed * 37) % 3_072_000, (seed * 101) % 3_072_000)
 
-        return self.get("C", make)  # type: ignore[no-any-return]
+        return self.get("C", make)
 
     @property
     def opacity(self) -> np.ndarray:
@@ -217,7 +217,7 @@ class _Context:
             thr = 32768 + (5000 - cc) * 4
             return np.clip((self.cloud - thr) * 6, 0, 65535)
 
-        return self.get("O", make)  # type: ignore[no-any-return]
+        return self.get("O", make)
 
     def global_rows(self) -> np.ndarray:
         return self.pos.r() + self.row_offset
@@ -245,17 +245,37 @@ REFLECTANCE: dict[str, tuple[int, int, int, int, int]] = {
 }
 
 S2_REFLECTANCE = {
-    "B1": "coastal", "B2": "blue", "B3": "green", "B4": "red", "B5": "re1", "B6": "re2", "B7": "re3",
-    "B8": "nir", "B8A": "nir_narrow", "B9": "vapour", "B11": "swir1", "B12": "swir2",
-}  # fmt: skip
+    "B1": "coastal",
+    "B2": "blue",
+    "B3": "green",
+    "B4": "red",
+    "B5": "re1",
+    "B6": "re2",
+    "B7": "re3",
+    "B8": "nir",
+    "B8A": "nir_narrow",
+    "B9": "vapour",
+    "B11": "swir1",
+    "B12": "swir2",
+}
 LANDSAT_REFLECTANCE = {
-    "SR_B1": "coastal", "SR_B2": "blue", "SR_B3": "green", "SR_B4": "red", "SR_B5": "nir",
-    "SR_B6": "swir1", "SR_B7": "swir2",
-}  # fmt: skip
+    "SR_B1": "coastal",
+    "SR_B2": "blue",
+    "SR_B3": "green",
+    "SR_B4": "red",
+    "SR_B5": "nir",
+    "SR_B6": "swir1",
+    "SR_B7": "swir2",
+}
 MODIS_REFLECTANCE = {
-    "sur_refl_b01": "red", "sur_refl_b02": "nir", "sur_refl_b03": "blue", "sur_refl_b04": "green",
-    "sur_refl_b05": "nir_narrow", "sur_refl_b06": "swir1", "sur_refl_b07": "swir2",
-}  # fmt: skip
+    "sur_refl_b01": "red",
+    "sur_refl_b02": "nir",
+    "sur_refl_b03": "blue",
+    "sur_refl_b04": "green",
+    "sur_refl_b05": "nir_narrow",
+    "sur_refl_b06": "swir1",
+    "sur_refl_b07": "swir2",
+}
 
 
 def reflectance(ctx: _Context, kind: str) -> np.ndarray:
@@ -265,9 +285,9 @@ def reflectance(ctx: _Context, kind: str) -> np.ndarray:
         base, soil, vegc, water_level, cloud_level = REFLECTANCE[kind]
         land = base + ((ctx.terrain * soil) >> 16) + ((ctx.veg * vegc) >> 16)
         value = np.where(ctx.water, water_level + (ctx.terrain >> 10), land)
-        return value + (((cloud_level - value) * ctx.opacity) >> 16)  # type: ignore[no-any-return]
+        return value + (((cloud_level - value) * ctx.opacity) >> 16)
 
-    return ctx.get("refl:" + kind, make)  # type: ignore[no-any-return]
+    return ctx.get("refl:" + kind, make)
 
 
 def _s2(ctx: _Context, band: str) -> np.ndarray:
@@ -314,7 +334,9 @@ def _landsat(ctx: _Context, band: str) -> np.ndarray:
         "ST_QA": lambda: 100 + (o >> 8),
         "ST_TRAD": lambda: 7000 + (t >> 5),
         "ST_URAD": lambda: 800 + (t >> 8),
-        "QA_PIXEL": lambda: np.where(o > 40000, 22280, np.where(o > 15000, 22018, np.where(ctx.water, 21952, 21824))),
+        "QA_PIXEL": lambda: np.where(
+            o > 40000, 22280, np.where(o > 15000, 22018, np.where(ctx.water, 21952, 21824))
+        ),
         "QA_RADSAT": lambda: np.zeros(ctx.pos.shape, dtype=np.int32),
     }
     return simple[band]()
@@ -377,10 +399,15 @@ def _era5(ctx: _Context, band: str) -> np.ndarray:
         "rain": lambda: np.maximum(0, ctx.cloud - 40000),
         "wind": lambda: ctx.cloud - 32768,
     }
-    return sources[source]().astype(np.float64) * scale + offset  # type: ignore[no-any-return]
+    return sources[source]().astype(np.float64) * scale + offset
 
 
-RECIPES: dict[str, Callable[[_Context, str], np.ndarray]] = {"s2": _s2, "ls": _landsat, "modis": _modis, "era5": _era5}
+RECIPES: dict[str, Callable[[_Context, str], np.ndarray]] = {
+    "s2": _s2,
+    "ls": _landsat,
+    "modis": _modis,
+    "era5": _era5,
+}
 
 
 # ---- validity ---------------------------------------------------------------------------------------
@@ -409,7 +436,10 @@ def _sinusoidal_half_width(y0: float, sy: float, rows: np.ndarray) -> np.ndarray
     """Half the valid width of the sinusoidal grid at each row centre (scalar libm per distinct row)."""
     uniq, inverse = np.unique(rows, return_inverse=True)
     widths = np.array(
-        [MODIS_SPHERE_RADIUS * math.pi * math.cos((y0 + (int(r) + 0.5) * sy) / MODIS_SPHERE_RADIUS) for r in uniq],
+        [
+            MODIS_SPHERE_RADIUS * math.pi * math.cos((y0 + (int(r) + 0.5) * sy) / MODIS_SPHERE_RADIUS)
+            for r in uniq
+        ],
         dtype=np.float64,
     )
     return widths[inverse].reshape(rows.shape)

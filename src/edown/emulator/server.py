@@ -22,14 +22,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 
 from edown.crs import CRSError, resolve_crs
 from edown.emulator import images as im
-from edown.emulator.behaviour import PIXEL_KINDS, Behaviour, FaultPlan, FaultRule, Latency, Limits, RequestRecord
+from edown.emulator.behaviour import (
+    Behaviour,
+    FaultPlan,
+    FaultRule,
+    Latency,
+    Limits,
+    RequestRecord,
+)
 from edown.emulator.catalog import AssetNotFoundError, Catalog, CatalogError
 from edown.emulator.discovery import algorithm_names, algorithms_document, discovery_document
 from edown.emulator.expressions import Evaluator
@@ -52,10 +59,14 @@ COMPUTE_PIXELS_FIELDS = {"expression", "fileFormat", "bandIds", "grid", "visuali
 class ApiError(Exception):
     """An error answered with Google's JSON error body."""
 
-    STATUS_NAMES = {
-        400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED",
-        500: "INTERNAL", 503: "UNAVAILABLE",
-    }  # fmt: skip
+    STATUS_NAMES: ClassVar[dict[int, str]] = {
+        400: "INVALID_ARGUMENT",
+        403: "PERMISSION_DENIED",
+        404: "NOT_FOUND",
+        429: "RESOURCE_EXHAUSTED",
+        500: "INTERNAL",
+        503: "UNAVAILABLE",
+    }
 
     def __init__(self, code: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -116,8 +127,14 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.server.emulator.handle(self, "POST")
 
-    def send_body(self, code: int, body: bytes, content_type: str, headers: dict[str, str] | None = None,
-                  fault: FaultRule | None = None) -> None:  # fmt: skip
+    def send_body(
+        self,
+        code: int,
+        body: bytes,
+        content_type: str,
+        headers: dict[str, str] | None = None,
+        fault: FaultRule | None = None,
+    ) -> None:
         if fault is not None and fault.kind == "short_body":
             body = body[: max(1, int(len(body) * fault.fraction))]
         self.send_response(code)
@@ -139,8 +156,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-_ASSET_ROUTE = re.compile(r"^/v1/projects/(?P<project>[^/]+)/assets/(?P<asset>.+?)(?::(?P<verb>listAssets|getPixels))?$")
-_PROJECT_ROUTE = re.compile(r"^/v1/projects/(?P<project>[^/:]+)(?P<rest>/algorithms|/value:compute|/image:computePixels|:listAssets)$")
+_ASSET_ROUTE = re.compile(
+    r"^/v1/projects/(?P<project>[^/]+)/assets/(?P<asset>.+?)(?::(?P<verb>listAssets|getPixels))?$"
+)
+_PROJECT_ROUTE = re.compile(
+    r"^/v1/projects/(?P<project>[^/:]+)(?P<rest>/algorithms|/value:compute|/image:computePixels|:listAssets)$"
+)
 
 
 class Emulator:
@@ -217,8 +238,15 @@ class Emulator:
         raw_body = req.rfile.read(length) if length else b""
         kind, project, asset = self._classify(method, path, req)
         admitted = False
-        rec = RequestRecord(kind=kind, status=200, project=project, started=time.time(), finished=0.0, bytes_out=0,
-                            asset=asset)  # fmt: skip
+        rec = RequestRecord(
+            kind=kind,
+            status=200,
+            project=project,
+            started=time.time(),
+            finished=0.0,
+            bytes_out=0,
+            asset=asset,
+        )
         try:
             self._check_project(kind, project)
             refusal = self.behaviour.admit(kind, project or "")
@@ -229,7 +257,9 @@ class Emulator:
             admitted = True
             outcome = self._route(kind, method, path, query, raw_body, project, asset, rec)
             rec.fault = outcome.fault.kind if outcome.fault else None
-            self._sleep(self.behaviour.service_seconds(kind, len(outcome.body)) - (time.monotonic() - started))
+            self._sleep(
+                self.behaviour.service_seconds(kind, len(outcome.body)) - (time.monotonic() - started)
+            )
             rec.bytes_out = len(outcome.body)
             req.send_body(200, outcome.body, outcome.content_type, fault=outcome.fault)
         except ApiError as err:
@@ -263,8 +293,12 @@ class Emulator:
         m = _PROJECT_ROUTE.match(path)
         if m:
             rest = m.group("rest")
-            kind = {"/algorithms": "algorithms", "/value:compute": "compute", "/image:computePixels": "computePixels",
-                    ":listAssets": "listProjectAssets"}[rest]  # fmt: skip
+            kind = {
+                "/algorithms": "algorithms",
+                "/value:compute": "compute",
+                "/image:computePixels": "computePixels",
+                ":listAssets": "listProjectAssets",
+            }[rest]
             return kind, header_project or m.group("project"), None
         m = _ASSET_ROUTE.match(path)
         if m:
@@ -288,8 +322,17 @@ class Emulator:
             "and then retry. Propagation of new permission may take a few minutes.",
         )
 
-    def _route(self, kind: str, method: str, path: str, query: dict[str, str], raw: bytes, project: str | None,
-               asset: str | None, rec: RequestRecord) -> _Outcome:  # fmt: skip
+    def _route(
+        self,
+        kind: str,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        raw: bytes,
+        project: str | None,
+        asset: str | None,
+        rec: RequestRecord,
+    ) -> _Outcome:
         try:
             if kind == "control":
                 return self._control(method, path, raw)
@@ -298,7 +341,11 @@ class Emulator:
             if kind == "algorithms":
                 return _Outcome(algorithms_document())
             if kind == "token":
-                token = {"access_token": "emulator-" + secrets.token_hex(8), "expires_in": 3600, "token_type": "Bearer"}
+                token = {
+                    "access_token": "emulator-" + secrets.token_hex(8),
+                    "expires_in": 3600,
+                    "token_type": "Bearer",
+                }
                 return _Outcome(json.dumps(token).encode())
             if kind == "listProjectAssets":
                 return _Outcome(b'{"assets": []}')
@@ -368,7 +415,9 @@ class Emulator:
         page_size = min(page_size, MAX_PAGE_SIZE)
         offset = _page_token(query.get("pageToken"))
         view = query.get("view", "FULL")
-        matches = self.catalog.query(asset_id, predicate.start, predicate.end, predicate.region, predicate.test)
+        matches = self.catalog.query(
+            asset_id, predicate.start, predicate.end, predicate.region, predicate.test
+        )
         page: list[dict[str, Any]] = []
         more = False
         for i, asset in enumerate(matches):
@@ -387,10 +436,14 @@ class Emulator:
         allowed = GET_PIXELS_FIELDS if kind == "getPixels" else COMPUTE_PIXELS_FIELDS
         unknown = sorted(set(body) - allowed)
         if unknown:
-            raise ApiError(400, f'Invalid JSON payload received. Unknown name "{unknown[0]}": Cannot find field.')
+            raise ApiError(
+                400, f'Invalid JSON payload received. Unknown name "{unknown[0]}": Cannot find field.'
+            )
         fmt = body.get("fileFormat", "AUTO_JPEG_PNG")
         if fmt not in SUPPORTED_FORMATS:
-            raise ApiError(400, f"File format {fmt} is not supported by the edown emulator (use NPY or GEO_TIFF).")
+            raise ApiError(
+                400, f"File format {fmt} is not supported by the edown emulator (use NPY or GEO_TIFF)."
+            )
         if body.get("visualizationOptions"):
             raise ApiError(400, "visualizationOptions are not supported by the edown emulator.")
         if asset_id is not None:
@@ -402,14 +455,21 @@ class Emulator:
                 raise ApiError(400, "Invalid JSON payload: 'expression' is required.")
             value = self.evaluator.evaluate(body["expression"])
             if not isinstance(value, EEImage):
-                raise ApiError(400, f"computePixels: The expression must evaluate to an Image, not {_type_name(value)}.")
+                raise ApiError(
+                    400, f"computePixels: The expression must evaluate to an Image, not {_type_name(value)}."
+                )
             image = value
             rec.asset = image.image_id
         band_ids = body.get("bandIds")
         if band_ids:
             image = im.select(image, [re.escape(str(b)) for b in band_ids])
         grid = _request_grid(body.get("grid"), image)
-        rec.grid = {"crs": grid.crs, "transform": list(grid.transform), "width": grid.width, "height": grid.height}
+        rec.grid = {
+            "crs": grid.crs,
+            "transform": list(grid.transform),
+            "width": grid.width,
+            "height": grid.height,
+        }
         self._check_limits(image, grid)
         fault = self.behaviour.pick_fault(kind, grid.width * grid.height)
         if fault is not None:
@@ -424,31 +484,40 @@ class Emulator:
 
     def _apply_early_fault(self, fault: FaultRule) -> None:
         if fault.kind == "error":
-            raise ApiError(fault.status, "An internal error has occurred." if fault.status >= 500 else "Injected error.")
+            raise ApiError(
+                fault.status, "An internal error has occurred." if fault.status >= 500 else "Injected error."
+            )
         if fault.kind == "throttle":
             raise ApiError(429, "Too many requests (injected).")
         if fault.kind == "memory":
             raise ApiError(400, "User memory limit exceeded.")
         if fault.kind == "size":
-            raise ApiError(400, "Total request size (50331649 bytes) must be less than or equal to 50331648 bytes.")
+            raise ApiError(
+                400, "Total request size (50331649 bytes) must be less than or equal to 50331648 bytes."
+            )
         if fault.kind == "stall":
             self._closing.wait(fault.stall_seconds)
 
     def _check_limits(self, image: EEImage, grid: Grid) -> None:
         limits = self.config.limits
         if len(image.bands) > limits.max_bands:
-            raise ApiError(400, f"Number of bands ({len(image.bands)}) must be less than or equal to {limits.max_bands}.")
+            raise ApiError(
+                400, f"Number of bands ({len(image.bands)}) must be less than or equal to {limits.max_bands}."
+            )
         if grid.width > limits.max_dimension or grid.height > limits.max_dimension:
             raise ApiError(
                 400,
                 f"Grid dimensions ({grid.width}x{grid.height}) must be less than or equal to {limits.max_dimension} "
                 "in each dimension.",
             )
-        per_pixel = sum(b.pixel_type.numpy_dtype.itemsize + (1 if limits.count_mask_byte else 0) for b in image.bands)
+        per_pixel = sum(
+            b.pixel_type.numpy_dtype.itemsize + (1 if limits.count_mask_byte else 0) for b in image.bands
+        )
         total = grid.width * grid.height * per_pixel
         if total > limits.max_request_bytes:
             raise ApiError(
-                400, f"Total request size ({total} bytes) must be less than or equal to {limits.max_request_bytes} bytes."
+                400,
+                f"Total request size ({total} bytes) must be less than or equal to {limits.max_request_bytes} bytes.",
             )
 
 
@@ -518,13 +587,14 @@ def _request_grid(raw: Any, image: EEImage) -> Grid:
     try:
         width, height = int(dims.get("width", 0)), int(dims.get("height", 0))
         transform = tuple(
-            float(affine.get(k, 0.0)) for k in ("scaleX", "shearX", "translateX", "shearY", "scaleY", "translateY")
+            float(affine.get(k, 0.0))
+            for k in ("scaleX", "shearX", "translateX", "shearY", "scaleY", "translateY")
         )
     except (TypeError, ValueError):
         raise ApiError(400, "Invalid grid: dimensions and affineTransform must be numbers.") from None
     if width <= 0 or height <= 0:
         raise ApiError(400, "Invalid grid: dimensions must be positive.")
-    if transform[0] == 0 and transform[1] == 0 or transform[4] == 0 and transform[3] == 0:
+    if (transform[0] == 0 and transform[1] == 0) or (transform[4] == 0 and transform[3] == 0):
         raise ApiError(400, "Invalid grid: the affine transform is degenerate.")
     return Grid(crs=crs, transform=transform, width=width, height=height)  # type: ignore[arg-type]
 
@@ -548,10 +618,14 @@ def _encode_geotiff(bands: list[tuple[str, np.ndarray]], grid: Grid) -> bytes:
     dtype = np.result_type(*[v.dtype for _, v in bands])
     sx, shx, tx, shy, sy, ty = grid.transform
     profile = {
-        "driver": "GTiff", "width": grid.width, "height": grid.height, "count": len(bands), "dtype": dtype.name,
+        "driver": "GTiff",
+        "width": grid.width,
+        "height": grid.height,
+        "count": len(bands),
+        "dtype": dtype.name,
         "crs": rasterio.crs.CRS.from_wkt(resolve_crs(grid.crs).to_wkt()),
         "transform": Affine(sx, shx, tx, shy, sy, ty),
-    }  # fmt: skip
+    }
     with MemoryFile() as mem:
         with mem.open(**profile) as dst:
             for i, (name, values) in enumerate(bands, start=1):

@@ -127,7 +127,11 @@ def make_polygon(coordinates: Any, crs: str | None, multi: bool = False) -> Base
 
 
 def make_rectangle(coordinates: Any, crs: str | None) -> BaseGeometry:
-    flat = [c for pair in coordinates for c in pair] if coordinates and isinstance(coordinates[0], list) else coordinates
+    flat = (
+        [c for pair in coordinates for c in pair]
+        if coordinates and isinstance(coordinates[0], list)
+        else coordinates
+    )
     if len(flat) != 4:
         raise EvaluationError("Geometry.Rectangle: Expected 4 coordinates (xmin, ymin, xmax, ymax).")
     x0, y0, x1, y1 = (float(v) for v in flat)
@@ -173,7 +177,23 @@ def advance(millis: int, delta: float, unit: str) -> int:
     month_index = stamp.month - 1 + months
     year = stamp.year + month_index // 12
     month = month_index % 12 + 1
-    day = min(stamp.day, [31, 29 if year % 4 == 0 and (year % 100 or year % 400 == 0) else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][month - 1])
+    day = min(
+        stamp.day,
+        [
+            31,
+            29 if year % 4 == 0 and (year % 100 or year % 400 == 0) else 28,
+            31,
+            30,
+            31,
+            30,
+            31,
+            31,
+            30,
+            31,
+            30,
+            31,
+        ][month - 1],
+    )
     return int(stamp.replace(year=year, month=month, day=day).timestamp() * 1000)
 
 
@@ -216,8 +236,10 @@ class Bounds:
     def meet(self, other: Bounds) -> Bounds:
         start = max((v for v in (self.start, other.start) if v is not None), default=None)
         end = min((v for v in (self.end, other.end) if v is not None), default=None)
-        region = self.region if other.region is None else (
-            other.region if self.region is None else self.region.intersection(other.region)
+        region = (
+            self.region
+            if other.region is None
+            else (other.region if self.region is None else self.region.intersection(other.region))
         )
         return Bounds(start, end, region)
 
@@ -342,10 +364,15 @@ class CalendarFilter(EEFilter):
             return False
         stamp = dt.datetime.fromtimestamp(millis / 1000, tz=dt.timezone.utc)
         value = {
-            "year": stamp.year, "month": stamp.month, "week_of_year": stamp.isocalendar()[1],
-            "day_of_year": stamp.timetuple().tm_yday, "day_of_month": stamp.day, "day_of_week": stamp.weekday(),
-            "hour": stamp.hour, "minute": stamp.minute,
-        }.get(self.field)  # fmt: skip
+            "year": stamp.year,
+            "month": stamp.month,
+            "week_of_year": stamp.isocalendar()[1],
+            "day_of_year": stamp.timetuple().tm_yday,
+            "day_of_month": stamp.day,
+            "day_of_week": stamp.weekday(),
+            "hour": stamp.hour,
+            "minute": stamp.minute,
+        }.get(self.field)
         if value is None:
             raise EvaluationError(f"Filter.calendarRange: Unknown field '{self.field}'.")
         if self.start <= self.end:

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Create (or update) the project's virtualenv in .venv with edown installed editable plus dev tools.
+# Prefers python3.12 (newest zarr/rasterio wheels need >= 3.12), then 3.13, then python3 (>= 3.10).
+# Uses uv when it can be had (seconds), plain pip otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pick_python() {
+  for candidate in "${EDOWN_PYTHON:-}" python3.12 python3.13 python3; do
+    [ -n "$candidate" ] || continue
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
+      command -v "$candidate"
+      return 0
+    fi
+  done
+  echo "edown needs Python >= 3.10; none found (set EDOWN_PYTHON)" >&2
+  return 1
+}
+
+PY=$(pick_python)
+EXTRAS="${EDOWN_EXTRAS:-dev}"
+
+if ! command -v uv >/dev/null 2>&1; then
+  "$PY" -m pip install --quiet --disable-pip-version-check uv >/dev/null 2>&1 || true
+fi
+UV=""
+if command -v uv >/dev/null 2>&1; then UV=uv; elif "$PY" -m uv --version >/dev/null 2>&1; then UV="$PY -m uv"; fi
+
+if [ ! -x .venv/bin/python ]; then
+  if [ -n "$UV" ]; then $UV venv --quiet -p "$PY" .venv; else "$PY" -m venv .venv; fi
+fi
+if [ -n "$UV" ]; then
+  $UV pip install --quiet -p .venv/bin/python -e ".[${EXTRAS}]"
+else
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[${EXTRAS}]"
+fi
+echo "edown environment ready: $(.venv/bin/python --version) in .venv" >&2

@@ -1,0 +1,1 @@
+"""Shared test configuration: every test talks to the local Earth Engine emulator (see edown.emulator)."""
