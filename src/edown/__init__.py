@@ -1,3 +1,55 @@
-"""edown: native-grid Earth Engine downloads, Zarr datacubes, and a local Earth Engine emulator."""
+"""edown: native-grid Earth Engine downloads, Zarr datacubes, and a local Earth Engine emulator.
+
+The public API: :func:`search_images`, :func:`download_images`, :func:`stack_images` and
+:func:`open_stack`, their configuration types (:class:`AOI`, :class:`SearchConfig`,
+:class:`DownloadConfig`, :class:`StackConfig`) and result types.
+"""
+
+from edown.config import AOI, DownloadConfig, SearchConfig, StackConfig
+from edown.errors import (
+    AuthenticationError,
+    CollectionNotFoundError,
+    ConfigError,
+    EarthEngineError,
+    EdownError,
+    ManifestError,
+    NoImagesFoundError,
+    OutputExistsError,
+    OutputLockedError,
+    StackError,
+)
+from edown.records import (
+    AlignmentGroup,
+    DownloadResult,
+    DownloadSummary,
+    ImageRecord,
+    SearchResult,
+    StackResult,
+)
+from edown.search import search_images
 
 __version__ = "0.3.0.dev0"
+
+__all__ = [
+    "AOI",
+    "AlignmentGroup",
+    "AuthenticationError",
+    "CollectionNotFoundError",
+    "ConfigError",
+    "DownloadConfig",
+    "DownloadResult",
+    "DownloadSummary",
+    "EarthEngineError",
+    "EdownError",
+    "ImageRecord",
+    "ManifestError",
+    "NoImagesFoundError",
+    "OutputExistsError",
+    "OutputLockedError",
+    "SearchConfig",
+    "SearchResult",
+    "StackConfig",
+    "StackError",
+    "StackResult",
+    "search_images",
+]

@@ -1,0 +1,276 @@
+"""search_images: discover images with ``listImages``, pick bands, describe each native grid, group grids.
+
+Discovery is one paged ``listImages`` query with the dates, the AOI and any property filters applied by
+Earth Engine, so a year over many tiles costs a handful of requests (a page holds 1000 images), never a
+full-collection ``getInfo``. Band metadata (types and grids) comes with the listing; only a transform
+plugin needs extra requests, batched to describe many images per request.
+
+Mixed resolutions are never silently resampled: with ``resample="none"`` (the default) every distinct
+native grid among an image's selected bands becomes its own record and its own output (S2 B4 at 10 m and
+B11 at 20 m give two records, labelled ``10m`` and ``20m``). ``resample="finest"`` keeps one record per
+image on the finest selected grid and lets Earth Engine resample the coarser bands (nearest neighbour).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from edown import earthengine
+from edown.bands import BandMeta, band_meta_from_ee, check_maps, output_dtype, output_names, select_bands
+from edown.config import SearchConfig
+from edown.errors import ConfigError, NoImagesFoundError
+from edown.grid import GridSpec, alignment_signature, aoi_window, common_window, crs_key
+from edown.plugins import Plugin, bind, load_plugin, metadata_from_asset
+from edown.records import AlignmentGroup, ImageRecord, SearchResult, parse_utc
+
+log = logging.getLogger("edown.search")
+
+PLUGIN_BATCH = 25
+
+
+def search_images(config: SearchConfig) -> SearchResult:
+    """Discover images in an Earth Engine ImageCollection without downloading.
+
+    Raises :class:`~edown.errors.ConfigError` for bad input (naming the field),
+    :class:`~edown.errors.CollectionNotFoundError` for an unknown collection and
+    :class:`~edown.errors.NoImagesFoundError` when nothing matches.
+    """
+    started = time.monotonic()
+    plugin = load_plugin(config.transform_plugin) if config.transform_plugin else None
+    conn = earthengine.connect(config.server_url, config.project, config.credentials)
+    first_request = conn.pacer.started
+    policy = earthengine.RetryPolicy(max_retries=4, base_delay=1.0)
+    assets = _discover(conn, config, policy)
+    describe = _describe_plain if plugin is None else _plugin_describer(conn, config, plugin, policy)
+    band_lists = describe(assets)
+    records, warnings = _build_records(
+        config, assets, band_lists, transformed=plugin is not None or bool(config.scale_map)
+    )
+    groups = _alignment_groups(records)
+    selected = list(OrderedDict.fromkeys(b for r in records for b in r.selected_band_ids))
+    names = list(OrderedDict.fromkeys(n for r in records for n in r.output_band_names))
+    return SearchResult(
+        collection_id=config.collection_id,
+        images=tuple(records),
+        alignment_groups=tuple(groups),
+        selected_band_ids=tuple(selected),
+        output_band_names=tuple(names),
+        requests=conn.pacer.started - first_request,
+        elapsed_seconds=time.monotonic() - started,
+        warnings=tuple(warnings),
+    )
+
+
+def date_filter(config: SearchConfig) -> str:
+    """The AIP-160 time filter: start times from ``start_date`` 00:00 UTC to the end of ``end_date``.
+
+    It filters on ``startTime`` on both sides: ``listImages``' own ``endTime`` parameter filters on the
+    images' *end* times, which drops a daily product's last day (it ends at midnight after).
+    """
+    start = f"{config.start_date}T00:00:00Z"
+    end_day = dt.date.fromisoformat(config.end_date) + dt.timedelta(days=1)
+    return f'startTime >= "{start}" AND startTime < "{end_day.isoformat()}T00:00:00Z"'
+
+
+def _discover(
+    conn: earthengine.Connection, config: SearchConfig, policy: earthengine.RetryPolicy
+) -> list[dict[str, Any]]:
+    filters = config.parsed_property_filters
+    assets = list(
+        earthengine.list_images(
+            conn,
+            config.collection_id,
+            date_filter(config),
+            config.aoi.geometry,
+            [f.to_aip160() for f in filters],
+            policy,
+        )
+    )
+    if not assets:
+        parts = [
+            f"no images in {config.collection_id} from {config.start_date} to {config.end_date} (inclusive)",
+            "intersecting the AOI with bounds " + ", ".join(f"{v:g}" for v in config.aoi.bounds),
+        ]
+        if filters:
+            parts.append("with " + " and ".join(str(f) for f in filters))
+        raise NoImagesFoundError(
+            " ".join(parts), hint="widen the dates or the AOI, or relax the property filters"
+        )
+    assets.sort(key=lambda a: (a.get("startTime", ""), a["id"]))
+    if config.max_images is not None:
+        assets = assets[: config.max_images]
+    return assets
+
+
+def _describe_plain(assets: list[dict[str, Any]]) -> list[list[BandMeta]]:
+    return [[band_meta_from_ee(b) for b in asset.get("bands", [])] for asset in assets]
+
+
+def _plugin_describer(
+    conn: earthengine.Connection, config: SearchConfig, plugin: Plugin, policy: earthengine.RetryPolicy
+) -> Callable[[list[dict[str, Any]]], list[list[BandMeta]]]:
+    def describe(assets: list[dict[str, Any]]) -> list[list[BandMeta]]:
+        import ee
+
+        assert config.transform_plugin is not None
+        out: list[list[BandMeta]] = []
+        for i in range(0, len(assets), PLUGIN_BATCH):
+            batch = assets[i : i + PLUGIN_BATCH]
+            images = [
+                bind(plugin, config.transform_plugin, metadata_from_asset(a, config.collection_id), config)(
+                    ee.Image(a["id"])
+                )
+                for a in batch
+            ]
+            try:
+                infos = earthengine.compute_value(conn, ee.List(images), policy)
+            except Exception as exc:
+                err = earthengine.translate_error(exc)
+                raise ConfigError(
+                    "transform_plugin",
+                    f"Earth Engine could not evaluate {config.transform_plugin}: {err.message}",
+                ) from None
+            for asset, info in zip(batch, infos, strict=True):
+                native = {b["id"]: band_meta_from_ee(b) for b in asset.get("bands", [])}
+                out.append([_plugin_band(b, native) for b in info.get("bands", [])])
+        return out
+
+    return describe
+
+
+def _plugin_band(band: dict[str, Any], native: dict[str, BandMeta]) -> BandMeta:
+    """A plugin output band; a computed band's grid may lack a size, so borrow it from a source band."""
+    meta = band_meta_from_ee(band)
+    if meta.grid.width:
+        return meta
+    for src in native.values():
+        if src.grid.crs == meta.grid.crs and src.grid.transform == meta.grid.transform:
+            return BandMeta(meta.id, meta.dtype, src.grid)
+    return meta
+
+
+def _grid_label(grid: GridSpec) -> str:
+    res = abs(grid.transform[0])
+    unit = "deg" if crs_key(grid.crs) == "EPSG:4326" else "m"
+    return f"{res:g}{unit}"
+
+
+def _build_records(
+    config: SearchConfig,
+    assets: list[dict[str, Any]],
+    band_lists: list[list[BandMeta]],
+    transformed: bool,
+) -> tuple[list[ImageRecord], list[str]]:
+    selections = []
+    selected_anywhere: set[str] = set()
+    missing_everywhere: set[str] | None = None
+    all_available: list[str] = []
+    for bands in band_lists:
+        ids = [b.id for b in bands]
+        all_available.extend(b for b in ids if b not in all_available)
+        chosen, missing = select_bands(config, ids)
+        selections.append((chosen, missing))
+        selected_anywhere.update(chosen)
+        missing_everywhere = set(missing) if missing_everywhere is None else missing_everywhere & set(missing)
+    if missing_everywhere:
+        raise ConfigError(
+            "bands",
+            f"{', '.join(sorted(missing_everywhere))} is not a band of any image found; available: {', '.join(all_available)}",
+            "band names are case-sensitive Earth Engine ids (B04 is accepted for B4)",
+        )
+    if not selected_anywhere:
+        wanted = [*config.bands, *(f"/{p}/" for p in config.band_include)]
+        excluded = f" after excluding {', '.join(config.band_exclude)}" if config.band_exclude else ""
+        raise ConfigError(
+            "bands" if config.bands else "band_include" if config.band_include else "band_exclude",
+            f"no band matched {', '.join(wanted) or 'anything'}{excluded}; available: {', '.join(all_available)}",
+        )
+    check_maps(config, selected_anywhere)
+
+    records: list[ImageRecord] = []
+    warnings: list[str] = []
+    aoi = config.aoi.shape
+    for asset, bands, (chosen, missing) in zip(assets, band_lists, selections, strict=True):
+        by_id = {b.id: b for b in bands}
+        chosen_meta = [by_id[b] for b in chosen]
+        grids: OrderedDict[GridSpec, list[BandMeta]] = OrderedDict()
+        if config.resample == "finest" and chosen_meta:
+            finest = min(chosen_meta, key=lambda b: abs(b.grid.transform[0]) * abs(b.grid.transform[4])).grid
+            grids[finest] = chosen_meta
+        else:
+            for meta in chosen_meta:
+                grids.setdefault(meta.grid, []).append(meta)
+        if not grids:
+            first = bands[0].grid if bands else GridSpec("EPSG:4326", (1.0, 0.0, 0.0, 0.0, -1.0, 0.0))
+            grids[first] = []
+        labels = [_grid_label(g) for g in grids] if len(grids) > 1 else [""]
+        if len(set(labels)) != len(labels):
+            labels = [f"{label}-{i}" for i, label in enumerate(labels)]
+        for (grid, metas), label in zip(grids.items(), labels, strict=True):
+            sel = tuple(m.id for m in metas)
+            names = tuple(output_names(config, sel))
+            dtype = output_dtype(config, [m.dtype for m in metas], transformed)
+            window = aoi_window(aoi, grid)
+            records.append(
+                ImageRecord(
+                    image_id=asset["id"],
+                    acquisition_time_utc=parse_utc(asset["startTime"]),
+                    native_crs=grid.crs,
+                    native_transform=grid.transform,
+                    native_width=grid.width,
+                    native_height=grid.height,
+                    alignment_signature=alignment_signature(grid.crs, grid.transform, names, dtype),
+                    selected_band_ids=(*sel, *missing),
+                    output_dtype=dtype,
+                    collection_id=config.collection_id,
+                    output_band_names=names,
+                    window=window.as_tuple(),
+                    grid_label=label,
+                    missing_bands=tuple(missing),
+                    properties=dict(asset.get("properties") or {}),
+                    footprint=asset.get("geometry"),
+                    version=_version(asset),
+                )
+            )
+        if missing:
+            warnings.append(f"{asset['id']} lacks {', '.join(missing)}; it will be skipped at download")
+    return records, warnings
+
+
+def _version(asset: dict[str, Any]) -> int | None:
+    stamp = asset.get("updateTime")
+    return round(parse_utc(stamp).timestamp() * 1_000_000) if stamp else None
+
+
+def _alignment_groups(records: list[ImageRecord]) -> list[AlignmentGroup]:
+    by_sig: OrderedDict[str, list[ImageRecord]] = OrderedDict()
+    for record in records:
+        if record.outside_aoi or record.missing_bands:
+            continue
+        by_sig.setdefault(record.alignment_signature, []).append(record)
+    groups = []
+    for signature, members in by_sig.items():
+        anchor = members[0].grid
+        transform, width, height = common_window(
+            anchor, [(m.native_transform, m.aoi_window) for m in members]
+        )
+        groups.append(
+            AlignmentGroup(
+                group_id=signature,
+                image_ids=tuple(OrderedDict.fromkeys(m.image_id for m in members)),
+                crs=anchor.crs,
+                band_names=members[0].output_band_names,
+                dtype=members[0].output_dtype,
+                transform=transform,
+                width=width,
+                height=height,
+                record_keys=tuple(m.record_key for m in members),
+                grid_label=members[0].grid_label,
+            )
+        )
+    return groups
