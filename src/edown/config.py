@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -174,8 +175,8 @@ def _geojson_polygons(obj: Any, field_name: str) -> BaseGeometry:
 def _validate_aoi_geometry(geom: BaseGeometry, field_name: str) -> None:
     if not isinstance(geom, Polygon | MultiPolygon):
         raise ConfigError(field_name, f"expected a Polygon or MultiPolygon, got {geom.geom_type}")
-    if geom.is_empty or geom.area == 0:
-        raise ConfigError(field_name, "the geometry is empty (zero area)")
+    if geom.is_empty:
+        raise ConfigError(field_name, "the geometry is empty")
     coords = shapely.get_coordinates(geom)
     if len(coords) > MAX_AOI_VERTICES:
         raise ConfigError(
@@ -361,7 +362,8 @@ class SearchConfig:
     20"``), ``resample`` (``"none"``: bands of different resolutions become separate outputs, each on its
     native grid; ``"finest"``: one output per image on the finest selected grid, coarser bands resampled by
     nearest neighbour on the server), ``output_dtype`` (override the dtype of scaled/plugin output) and
-    ``max_images`` (stop after this many images, oldest first).
+    ``max_images`` (stop after this many images, oldest first). ``server_url`` defaults to the
+    high-volume endpoint, or to ``$EDOWN_SERVER_URL`` when set (handy to point code at the emulator).
     """
 
     collection_id: str
@@ -374,7 +376,7 @@ class SearchConfig:
     rename_map: dict[str, str] = field(default_factory=dict)
     scale_map: dict[str, float] = field(default_factory=dict)
     transform_plugin: str | None = None
-    server_url: str = HIGH_VOLUME_URL
+    server_url: str = field(default_factory=lambda: os.environ.get("EDOWN_SERVER_URL") or HIGH_VOLUME_URL)
     project: str | None = None
     credentials: Any = field(default=None, repr=False, compare=False)
     property_filters: tuple[str, ...] = ()

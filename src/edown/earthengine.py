@@ -178,6 +178,13 @@ def connect(
         return conn
 
 
+def forget() -> None:
+    """Drop the cached initialisation, e.g. after code outside edown called ``ee.Initialize`` itself."""
+    global _current
+    with _connect_lock:
+        _current = None
+
+
 def _initialize(url: str, creds: Any, project: str, pool: int, timeout: float) -> None:
     import ee
 
@@ -347,6 +354,12 @@ def translate_error(exc: BaseException) -> EarthEngineError:
             return RequestTooLargeError(message, status=400)
         if status == 404:
             return EarthEngineError(message, status=404)
+        if status == 403:
+            return EarthEngineError(
+                message,
+                status=403,
+                hint="use --project / project= with a Cloud project registered for Earth Engine",
+            )
         err = EarthEngineError(message, status=status, transient=status in TRANSIENT_STATUSES)
         err.retry_after = retry_after  # type: ignore[attr-defined]
         return err

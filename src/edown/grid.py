@@ -18,7 +18,6 @@ from typing import Any
 import shapely
 from pyproj import Transformer
 from shapely.geometry.base import BaseGeometry
-from shapely.ops import transform as shapely_transform
 
 from edown.crs import resolve_crs
 from edown.errors import ConfigError
@@ -143,7 +142,7 @@ def _from_lonlat(crs: str) -> Transformer:
 def project_aoi(aoi_lonlat: BaseGeometry, crs: str) -> BaseGeometry:
     """The AOI in ``crs``, with edges densified first so straight lon/lat edges keep their shape."""
     dense = shapely.segmentize(aoi_lonlat, max_segment_length=0.01)
-    return shapely_transform(_from_lonlat(crs).transform, dense)
+    return shapely.transform(dense, _from_lonlat(crs).transform, interleaved=False)
 
 
 def aoi_window(aoi_lonlat: BaseGeometry, grid: GridSpec, clip: bool = True) -> Window:

@@ -231,7 +231,7 @@ class SearchResult:
             "images": [r.to_dict() for r in self.images],
             "alignment_groups": [g.to_dict() for g in self.alignment_groups],
             "requests": self.requests,
-            "elapsed_seconds": round(self.elapsed_seconds, 3),
+            "elapsed_seconds": self.elapsed_seconds,
             "warnings": list(self.warnings),
         }
 
@@ -274,8 +274,6 @@ class DownloadResult:
             value = getattr(self, f.name)
             if f.name == "tiff_path":
                 value = _path_out(value, base)
-            elif f.name == "seconds":
-                value = round(value, 3)
             elif f.name == "nodata" and isinstance(value, float) and value != value:
                 value = "nan"
             out[f.name] = value
@@ -352,7 +350,7 @@ class StackResult:
             "appended": self.appended,
             "times": list(self.times),
             "shape": list(self.shape),
-            "seconds": round(self.seconds, 3),
+            "seconds": self.seconds,
         }
 
     @staticmethod

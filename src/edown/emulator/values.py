@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import shapely
 from pyproj import Transformer
 from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box, shape
 from shapely.geometry.base import BaseGeometry
-from shapely.ops import transform as shapely_transform
 
 from edown.crs import resolve_crs, same_crs
 from edown.emulator.catalog import Catalog
@@ -100,7 +100,7 @@ def to_lonlat(geom: BaseGeometry, crs: str | None) -> BaseGeometry:
     if crs is None or same_crs(crs, "EPSG:4326"):
         return geom
     t = Transformer.from_crs(resolve_crs(crs), "EPSG:4326", always_xy=True)
-    return shapely_transform(t.transform, geom)
+    return shapely.transform(geom, t.transform, interleaved=False)
 
 
 def geometry_from_geojson(obj: dict[str, Any]) -> BaseGeometry:
