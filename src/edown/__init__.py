@@ -6,6 +6,7 @@ The public API: :func:`search_images`, :func:`download_images`, :func:`stack_ima
 """
 
 from edown.config import AOI, DownloadConfig, SearchConfig, StackConfig
+from edown.download import download_images
 from edown.errors import (
     AuthenticationError,
     CollectionNotFoundError,
@@ -51,5 +52,6 @@ __all__ = [
     "StackConfig",
     "StackError",
     "StackResult",
+    "download_images",
     "search_images",
 ]

@@ -275,14 +275,17 @@ def plan_chunks(
     fits = window.width <= limit_side and window.height <= limit_side
     if fits and min_chunks <= 1 and request_bytes(window.pixels, band_count, itemsize) <= byte_limit:
         return [window]
-    side = (limit_side // tile) * tile if limit_side >= tile else _pow2_floor(limit_side)
+    if limit_side < tile:
+        side = _pow2_floor(limit_side)
+        return _split(window, side, side)
+    side = (limit_side // tile) * tile
     if chunk_size is not None:
-        side = min(side, chunk_size)
-    while min_chunks > 1 and side > 256:
-        if math.ceil(window.width / side) * math.ceil(window.height / side) >= min_chunks:
-            break
-        side //= 2
-    side = max(16, side)
+        side = max(tile, min(side, chunk_size // tile * tile))
+    if min_chunks > 1:
+        for multiple in range(side // tile, 0, -1):
+            side = multiple * tile
+            if math.ceil(window.width / side) * math.ceil(window.height / side) >= min_chunks:
+                break
     return _split(window, side, side)
 
 

@@ -1,0 +1,692 @@
+"""download_images: native-grid GeoTIFFs at Earth Engine's quota ceiling, exact, atomic and resumable.
+
+The run has three stages:
+
+1. **Plan** (``prepare_workers`` threads): for every search record decide its output path and status
+   (missing bands, outside the AOI, existing output), cut its AOI window into chunks that Earth Engine
+   accepts (:func:`edown.grid.plan_chunks`), and find chunks already stored by an interrupted run.
+2. **Fetch** (up to ``max_inflight_chunks`` requests in flight, paced by the connection's
+   :class:`~edown.earthengine.RequestPacer` to the project's quotas): one shared priority queue holds the
+   chunks of *all* images, oldest image first, so the quota stays busy and images finish in order. A
+   request Earth Engine refuses as too large is split in two and requeued; transient failures are retried
+   with backoff; any other error fails that image at once with Earth Engine's message.
+3. **Write** (``download_workers`` threads): each chunk is stored atomically as soon as it arrives; when
+   an image's last chunk lands its GeoTIFF is assembled, verified and renamed into place, with a JSON
+   sidecar. Chunks of an interrupted image stay on disk, so the next run fetches only what is missing.
+
+Nodata: Earth Engine serves masked pixels as zeros, which are valid values, so each request asks for
+``unmask(fill, sameFootprint=False)``: pixels without data arrive as ``nodata`` (default: NaN for floats,
+the dtype's maximum for integers).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import itertools
+import json
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edown import earthengine
+from edown.bands import build_image, check_nodata_fits, default_nodata, fill_value
+from edown.config import DownloadConfig, SearchConfig
+from edown.errors import ConfigError, EarthEngineError, OutputExistsError, RequestTooLargeError
+from edown.geotiff import OutputSpec, describe, tags_for, write_geotiff
+from edown.grid import Window, plan_chunks, request_bytes, split_in_two
+from edown.manifest import (
+    atomic_write_text,
+    config_to_dict,
+    load_manifest,
+    new_manifest,
+    now_utc,
+    set_search,
+)
+from edown.outputs import (
+    ChunkStore,
+    StoredChunk,
+    covered_by,
+    image_tiff_path,
+    output_lock,
+    partial_dir,
+    sidecar_path,
+)
+from edown.plugins import bind, load_plugin
+from edown.progress import Counters, Reporter
+from edown.records import DownloadResult, DownloadSummary, ImageRecord, SearchResult, utc_iso
+from edown.search import search_images
+
+log = logging.getLogger("edown.download")
+
+#: What a dry run assumes a request costs on Earth Engine's high-volume endpoint (see the protocol notes).
+ASSUMED_LATENCY_S = 0.3
+ASSUMED_BANDWIDTH_BPS = 2 * 1024 * 1024
+MANIFEST_EVERY_S = 5.0
+
+
+# ---- plan ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageJob:
+    """One record's download: its plan, its progress and its outcome."""
+
+    index: int
+    record: ImageRecord
+    tiff: Path
+    spec: OutputSpec
+    store: ChunkStore
+    chunks: list[Window]
+    stored: list[StoredChunk]
+    nodata: float
+    expression: Any = None
+    outstanding: int = 0
+    requests: int = 0
+    retries: int = 0
+    bytes: int = 0
+    fetched: int = 0
+    started: float | None = None
+    finished: float | None = None
+    status: str | None = None
+    error: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self.chunks)
+
+    def result(self, status: str | None = None, error: str | None = None) -> DownloadResult:
+        elapsed = (self.finished or time.monotonic()) - self.started if self.started else 0.0
+        final_status = status or self.status or "failed"
+        return DownloadResult(
+            image_id=self.record.image_id,
+            status=final_status,
+            tiff_path=self.tiff if final_status in ("downloaded", "skipped_existing") else None,
+            chunk_count=self.chunk_count,
+            error=error or self.error,
+            record_key=self.record.record_key,
+            alignment_signature=self.record.alignment_signature,
+            chunks_fetched=self.fetched,
+            bytes_downloaded=self.bytes,
+            requests=self.requests,
+            retries=self.retries,
+            seconds=elapsed,
+            nodata=self.nodata,
+        )
+
+
+def _skipped(record: ImageRecord, status: str, tiff: Path | None, error: str | None = None) -> DownloadResult:
+    return DownloadResult(
+        image_id=record.image_id,
+        status=status,
+        tiff_path=tiff,
+        chunk_count=0,
+        error=error,
+        record_key=record.record_key,
+        alignment_signature=record.alignment_signature,
+    )
+
+
+@dataclass
+class Plan:
+    jobs: list[ImageJob]
+    skipped: list[DownloadResult]
+    order: list[str]  # record keys in search order, for the results
+
+    def totals(self) -> dict[str, Any]:
+        chunks = [w for j in self.jobs for w in j.chunks]
+        missing = [w for j in self.jobs for w in _missing(j)]
+        req_bytes = sum(
+            request_bytes(w.pixels, len(j.spec.band_names), np.dtype(j.spec.dtype).itemsize)
+            for j in self.jobs
+            for w in _missing(j)
+        )
+        return {
+            "images": len(self.jobs),
+            "skipped": len(self.skipped),
+            "chunks": len(chunks),
+            "requests": len(missing),
+            "request_bytes": req_bytes,
+            "output_pixels": sum(j.spec.width * j.spec.height for j in self.jobs),
+        }
+
+
+def _missing(job: ImageJob) -> list[Window]:
+    stored = set()
+    for window in job.chunks:
+        if covered_by(window, job.stored) is not None:
+            stored.add(window)
+    return [w for w in job.chunks if w not in stored]
+
+
+def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
+    """Decide every record's fate and chunking without fetching anything."""
+    plugin = load_plugin(config.transform_plugin) if config.transform_plugin else None
+    records = list(search.images)
+    downloadable = [r for r in records if not r.missing_bands and not r.outside_aoi]
+    if config.chunk_size_mode == "auto":
+        target = max(1, 2 * min(config.max_inflight_chunks, config.max_concurrent_requests))
+        min_chunks = math.ceil(target / max(1, len(downloadable)))
+    else:
+        min_chunks = 1
+    existing_conflicts: list[Path] = []
+
+    def prepare(item: tuple[int, ImageRecord]) -> ImageJob | DownloadResult:
+        index, record = item
+        tiff = image_tiff_path(
+            config.output_root, record.collection_id, record.system_index, record.grid_label
+        )
+        if record.missing_bands:
+            return _skipped(
+                record,
+                "skipped_missing_bands",
+                None,
+                f"image lacks band(s) {', '.join(record.missing_bands)}",
+            )
+        if record.outside_aoi:
+            return _skipped(record, "skipped_outside_aoi", None)
+        names = record.output_band_names
+        dtype = record.output_dtype
+        nodata = default_nodata(dtype) if config.nodata is None else float(config.nodata)
+        check_nodata_fits(nodata, dtype)
+        window = record.aoi_window
+        spec = OutputSpec(
+            width=window.width,
+            height=window.height,
+            band_names=names,
+            dtype=dtype,
+            crs=record.native_crs,
+            transform=record.window_transform,
+            nodata=nodata,
+            compression=config.compression,
+            cog=config.cog,
+            tags=tags_for(
+                record.image_id, record.version, record.properties, utc_iso(record.acquisition_time_utc)
+            ),
+        )
+        store = ChunkStore(partial_dir(tiff))
+        if tiff.exists():
+            if config.overwrite:
+                pass  # replaced atomically when the new file is ready
+            elif config.resume:
+                problem = _existing_mismatch(tiff, spec)
+                if problem:
+                    raise OutputExistsError(
+                        f"{tiff} exists but {problem}", hint="pass overwrite=True / --overwrite to replace it"
+                    )
+                return _skipped(record, "skipped_existing", tiff)
+            else:
+                existing_conflicts.append(tiff)
+                return _skipped(record, "failed", None, "output exists")
+        chunks = plan_chunks(
+            window, len(names), np.dtype(dtype).itemsize, config.request_byte_limit,
+            chunk_size=config.chunk_size, mode=config.chunk_size_mode, min_chunks=min_chunks,
+        )  # fmt: skip
+        reuse = config.resume and not config.overwrite
+        stored = store.existing(len(names), dtype, cleanup=not config.dry_run) if reuse else []
+        job = ImageJob(index, record, tiff, spec, store, chunks, stored, nodata)
+        if not config.dry_run:
+            fill = fill_value(dtype, nodata)
+            bound = None
+            if plugin is not None:
+                assert config.transform_plugin is not None
+                bound = bind(plugin, config.transform_plugin, metadata_from_record(record), config)
+            selected = [b for b in record.selected_band_ids if b not in record.missing_bands]
+            job.expression = build_image(
+                record.image_id, selected, names, dtype, fill, config.scale_map, bound
+            )
+        return job
+
+    with ThreadPoolExecutor(max_workers=config.prepare_workers, thread_name_prefix="edown-prepare") as pool:
+        prepared = list(pool.map(prepare, enumerate(records)))
+    if existing_conflicts:
+        raise OutputExistsError(
+            f"{len(existing_conflicts)} output(s) already exist, e.g. {existing_conflicts[0]}",
+            hint="pass resume=True (--resume) to keep them, or overwrite=True (--overwrite) to replace them",
+        )
+    jobs = [p for p in prepared if isinstance(p, ImageJob)]
+    skipped = [p for p in prepared if isinstance(p, DownloadResult)]
+    return Plan(jobs, skipped, [r.record_key for r in records])
+
+
+def metadata_from_record(record: ImageRecord) -> dict[str, Any]:
+    """The plugin's ``metadata`` argument, rebuilt from a search record (same keys as at search time)."""
+    return {
+        "id": record.image_id,
+        "collection_id": record.collection_id,
+        "time_start": round(record.acquisition_time_utc.timestamp() * 1000),
+        "properties": dict(record.properties),
+    }
+
+
+def _existing_mismatch(tiff: Path, spec: OutputSpec) -> str | None:
+    try:
+        found = describe(tiff)
+    except Exception as exc:
+        return f"cannot be read ({type(exc).__name__})"
+    if (found["width"], found["height"], found["count"]) != (spec.width, spec.height, len(spec.band_names)):
+        return f"has a different size ({found['width']}x{found['height']}x{found['count']})"
+    if found["dtype"] != spec.dtype:
+        return f"has dtype {found['dtype']}, not {spec.dtype}"
+    if tuple(found["band_names"]) != spec.band_names:
+        return f"has bands {found['band_names']}"
+    return None
+
+
+# ---- fetch + write ------------------------------------------------------------------------------------
+
+
+def decode_npy(
+    data: bytes, names: tuple[str, ...], dtype: str, window: Window, nan_fill: float | None
+) -> np.ndarray:
+    """The (bands, height, width) array of an NPY response; a short or malformed body is a transient error."""
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        raise EarthEngineError(
+            f"truncated or corrupt NPY response ({len(data)} bytes): {exc}", transient=True
+        ) from None
+    if arr.shape != (window.height, window.width) or arr.dtype.names is None:
+        raise EarthEngineError(
+            f"NPY response has shape {arr.shape}, expected {(window.height, window.width)}", transient=True
+        )
+    missing = [n for n in names if n not in arr.dtype.names]
+    if missing:
+        raise EarthEngineError(f"NPY response lacks band(s) {missing}; got {list(arr.dtype.names)}")
+    out = np.empty((len(names), window.height, window.width), dtype=dtype)
+    for i, name in enumerate(names):
+        out[i] = arr[name]
+    if nan_fill is not None:
+        out[out == nan_fill] = np.nan
+    return out
+
+
+class _Run:
+    """The shared fetch/write machinery of one download run."""
+
+    def __init__(self, config: DownloadConfig, conn: earthengine.Connection, jobs: list[ImageJob], counters: Counters,
+                 on_image_done: Callable[[], None]) -> None:  # fmt: skip
+        self.config = config
+        self.conn = conn
+        self.jobs = jobs
+        self.counters = counters
+        self.on_image_done = on_image_done
+        self.policy = earthengine.RetryPolicy(
+            max_retries=config.max_retries, base_delay=config.retry_delay_seconds
+        )
+        self.tasks: queue.PriorityQueue[tuple[int, int, int, Window]] = queue.PriorityQueue()
+        self.writes: queue.Queue[tuple[ImageJob, Window, np.ndarray] | None] = queue.Queue(
+            maxsize=2 * config.download_workers
+        )
+        self.stop = threading.Event()
+        self.seq = itertools.count()
+        self.remaining = 0
+        self.done_cond = threading.Condition()
+        self.jobs_by_index = {j.index: j for j in jobs}
+
+    # -- lifecycle --
+    def run(self) -> None:
+        reuse = self.config.resume and not self.config.overwrite
+        for job in self.jobs:
+            if not reuse:
+                job.store.remove()
+                job.stored = []
+            todo = []
+            for window in job.chunks:
+                if covered_by(window, job.stored) is None:
+                    todo.append(window)
+            # Stored pieces that do not tile a planned chunk (a different chunking) cannot be reused.
+            keep = {c.path for w in job.chunks if (cov := covered_by(w, job.stored)) for c in cov}
+            for chunk in job.stored:
+                if chunk.path not in keep:
+                    chunk.path.unlink(missing_ok=True)
+            job.stored = [c for c in job.stored if c.path in keep]
+            job.outstanding = len(todo)
+            for window in todo:
+                self.tasks.put((job.index, next(self.seq), 0, window))
+        self.remaining = len(self.jobs)
+        self.counters.add(chunks_done=sum(len(j.chunks) - j.outstanding for j in self.jobs))
+        fetchers = [threading.Thread(target=self._fetch_loop, name=f"edown-fetch-{i}", daemon=True)
+                    for i in range(self.config.max_inflight_chunks)]  # fmt: skip
+        writers = [threading.Thread(target=self._write_loop, name=f"edown-write-{i}", daemon=True)
+                   for i in range(self.config.download_workers)]  # fmt: skip
+        for t in (*fetchers, *writers):
+            t.start()
+        try:
+            for job in self.jobs:
+                if job.outstanding == 0:
+                    self._put_write((job, Window(0, 0, 0, 0), np.empty(0)))  # assemble from stored chunks
+            with self.done_cond:
+                while self.remaining > 0:
+                    self.done_cond.wait(timeout=0.5)
+        except KeyboardInterrupt:
+            self.stop.set()
+            raise
+        finally:
+            self.stop.set()
+            for _ in writers:
+                self._put_write(None, force=True)
+            for t in fetchers:
+                t.join(timeout=2)
+            for t in writers:
+                t.join(timeout=60)
+
+    def _put_write(self, item: tuple[ImageJob, Window, np.ndarray] | None, force: bool = False) -> None:
+        while True:
+            try:
+                self.writes.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if self.stop.is_set() and not force:
+                    raise InterruptedError("stopping") from None
+
+    def _finish(self, job: ImageJob, status: str, error: str | None = None) -> None:
+        with job.lock:
+            if job.status is not None:
+                return
+            job.status = status
+            job.error = error
+            job.finished = time.monotonic()
+        if status == "downloaded":
+            self.counters.add(images_done=1)
+        else:
+            self.counters.add(images_failed=1)
+        with self.done_cond:
+            self.remaining -= 1
+            self.done_cond.notify_all()
+        self.on_image_done()
+
+    # -- fetchers --
+    def _fetch_loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                _, _, attempt, window = item = self.tasks.get(timeout=0.25)
+            except queue.Empty:
+                continue
+            job = self.jobs_by_index[item[0]]
+            if job.status is not None:
+                continue
+            try:
+                data = self._fetch(job, window)
+            except InterruptedError:
+                return
+            except RequestTooLargeError as err:
+                halves = split_in_two(window)
+                if len(halves) == 1:
+                    self._finish(job, "failed", f"Earth Engine refused even a 1-pixel request: {err.message}")
+                    continue
+                with job.lock:
+                    job.chunks = [c for c in job.chunks if c != window] + halves
+                    job.outstanding += 1
+                self.counters.add(chunks_total=1)
+                log.info("split %s of %s after: %s", window, job.record.record_key, err.message)
+                for half in halves:
+                    self.tasks.put((job.index, next(self.seq), attempt + 1, half))
+                continue
+            except EarthEngineError as err:
+                self._finish(job, "failed", err.message)
+                continue
+            except Exception as exc:  # a bug or an unexpected library error: fail this image, keep going
+                log.exception("unexpected error fetching %s", job.record.record_key)
+                self._finish(job, "failed", f"{type(exc).__name__}: {exc}")
+                continue
+            try:
+                self._put_write((job, window, data))
+            except InterruptedError:
+                return
+
+    def _fetch(self, job: ImageJob, window: Window) -> np.ndarray:
+        grid = job.record.grid.to_request(window)
+        nan_fill = fill_value(job.spec.dtype, job.nodata) if job.nodata != job.nodata else None
+        sizes = {"bytes": 0}
+
+        def attempt() -> np.ndarray:
+            with job.lock:
+                job.requests += 1
+                if job.started is None:
+                    job.started = time.monotonic()
+            raw = earthengine.compute_pixels_npy(self.conn, job.expression, grid)
+            sizes["bytes"] = len(raw)
+            return decode_npy(raw, job.spec.band_names, job.spec.dtype, window, nan_fill)
+
+        def on_retry(err: EarthEngineError) -> None:
+            with job.lock:
+                job.retries += 1
+            self.counters.add(retries=1, throttled=1 if err.status == 429 else 0)
+
+        data = earthengine.call(self.conn, attempt, self.policy, stop=self.stop, on_retry=on_retry)
+        with job.lock:
+            job.bytes += sizes["bytes"]
+            job.fetched += 1
+        self.counters.add(bytes=sizes["bytes"])
+        return data
+
+    # -- writers --
+    def _write_loop(self) -> None:
+        while True:
+            item = self.writes.get()
+            if item is None:
+                return
+            job, window, data = item
+            if job.status is not None:
+                continue
+            try:
+                if not window.is_empty:
+                    stored = StoredChunk(window, job.store.save(window, data))
+                    with job.lock:
+                        job.stored.append(stored)
+                        job.outstanding -= 1
+                        complete = job.outstanding == 0
+                    self.counters.add(chunks_done=1)
+                else:
+                    complete = True
+                if complete:
+                    self._assemble(job)
+            except Exception as exc:
+                log.exception("writing %s failed", job.record.record_key)
+                self._finish(job, "failed", f"writing the output failed: {type(exc).__name__}: {exc}")
+
+    def _assemble(self, job: ImageJob) -> None:
+        pieces: list[StoredChunk] = []
+        for window in job.chunks:
+            cover = covered_by(window, job.stored)
+            if cover is None:
+                raise RuntimeError(f"chunk {window} of {job.record.record_key} is missing at assembly")
+            pieces.extend(cover)
+        origin = job.record.aoi_window
+        _write_sidecar(job)
+        write_geotiff(job.tiff, job.spec, job.store, pieces, origin)
+        job.store.remove()
+        self._finish(job, "downloaded")
+
+
+def _write_sidecar(job: ImageJob) -> None:
+    record = job.record
+    doc = {
+        "image_id": record.image_id,
+        "collection_id": record.collection_id,
+        "version": record.version,
+        "acquisition_time_utc": utc_iso(record.acquisition_time_utc),
+        "band_names": list(job.spec.band_names),
+        "source_bands": [b for b in record.selected_band_ids if b not in record.missing_bands],
+        "dtype": job.spec.dtype,
+        "nodata": "nan" if job.nodata != job.nodata else job.nodata,
+        "crs": record.native_crs,
+        "transform": list(job.spec.transform),
+        "width": job.spec.width,
+        "height": job.spec.height,
+        "native_window": list(record.window),
+        "alignment_signature": record.alignment_signature,
+        "grid_label": record.grid_label,
+        "properties": record.properties,
+        "footprint": record.footprint,
+        "chunks": len(job.chunks),
+    }
+    atomic_write_text(sidecar_path(job.tiff), json.dumps(doc, indent=1, default=str) + "\n")
+
+
+# ---- orchestration ------------------------------------------------------------------------------------
+
+
+def _manifest_path(config: DownloadConfig, started: dt.datetime) -> Path:
+    if config.manifest_path is not None:
+        return config.manifest_path
+    return config.manifests_dir / f"run-{started.strftime('%Y%m%dT%H%M%S')}Z.json"
+
+
+def _download_section(config: DownloadConfig, started: dt.datetime, results: list[DownloadResult], stats: dict[str, Any],
+                      finished: dt.datetime | None, base: Path) -> dict[str, Any]:  # fmt: skip
+    search_fields = {f.name for f in fields(SearchConfig)}
+    downloaded, skipped, failed = DownloadSummary.tally(tuple(results))
+    return {
+        "config": {
+            k: v for k, v in config_to_dict(config).items() if k not in search_fields or k == "server_url"
+        },
+        "started_utc": utc_iso(started),
+        "finished_utc": utc_iso(finished) if finished else None,
+        "state": "finished" if finished else "running",
+        "counts": {"downloaded": downloaded, "skipped": skipped, "failed": failed, "total": len(results)},
+        "results": [r.to_dict(base) for r in results],
+        "stats": stats,
+    }
+
+
+def resolve_search(config: DownloadConfig) -> SearchResult:
+    """The search to download: a saved search manifest when given, else a fresh search."""
+    if config.search_manifest is not None:
+        manifest = load_manifest(config.search_manifest)
+        result = manifest.search
+        if result is None:
+            raise ConfigError("search_manifest", f"{config.search_manifest} has no search section")
+        return result
+    return search_images(config)
+
+
+def download_images(config: DownloadConfig) -> DownloadSummary:
+    """Search (or read a saved search) and download native-grid GeoTIFFs plus a JSON run manifest.
+
+    Returns a :class:`~edown.records.DownloadSummary`; images that fail are reported there (status
+    ``failed`` with Earth Engine's message) rather than raised. Bad input raises
+    :class:`~edown.errors.ConfigError`; outputs that exist with ``resume=False`` and ``overwrite=False``
+    raise :class:`~edown.errors.OutputExistsError` before anything is fetched.
+    """
+    started_wall = now_utc()
+    started = time.monotonic()
+    search = resolve_search(config)
+    manifest_path = _manifest_path(config, started_wall)
+    plan = plan_download(config, search)
+    if config.dry_run:
+        return _dry_run_summary(config, search, plan, manifest_path, time.monotonic() - started)
+
+    conn = earthengine.connect(
+        config.server_url, config.project, config.credentials,
+        max_concurrent=config.max_concurrent_requests, requests_per_second=config.max_requests_per_second,
+        timeout=config.request_timeout_seconds,
+    )  # fmt: skip
+    before = conn.pacer.snapshot()
+    with output_lock(config.output_root, f"download to {config.output_root}"):
+        manifest = new_manifest(manifest_path, config.output_root)
+        set_search(manifest, config, search)
+        counters = Counters(images_total=len(plan.jobs), chunks_total=sum(len(j.chunks) for j in plan.jobs))
+        base = config.output_root
+        last_write = [0.0]
+        write_lock = threading.Lock()
+
+        def results_now() -> list[DownloadResult]:
+            by_key = {r.record_key: r for r in plan.skipped}
+            for job in plan.jobs:
+                by_key[job.record.record_key] = job.result(
+                    job.status or "failed", job.error or ("in progress" if job.status is None else None)
+                )
+            return [by_key[k] for k in plan.order if k in by_key]
+
+        def write_manifest(final: bool = False) -> None:
+            with write_lock:
+                now = time.monotonic()
+                if not final and now - last_write[0] < MANIFEST_EVERY_S:
+                    return
+                last_write[0] = now
+                stats = _stats(conn, before, counters, plan, time.monotonic() - started)
+                manifest.doc["download"] = _download_section(config, started_wall, results_now(), stats,
+                                                             now_utc() if final else None, base)  # fmt: skip
+                manifest.write()
+
+        write_manifest(final=False)
+        run = _Run(config, conn, plan.jobs, counters, lambda: write_manifest(False))
+        try:
+            with Reporter(counters, "download", enabled=config.progress):
+                run.run()
+        finally:
+            for job in plan.jobs:
+                if job.status is None:
+                    job.status, job.error = "failed", "interrupted before completion (run again to resume)"
+            write_manifest(final=True)
+    results = tuple(results_now())
+    downloaded, skipped, failed = DownloadSummary.tally(results)
+    return DownloadSummary(
+        manifest_path=manifest_path,
+        results=results,
+        downloaded=downloaded,
+        skipped=skipped,
+        failed=failed,
+        search=search,
+        plan=plan.totals(),
+        elapsed_seconds=time.monotonic() - started,
+        stats=_stats(conn, before, counters, plan, time.monotonic() - started),
+    )
+
+
+def _stats(
+    conn: earthengine.Connection, before: dict[str, Any], counters: Counters, plan: Plan, elapsed: float
+) -> dict[str, Any]:
+    pacer = conn.pacer.snapshot()
+    snap = counters.snapshot()
+    pixels = sum(j.spec.width * j.spec.height for j in plan.jobs if j.status == "downloaded")
+    return {
+        "elapsed_seconds": round(elapsed, 3),
+        "requests": pacer["requests"] - before["requests"],
+        "retries": snap["retries"],
+        "throttled": pacer["throttled"] - before["throttled"],
+        "bytes_downloaded": round(snap["mb"] * 1e6),
+        "output_megapixels": round(pixels / 1e6, 3),
+        "megapixels_per_second": round(pixels / 1e6 / elapsed, 3) if elapsed else None,
+        "peak_inflight": pacer["peak_inflight"],
+        "concurrency_window": pacer["window"],
+    }
+
+
+def _dry_run_summary(
+    config: DownloadConfig, search: SearchResult, plan: Plan, manifest_path: Path, elapsed: float
+) -> DownloadSummary:
+    totals = plan.totals()
+    concurrency = min(config.max_inflight_chunks, config.max_concurrent_requests)
+    per_request = [
+        ASSUMED_LATENCY_S + request_bytes(w.pixels, len(j.spec.band_names), np.dtype(j.spec.dtype).itemsize) / ASSUMED_BANDWIDTH_BPS
+        for j in plan.jobs for w in _missing(j)
+    ]  # fmt: skip
+    busy = sum(per_request) / concurrency if per_request else 0.0
+    paced = len(per_request) / config.max_requests_per_second
+    totals.update({
+        "concurrency": concurrency,
+        "estimated_seconds": round(max(busy, paced), 1),
+        "assumptions": f"{ASSUMED_LATENCY_S} s + bytes at {ASSUMED_BANDWIDTH_BPS / 2**20:.0f} MiB/s per request, "
+                       f"{concurrency} concurrent, <= {config.max_requests_per_second:g} requests/s",
+    })  # fmt: skip
+    results = [*plan.skipped, *(j.result("planned", None) for j in plan.jobs)]
+    order = {k: i for i, k in enumerate(plan.order)}
+    results.sort(key=lambda r: order.get(r.record_key, 0))
+    downloaded, skipped, failed = DownloadSummary.tally(tuple(results))
+    return DownloadSummary(
+        manifest_path=manifest_path, results=tuple(results), downloaded=downloaded, skipped=skipped, failed=failed,
+        search=search, dry_run=True, plan=totals, elapsed_seconds=elapsed,
+    )  # fmt: skip

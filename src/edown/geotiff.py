@@ -1,0 +1,183 @@
+"""Write, verify and describe the GeoTIFFs edown produces.
+
+Each output is a tiled (256 x 256), compressed GeoTIFF on the image's native CRS and grid, one band per
+output band with the band name as description, ``nodata`` set, and Earth Engine's id, version and
+properties as dataset tags. It is assembled from the stored chunks into a temporary file, verified
+(dimensions, dtype, CRS, transform, readable last tile), fsynced, and only then renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edown.crs import crs_wkt
+from edown.grid import Transform, Window
+from edown.outputs import ChunkStore, StoredChunk
+
+TILE = 256
+# Predictors: horizontal differencing for integers, floating-point predictor for floats.
+_PREDICTOR = {"i": 2, "u": 2, "f": 3}
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Everything the file must say about itself."""
+
+    width: int
+    height: int
+    band_names: tuple[str, ...]
+    dtype: str
+    crs: str
+    transform: Transform
+    nodata: float
+    compression: str = "zstd"
+    cog: bool = False
+    tags: Mapping[str, str] | None = None
+
+
+def _profile(spec: OutputSpec) -> dict[str, Any]:
+    import rasterio
+    from rasterio.transform import Affine
+
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": spec.width,
+        "height": spec.height,
+        "count": len(spec.band_names),
+        "dtype": spec.dtype,
+        "crs": rasterio.crs.CRS.from_wkt(crs_wkt(spec.crs)),
+        "transform": Affine(*spec.transform),
+        "nodata": spec.nodata,
+        "tiled": True,
+        "blockxsize": TILE,
+        "blockysize": TILE,
+        "interleave": "band",
+        "BIGTIFF": "IF_SAFER",
+        "NUM_THREADS": "ALL_CPUS",
+    }
+    if spec.compression != "none":
+        profile["compress"] = spec.compression
+        profile["predictor"] = _PREDICTOR[np.dtype(spec.dtype).kind]
+        if spec.compression == "zstd":
+            profile["zstd_level"] = 1
+    return profile
+
+
+def write_geotiff(
+    target: Path, spec: OutputSpec, store: ChunkStore, chunks: Iterable[StoredChunk], origin: Window
+) -> int:
+    """Assemble ``chunks`` (windows relative to the native grid; ``origin`` is the output's window) into
+    ``target`` atomically. Returns the file size in bytes."""
+    import rasterio
+    from rasterio.windows import Window as RioWindow
+
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with rasterio.Env(GDAL_CACHEMAX=128), rasterio.open(tmp, "w", **_profile(spec)) as dst:
+            for chunk in chunks:
+                rel = chunk.window.relative_to(origin)
+                data = store.load(chunk)
+                dst.write(data, window=RioWindow(rel.col_off, rel.row_off, rel.width, rel.height))
+            dst.descriptions = spec.band_names
+            if spec.tags:
+                dst.update_tags(**dict(spec.tags))
+        if spec.cog:
+            tmp = _to_cog(tmp, spec)
+        verify_geotiff(tmp, spec)
+        with tmp.open("rb") as handle:
+            os.fsync(handle.fileno())
+        tmp.replace(target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target.stat().st_size
+
+
+def _to_cog(path: Path, spec: OutputSpec) -> Path:
+    import rasterio.shutil
+
+    cog = path.with_name(path.name + ".cog")
+    options: dict[str, Any] = {
+        "driver": "COG",
+        "blocksize": TILE,
+        "BIGTIFF": "IF_SAFER",
+        "NUM_THREADS": "ALL_CPUS",
+    }
+    if spec.compression != "none":
+        options["compress"] = spec.compression
+        options["predictor"] = "YES"
+    options["overview_resampling"] = "nearest" if np.dtype(spec.dtype).kind in "iu" else "average"
+    rasterio.shutil.copy(path, cog, **options)
+    path.unlink()
+    return cog
+
+
+class VerificationError(RuntimeError):
+    """A freshly written GeoTIFF does not read back as specified."""
+
+
+def verify_geotiff(path: Path, spec: OutputSpec) -> None:
+    """Re-open and check shape, dtype, CRS, transform and nodata, and decode the last tile."""
+    import rasterio
+    from rasterio.windows import Window as RioWindow
+
+    with rasterio.open(path) as src:
+        problems = []
+        if (src.width, src.height, src.count) != (spec.width, spec.height, len(spec.band_names)):
+            problems.append(f"size {src.width}x{src.height}x{src.count}")
+        if src.dtypes[0] != spec.dtype:
+            problems.append(f"dtype {src.dtypes[0]}")
+        if tuple(src.transform)[:6] != tuple(spec.transform):
+            problems.append(f"transform {tuple(src.transform)[:6]}")
+        nodata = src.nodata
+        if not (
+            nodata == spec.nodata or (math.isnan(spec.nodata) and nodata is not None and math.isnan(nodata))
+        ):
+            problems.append(f"nodata {nodata}")
+        if problems:
+            raise VerificationError(f"{path.name} read back wrong: {', '.join(problems)}")
+        last = RioWindow(max(0, spec.width - 1), max(0, spec.height - 1), 1, 1)
+        src.read(window=last)
+
+
+def tags_for(
+    record_image_id: str, version: int | None, properties: Mapping[str, Any], acquired: str
+) -> dict[str, str]:
+    """Dataset tags: EE identity plus every property (non-string values JSON-encoded)."""
+    tags = {"EE_IMAGE_ID": record_image_id, "EE_ACQUISITION_TIME_UTC": acquired}
+    if version is not None:
+        tags["EE_VERSION"] = str(version)
+    for key, value in properties.items():
+        tags[f"EE_{_tag_key(key)}"] = value if isinstance(value, str) else json.dumps(value)
+    return tags
+
+
+def _tag_key(key: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in key)
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """What a GeoTIFF says about itself (for sidecars, quicklooks and tests)."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return {
+            "width": src.width,
+            "height": src.height,
+            "count": src.count,
+            "dtype": src.dtypes[0],
+            "crs": src.crs.to_wkt() if src.crs else None,
+            "transform": list(tuple(src.transform)[:6]),
+            "nodata": src.nodata,
+            "band_names": list(src.descriptions),
+        }
