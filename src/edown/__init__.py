@@ -5,6 +5,7 @@ The public API: :func:`search_images`, :func:`download_images`, :func:`stack_ima
 :class:`DownloadConfig`, :class:`StackConfig`) and result types.
 """
 
+from edown._version import __version__
 from edown.config import AOI, DownloadConfig, SearchConfig, StackConfig
 from edown.download import download_images
 from edown.errors import (
@@ -29,8 +30,6 @@ from edown.records import (
 )
 from edown.search import search_images
 
-__version__ = "0.3.0.dev0"
-
 __all__ = [
     "AOI",
     "AlignmentGroup",
@@ -52,6 +51,7 @@ __all__ = [
     "StackConfig",
     "StackError",
     "StackResult",
+    "__version__",
     "download_images",
     "search_images",
 ]

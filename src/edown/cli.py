@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
-from edown import __version__
+from edown._version import __version__
 from edown.errors import ConfigError, EdownError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -281,6 +281,168 @@ def _print_search_table(result: Any) -> None:
     )
     for warning in result.warnings:
         _stderr_console().print(f"[yellow]warning:[/] {warning}", markup=True)
+
+
+# ---- download -------------------------------------------------------------------------------------------
+
+
+def download_options(func: F) -> F:
+    options = [
+        click.option("-o", "--output-root", type=click.Path(file_okay=False), default="data", show_default=True,
+                     help="Root folder for images/, stacks/ and manifests/."),
+        click.option("--manifest-path", type=click.Path(dir_okay=False), help="Where to write the run manifest (default: OUTPUT_ROOT/manifests/run-<UTC>.json)."),
+        click.option("--from-manifest", "search_manifest", type=click.Path(dir_okay=False, exists=True),
+                     help="Download the images of a saved search manifest instead of searching again."),
+        click.option("--chunk-size", type=int, help="Chunk side in pixels (default: chosen to fill requests)."),
+        click.option("--chunk-size-mode", type=click.Choice(["auto", "fixed"]), default="auto", show_default=True),
+        click.option("--prepare-workers", type=int, default=10, show_default=True, help="Threads for planning."),
+        click.option("--download-workers", type=int, default=10, show_default=True, help="Threads writing chunks and GeoTIFFs."),
+        click.option("--max-inflight-chunks", type=int, default=32, show_default=True, help="Chunk requests in flight at once."),
+        click.option("--max-retries", type=int, default=4, show_default=True, help="Retries of a transient failure per chunk."),
+        click.option("--retry-delay-seconds", type=float, default=2.0, show_default=True, help="Initial backoff."),
+        click.option("--request-byte-limit", type=int, default=48 * 1024 * 1024, show_default=True,
+                     help="Max uncompressed bytes per request (Earth Engine's limit, mask byte included)."),
+        click.option("--overwrite", is_flag=True, help="Replace existing outputs."),
+        click.option("--resume/--no-resume", default=True, show_default=True, help="Keep finished outputs and stored chunks."),
+        click.option("--nodata", type=float, help="Nodata value (default: NaN for floats, the dtype maximum for integers)."),
+        click.option("--compression", type=click.Choice(["zstd", "deflate", "lzw", "none"]), default="zstd", show_default=True),
+        click.option("--cog", is_flag=True, help="Write Cloud Optimized GeoTIFFs (with overviews)."),
+        click.option("--max-concurrent-requests", type=int, default=40, show_default=True, help="Your project's Earth Engine concurrency quota."),
+        click.option("--max-requests-per-second", type=float, default=100.0, show_default=True, help="Your project's request-rate quota."),
+        click.option("--request-timeout-seconds", type=float, default=300.0, show_default=True, help="Deadline of one request."),
+        click.option("--dry-run", is_flag=True, help="Plan and print what would be fetched; fetch nothing."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+DOWNLOAD_FIELDS = (
+    "output_root", "manifest_path", "search_manifest", "chunk_size", "chunk_size_mode", "prepare_workers",
+    "download_workers", "max_inflight_chunks", "max_retries", "retry_delay_seconds", "request_byte_limit", "overwrite",
+    "resume", "nodata", "compression", "cog", "max_concurrent_requests", "max_requests_per_second",
+    "request_timeout_seconds", "dry_run",
+)  # fmt: skip
+
+
+def _download_config(params: dict[str, Any]) -> Any:
+    from edown.config import DownloadConfig
+    from edown.manifest import load_manifest, search_config_from_dict
+
+    extra = {name: params[name] for name in DOWNLOAD_FIELDS if params.get(name) is not None}
+    extra["progress"] = sys.stderr.isatty()
+    if params.get("search_manifest"):
+        saved = load_manifest(Path(params["search_manifest"])).search_config
+        if saved is None:
+            raise ConfigError("from_manifest", f"{params['search_manifest']} has no search section")
+        base = search_config_from_dict(saved)
+        values = {**{k: getattr(base, k) for k in saved if hasattr(base, k)}, **extra}
+        if params.get("server_url"):
+            values["server_url"] = params["server_url"]
+        if params.get("project"):
+            values["project"] = params["project"]
+        return DownloadConfig(**values)
+    return DownloadConfig(**_search_kwargs(params), **extra)
+
+
+@cli.command()
+@search_options
+@download_options
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@handle_errors
+def download(as_json: bool, **params: Any) -> None:
+    """Search and download native-grid GeoTIFFs (resumable; exit code 1 if any image failed).
+
+    \b
+    Examples:
+      edown download -c COPERNICUS/S2_SR_HARMONIZED --start-date 2024-06-01 --end-date 2024-06-30 \\
+        --bbox -0.15,51.48,0.02,51.56 -b B2 -b B3 -b B4 -b B8 --output-root data
+      edown download --from-manifest search.json --output-root data --dry-run
+    """
+    from edown.download import download_images
+
+    config = _download_config(params)
+    summary = download_images(config)
+    if as_json:
+        _echo_json(_summary_json(summary))
+    elif summary.dry_run:
+        _print_plan(summary)
+    else:
+        _print_summary(summary)
+    if summary.failed:
+        sys.exit(1)
+
+
+def _summary_json(summary: Any) -> dict[str, Any]:
+    return {
+        "manifest_path": str(summary.manifest_path),
+        "dry_run": summary.dry_run,
+        "downloaded": summary.downloaded,
+        "skipped": summary.skipped,
+        "failed": summary.failed,
+        "plan": summary.plan,
+        "stats": summary.stats,
+        "results": [r.to_dict() for r in summary.results],
+    }
+
+
+def _print_plan(summary: Any) -> None:
+    from rich.table import Table
+
+    plan = summary.plan
+    table = Table(title="dry run: nothing was fetched", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    rows = [
+        ("images to download", plan["images"]),
+        ("images skipped", plan["skipped"]),
+        ("chunks", plan["chunks"]),
+        ("requests to send", plan["requests"]),
+        ("request bytes (as EE counts)", f"{plan['request_bytes'] / 1e6:.1f} MB"),
+        ("output pixels", f"{plan['output_pixels'] / 1e6:.2f} Mpx"),
+        ("estimated time at quota", f"{plan['estimated_seconds']:.0f} s"),
+    ]
+    for what, value in rows:
+        table.add_row(what, str(value))
+    console = _stdout_console()
+    console.print(table)
+    console.print(f"[dim]estimate assumes {plan['assumptions']}[/]", markup=True)
+
+
+def _print_summary(summary: Any) -> None:
+    from rich.table import Table
+
+    console = _stdout_console()
+    problems = [r for r in summary.results if r.status == "failed" or r.status == "skipped_missing_bands"]
+    if problems:
+        table = Table(title="images not downloaded", title_justify="left")
+        for column in ("image", "status", "error"):
+            table.add_column(column)
+        for r in problems:
+            table.add_row(r.record_key, r.status, r.error or "")
+        console.print(table)
+    stats = summary.stats
+    table = Table(title="download summary", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for what, value in (
+        ("downloaded", summary.downloaded),
+        ("skipped", summary.skipped),
+        ("failed", summary.failed),
+        (
+            "requests (retries, 429s)",
+            f"{stats.get('requests', 0)} ({stats.get('retries', 0)}, {stats.get('throttled', 0)})",
+        ),
+        ("data received", f"{stats.get('bytes_downloaded', 0) / 1e6:.1f} MB"),
+        (
+            "output",
+            f"{stats.get('output_megapixels', 0):.2f} Mpx at {stats.get('megapixels_per_second') or 0:.2f} Mpx/s",
+        ),
+        ("elapsed", f"{summary.elapsed_seconds:.1f} s"),
+        ("manifest", str(summary.manifest_path)),
+    ):
+        table.add_row(what, str(value))
+    console.print(table)
 
 
 # ---- emulator -------------------------------------------------------------------------------------------

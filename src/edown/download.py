@@ -305,6 +305,11 @@ def decode_npy(
         raise EarthEngineError(f"NPY response lacks band(s) {missing}; got {list(arr.dtype.names)}")
     out = np.empty((len(names), window.height, window.width), dtype=dtype)
     for i, name in enumerate(names):
+        field_dtype = arr.dtype.fields[name][0]
+        if field_dtype != out.dtype:
+            raise EarthEngineError(
+                f"Earth Engine returned band {name} as {field_dtype}, expected {out.dtype}"
+            )
         out[i] = arr[name]
     if nan_fill is not None:
         out[out == nan_fill] = np.nan

@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from edown import __version__
+from edown._version import __version__
 from edown.config import AOI, DownloadConfig, SearchConfig, StackConfig
 from edown.errors import ManifestError
 from edown.records import DownloadResult, SearchResult, StackResult, utc_iso

@@ -1,0 +1,51 @@
+"""Expected pixels: what every output must contain, computed from the emulator's documented function."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from pyproj import CRS
+
+from edown.crs import resolve_crs
+from edown.emulator.pixels import read_window
+from edown.emulator.server import Emulator
+from edown.records import ImageRecord
+
+
+def expected_pixels(
+    emu: Emulator, record: ImageRecord, nodata: float, scale: dict[str, float] | None = None
+) -> np.ndarray:
+    """(bands, h, w) of the record's window in the output dtype, ``nodata`` where the image has no data."""
+    asset = emu.catalog.image(record.image_id)
+    col, row, width, height = record.window
+    bands = []
+    for band in record.selected_band_ids:
+        values, valid = read_window(asset, band, row, col, height, width)
+        if scale and band in scale:
+            out = (values.astype(np.float64) * scale[band]).astype(record.output_dtype)
+        else:
+            out = values.astype(record.output_dtype)
+        bands.append(np.where(valid, out, np.array(nodata, dtype=record.output_dtype)))
+    return np.stack(bands)
+
+
+def assert_tiff_exact(
+    emu: Emulator, record: ImageRecord, path: Path, nodata: float, scale: dict[str, float] | None = None
+) -> np.ndarray:
+    """Check a written GeoTIFF pixel by pixel, plus its CRS, transform, dtype, nodata and band names."""
+    with rasterio.open(path) as src:
+        data = src.read()
+        assert src.dtypes[0] == record.output_dtype
+        assert tuple(src.transform)[:6] == record.window_transform
+        assert src.descriptions == record.output_band_names
+        assert (src.width, src.height) == tuple(record.window[2:])
+        if np.isnan(nodata):
+            assert src.nodata is not None and np.isnan(src.nodata)
+        else:
+            assert src.nodata == nodata
+        written_crs = CRS.from_wkt(src.crs.to_wkt())
+    assert written_crs.equals(resolve_crs(record.native_crs), ignore_axis_order=True), written_crs.to_proj4()
+    np.testing.assert_array_equal(data, expected_pixels(emu, record, nodata, scale))
+    return data

@@ -1,0 +1,422 @@
+"""download_images against the emulator: exact pixels on native grids, nodata, chunking, faults, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+
+from edown import AOI, DownloadConfig, download_images, search_images
+from edown.emulator import EmulatorConfig, FaultPlan, FaultRule, Latency, Limits, serve
+from edown.emulator.server import Emulator
+from edown.errors import ConfigError, OutputExistsError, OutputLockedError
+from edown.manifest import load_manifest
+from edown.outputs import image_tiff_path, output_lock, safe_name
+from tests.helpers import assert_tiff_exact
+
+S2 = "COPERNICUS/S2_SR_HARMONIZED"
+LONDON = (-0.15, 51.48, 0.02, 51.56)
+
+
+def config(emu: Emulator, tmp_path: Path, **kw: Any) -> DownloadConfig:
+    base: dict[str, Any] = {
+        "collection_id": S2,
+        "start_date": "2024-06-01",
+        "end_date": "2024-06-10",
+        "aoi": AOI.from_bbox(LONDON),
+        "bands": ("B2", "B3", "B4", "B8"),
+        "server_url": emu.url,
+        "output_root": tmp_path / "data",
+        "retry_delay_seconds": 0.05,
+    }
+    base.update(kw)
+    return DownloadConfig(**base)
+
+
+def check_all_exact(emu: Emulator, summary: Any, scale: dict[str, float] | None = None) -> None:
+    assert summary.failed == 0, [r.error for r in summary.results if r.status == "failed"]
+    records = {r.record_key: r for r in summary.search.images}
+    for result in summary.results:
+        assert result.status == "downloaded", result
+        assert_tiff_exact(emu, records[result.record_key], result.tiff_path, result.nodata, scale)
+
+
+# ---- pixel-exact outputs ----------------------------------------------------------------------------
+
+
+def test_s2_10m_four_bands_exact_with_metadata(ee_emulator: Emulator, tmp_path: Path) -> None:
+    summary = download_images(config(ee_emulator, tmp_path))
+    assert summary.downloaded == 2 and summary.skipped == 0
+    check_all_exact(ee_emulator, summary)
+    result = summary.results[0]
+    assert result.nodata == 65535.0 and result.chunk_count >= 1 and result.requests == result.chunk_count
+    with rasterio.open(result.tiff_path) as src:
+        assert src.crs.to_epsg() == 32630
+        assert src.block_shapes[0] == (256, 256) and src.profile["compress"] == "zstd"
+        tags = src.tags()
+        assert tags["EE_IMAGE_ID"] == result.image_id and tags["EE_MGRS_TILE"] == "30UXC"
+        assert "EE_VERSION" in tags and json.loads(tags["EE_CLOUDY_PIXEL_PERCENTAGE"]) > 0
+    sidecar = json.loads(result.tiff_path.with_suffix(".json").read_text())
+    assert sidecar["image_id"] == result.image_id and sidecar["band_names"] == ["B2", "B3", "B4", "B8"]
+    assert sidecar["crs"] == "EPSG:32630" and sidecar["dtype"] == "uint16"
+    assert not list(result.tiff_path.parent.glob("*.partial")), (
+        "partial folders are removed once an image is done"
+    )
+
+
+def test_s2_mixed_resolutions_each_on_its_native_grid(ee_emulator: Emulator, tmp_path: Path) -> None:
+    summary = download_images(config(ee_emulator, tmp_path, bands=("B4", "B11", "B1")))
+    assert summary.downloaded == 6  # two images x (10 m, 20 m, 60 m)
+    check_all_exact(ee_emulator, summary)
+    sizes = {}
+    for result in summary.results:
+        with rasterio.open(result.tiff_path) as src:
+            sizes[result.record_key.split("@")[1]] = (src.transform.a, src.width)
+    assert sizes["10m"][0] == 10 and sizes["20m"][0] == 20 and sizes["60m"][0] == 60
+    # Each grid snaps the same AOI outward on its own pixels.
+    w10, w20, w60 = sizes["10m"][1], sizes["20m"][1], sizes["60m"][1]
+    assert 2 * (w20 - 2) < w10 <= 2 * w20 and 6 * (w60 - 2) < w10 <= 6 * w60
+
+
+def test_landsat_exact_across_dates_with_shifting_grids(ee_emulator: Emulator, tmp_path: Path) -> None:
+    summary = download_images(
+        config(ee_emulator, tmp_path, collection_id="LANDSAT/LC09/C02/T1_L2", bands=("SR_B4", "SR_B5", "QA_PIXEL"),
+               start_date="2024-06-01", end_date="2024-07-15", aoi=AOI.from_bbox((-2.1, 51.4, -1.9, 51.6)))
+    )  # fmt: skip
+    assert summary.downloaded >= 5
+    check_all_exact(ee_emulator, summary)
+    origins = {tuple(rasterio.open(r.tiff_path).transform)[:6] for r in summary.results}
+    assert all((o[2] - 15) % 30 == 0 for o in origins)
+
+
+def test_modis_sinusoidal_exact_with_negative_int16(ee_emulator: Emulator, tmp_path: Path) -> None:
+    summary = download_images(
+        config(ee_emulator, tmp_path, collection_id="MODIS/061/MOD09GA", bands=("sur_refl_b01", "sur_refl_b06"),
+               start_date="2024-06-01", end_date="2024-06-01", aoi=AOI.from_bbox((-5.0, 50.0, 2.0, 54.0)))
+    )  # fmt: skip
+    check_all_exact(ee_emulator, summary)
+    result = summary.results[0]
+    with rasterio.open(result.tiff_path) as src:
+        proj = src.crs.to_dict()
+        data = src.read()
+    assert proj.get("proj") == "sinu" and proj.get("R") == pytest.approx(6371007.181)
+    assert data.dtype == np.int16 and result.nodata == 32767
+
+
+def test_era5_float32_exact_with_nan_over_the_sea(ee_emulator: Emulator, tmp_path: Path) -> None:
+    from edown.emulator.pixels import read_window
+
+    era5 = ee_emulator.catalog.image("ECMWF/ERA5_LAND/DAILY_AGGR/20240601")
+    _, valid = read_window(era5, "temperature_2m", 0, 0, 1801, 3600)
+    rows, cols = np.nonzero(~valid[300:1500])  # some sea between 60N and 60S
+    r, c = int(rows[len(rows) // 2]) + 300, int(cols[len(cols) // 2])
+    lon, lat = -180.0 + c * 0.1, 90.0 - r * 0.1
+    aoi = AOI.from_bbox((max(-180, lon - 2.0), max(-90, lat - 2.0), min(180, lon + 2.0), min(90, lat + 2.0)))
+    summary = download_images(
+        config(ee_emulator, tmp_path, collection_id="ECMWF/ERA5_LAND/DAILY_AGGR", bands=("temperature_2m", "total_precipitation_sum"),
+               start_date="2024-06-01", end_date="2024-06-02", aoi=aoi)
+    )  # fmt: skip
+    assert summary.downloaded == 2
+    check_all_exact(ee_emulator, summary)
+    data = rasterio.open(summary.results[0].tiff_path).read()
+    assert data.dtype == np.float32 and np.isnan(data).any() and (~np.isnan(data)).any()
+
+
+def test_swath_edge_nodata_is_honest_where_zero_is_valid(ee_emulator: Emulator, tmp_path: Path) -> None:
+    # T30UWA sits at a swath edge on these dates: part of the tile has no data.
+    asset = ee_emulator.catalog.image("COPERNICUS/S2_SR_HARMONIZED/20240601T103009_20240601T104128_T30UWA")
+    ring = list(asset.footprint.lonlat.exterior.coords)
+    lon, lat = ring[len(ring) * 7 // 8]  # a point on the cut edge
+    aoi = AOI.from_bbox((lon - 0.05, lat - 0.03, lon + 0.05, lat + 0.03))
+    summary = download_images(
+        config(
+            ee_emulator,
+            tmp_path,
+            bands=("B4", "MSK_CLDPRB"),
+            start_date="2024-06-01",
+            end_date="2024-06-01",
+            aoi=aoi,
+        )
+    )
+    check_all_exact(ee_emulator, summary)
+    [result] = [r for r in summary.results if "T30UWA" in r.image_id and r.record_key.endswith("@20m")]
+    prob = rasterio.open(result.tiff_path).read(1)
+    assert (prob == 255).any(), "outside the footprint: nodata"
+    assert (prob == 0).any(), "inside: zero cloud probability is a real value, not nodata"
+
+
+def test_scaled_output_is_float32_with_nan_nodata(ee_emulator: Emulator, tmp_path: Path) -> None:
+    scale = {"B4": 0.0001, "B8": 0.0001}
+    summary = download_images(
+        config(ee_emulator, tmp_path, bands=("B4", "B8"), scale_map=scale, end_date="2024-06-05")
+    )
+    check_all_exact(ee_emulator, summary, scale)
+    assert rasterio.open(summary.results[0].tiff_path).dtypes == ("float32", "float32")
+
+
+# ---- chunking ---------------------------------------------------------------------------------------
+
+
+def test_fixed_chunk_size_is_honoured_exactly(ee_emulator: Emulator, tmp_path: Path) -> None:
+    ee_emulator.reset_stats()
+    summary = download_images(
+        config(ee_emulator, tmp_path, chunk_size=300, chunk_size_mode="fixed", end_date="2024-06-05")
+    )
+    check_all_exact(ee_emulator, summary)
+    grids = [r["grid"] for r in ee_emulator.stats(include_log=True)["log"] if r["kind"] == "computePixels"]
+    assert {(g["width"], g["height"]) for g in grids} <= {(300, 300), (1216 - 4 * 300, 300), (300, 938 - 3 * 300),
+                                                            (1216 - 4 * 300, 938 - 3 * 300)}  # fmt: skip
+    assert len(grids) == 5 * 4 == summary.results[0].chunk_count
+
+
+def test_fixed_chunk_size_too_large_is_refused_with_the_size_that_fits(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    with pytest.raises(
+        ConfigError, match=r"chunk_size: 4096x4096 px of 4 band\(s\) x 2 byte\(s\) is 201326592 bytes"
+    ) as info:
+        download_images(
+            config(ee_emulator, tmp_path, chunk_size=4096, chunk_size_mode="fixed", end_date="2024-06-05")
+        )
+    assert info.value.hint == "use chunk_size <= 2048"
+
+
+def test_auto_chunks_never_exceed_the_limit_counting_the_mask_byte(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    ee_emulator.reset_stats()
+    limit = 1_000_000
+    summary = download_images(config(ee_emulator, tmp_path, request_byte_limit=limit, end_date="2024-06-05"))
+    check_all_exact(ee_emulator, summary)
+    log = ee_emulator.stats(include_log=True)["log"]
+    grids = [r["grid"] for r in log if r["kind"] == "computePixels"]
+    assert grids and all(g["width"] * g["height"] * 4 * 3 <= limit for g in grids)
+    # Chunks land on whole 256 px output tiles: only the last column/row of chunks may be narrower.
+    assert len({g["width"] for g in grids if g["width"] % 256}) <= 1
+    assert len({g["height"] for g in grids if g["height"] % 256}) <= 1
+    assert {r["status"] for r in log if r["kind"] == "computePixels"} == {200}
+
+
+# ---- Earth Engine misbehaving -------------------------------------------------------------------------
+
+
+def test_size_400_splits_the_chunk_and_goes_on(tmp_path: Path) -> None:
+    plan = FaultPlan(rules=(FaultRule(kind="size", min_pixels=200_000),))
+    with serve(EmulatorConfig(faults=plan)) as emu:
+        summary = download_images(
+            config(emu, tmp_path, end_date="2024-06-05", chunk_size=512, chunk_size_mode="fixed")
+        )
+        check_all_exact(emu, summary)
+        stats = emu.stats()
+    assert stats["faults_injected"]["size"] >= 1
+    result = summary.results[0]
+    assert result.chunk_count > 6 and result.retries == 0  # split, not retried
+
+
+def test_memory_limit_400_splits_too(tmp_path: Path) -> None:
+    with serve(EmulatorConfig(faults=FaultPlan(rules=(FaultRule(kind="memory", nth=(1, 2, 3)),)))) as emu:
+        summary = download_images(config(emu, tmp_path, end_date="2024-06-05"))
+        check_all_exact(emu, summary)
+        assert emu.stats()["faults_injected"]["memory"] == 3
+
+
+def test_429s_are_absorbed_by_pacing(tmp_path: Path) -> None:
+    limits = Limits(max_concurrent=3)
+    with serve(EmulatorConfig(limits=limits, latency=Latency(base_seconds=0.05))) as emu:
+        summary = download_images(config(emu, tmp_path, end_date="2024-06-10", max_retries=8))
+        check_all_exact(emu, summary)
+        stats = emu.stats()
+    assert stats["max_concurrency"] <= 3
+    assert stats["throttled"] > 0 and summary.stats["throttled"] > 0
+
+
+def test_transient_5xx_resets_and_truncated_bodies_are_retried(tmp_path: Path) -> None:
+    rules = (
+        FaultRule(kind="error", status=503, rate=0.15),
+        FaultRule(kind="reset", rate=0.1),
+        FaultRule(kind="truncate", rate=0.1),
+        FaultRule(kind="short_body", rate=0.1),
+    )
+    with serve(EmulatorConfig(faults=FaultPlan(rules=rules, seed=7))) as emu:
+        summary = download_images(config(emu, tmp_path, max_retries=10))
+        check_all_exact(emu, summary)
+        injected = emu.stats()["faults_injected"]
+    assert sum(injected.values()) >= 4 and sum(r.retries for r in summary.results) >= sum(injected.values())
+
+
+def test_a_stalled_response_hits_the_deadline_and_is_retried(tmp_path: Path) -> None:
+    with serve(
+        EmulatorConfig(faults=FaultPlan(rules=(FaultRule(kind="stall", nth=(1,), stall_seconds=30),)))
+    ) as emu:
+        started = time.monotonic()
+        summary = download_images(config(emu, tmp_path, end_date="2024-06-05", request_timeout_seconds=1.5))
+        elapsed = time.monotonic() - started
+        check_all_exact(emu, summary)
+    assert elapsed < 15 and summary.results[0].retries >= 1
+
+
+def test_a_non_transient_4xx_fails_only_that_image_without_retries(tmp_path: Path) -> None:
+    with serve(
+        EmulatorConfig(faults=FaultPlan(rules=(FaultRule(kind="error", status=403, nth=(1,)),)))
+    ) as emu:
+        summary = download_images(config(emu, tmp_path, chunk_size=2048, end_date="2024-06-10"))
+    failed = [r for r in summary.results if r.status == "failed"]
+    assert len(failed) == 1 and failed[0].error == "Injected error." and failed[0].retries == 0
+    assert summary.downloaded == 1
+    assert failed[0].tiff_path is None
+    assert not image_tiff_path(tmp_path / "data", S2, failed[0].record_key, "").exists()
+
+
+# ---- existing outputs, dry run, manifest, lock, names -------------------------------------------------
+
+
+def test_existing_outputs_resume_refuse_and_overwrite(ee_emulator: Emulator, tmp_path: Path) -> None:
+    first = download_images(config(ee_emulator, tmp_path, end_date="2024-06-05"))
+    path = first.results[0].tiff_path
+    before = path.read_bytes()
+    ee_emulator.reset_stats()
+    again = download_images(config(ee_emulator, tmp_path, end_date="2024-06-05"))
+    assert [r.status for r in again.results] == ["skipped_existing"]
+    assert ee_emulator.stats()["requests"].get("computePixels", 0) == 0
+    with pytest.raises(OutputExistsError, match=r"1 output\(s\) already exist, e\.g\. .*T30UXC\.tif") as info:
+        download_images(config(ee_emulator, tmp_path, end_date="2024-06-05", resume=False))
+    assert "overwrite=True" in str(info.value.hint)
+    replaced = download_images(config(ee_emulator, tmp_path, end_date="2024-06-05", overwrite=True))
+    assert replaced.results[0].status == "downloaded" and path.read_bytes() == before
+
+
+def test_dry_run_fetches_nothing(ee_emulator: Emulator, tmp_path: Path) -> None:
+    ee_emulator.reset_stats()
+    summary = download_images(config(ee_emulator, tmp_path, dry_run=True))
+    assert summary.dry_run and ee_emulator.stats()["requests"].get("computePixels", 0) == 0
+    plan = summary.plan
+    assert plan["images"] == 2 and plan["chunks"] == plan["requests"] > 0
+    assert plan["request_bytes"] >= 2 * 1216 * 938 * 4 * 3 and plan["estimated_seconds"] > 0
+    assert {r.status for r in summary.results} == {"planned"}
+    assert not (tmp_path / "data").exists()
+
+
+def test_run_manifest_records_everything(ee_emulator: Emulator, tmp_path: Path) -> None:
+    summary = download_images(config(ee_emulator, tmp_path))
+    assert summary.manifest_path.parent == tmp_path / "data" / "manifests"
+    assert summary.manifest_path.name.startswith("run-") and summary.manifest_path.name.endswith("Z.json")
+    manifest = load_manifest(summary.manifest_path)
+    doc = manifest.doc
+    assert doc["download"]["state"] == "finished" and doc["download"]["counts"]["downloaded"] == 2
+    assert manifest.download_results == summary.results
+    entry = doc["download"]["results"][0]
+    assert entry["tiff_path"].startswith("images/COPERNICUS_S2_SR_HARMONIZED/")
+    for key in ("chunk_count", "bytes_downloaded", "retries", "seconds", "requests"):
+        assert key in entry
+    assert doc["download"]["stats"]["requests"] == sum(r.requests for r in summary.results)
+    assert manifest.search is not None and len(manifest.search.images) == 2
+
+
+def test_download_from_a_saved_search_manifest(ee_emulator: Emulator, tmp_path: Path) -> None:
+    from edown.manifest import new_manifest, set_search
+
+    cfg = config(ee_emulator, tmp_path, end_date="2024-06-05")
+    saved = tmp_path / "search.json"
+    manifest = new_manifest(saved, None)
+    set_search(manifest, cfg, search_images(cfg))
+    manifest.write()
+    ee_emulator.reset_stats()
+    summary = download_images(config(ee_emulator, tmp_path, end_date="2024-06-05", search_manifest=saved))
+    check_all_exact(ee_emulator, summary)
+    assert ee_emulator.stats()["requests"].get("listAssets", 0) == 0
+
+
+def test_a_second_writer_is_refused(ee_emulator: Emulator, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    with (
+        output_lock(root, "another run"),
+        pytest.raises(OutputLockedError, match=r"is in use by another edown run \(pid"),
+    ):
+        download_images(config(ee_emulator, tmp_path, end_date="2024-06-05"))
+
+
+def test_hostile_ids_stay_inside_and_never_collide(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    ids = [
+        "../../etc/passwd",
+        "a/b",
+        "a_b",
+        "with space",
+        "ünïcödé",
+        "x" * 500,
+        "..",
+        ".hidden",
+        "a:b",
+        "a_b ",
+    ]
+    paths = [image_tiff_path(root, "COLL/../..", i, "") for i in ids]
+    assert len(set(paths)) == len(paths)
+    for path in paths:
+        assert root.resolve() in path.resolve().parents
+        assert len(path.name) < 200 and ".." not in path.name
+    assert safe_name("T30UXC") == "T30UXC"
+
+
+# ---- resume after a crash -----------------------------------------------------------------------------
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from edown import AOI, DownloadConfig, download_images
+    download_images(DownloadConfig(
+        collection_id="COPERNICUS/S2_SR_HARMONIZED", start_date="2024-06-01", end_date="2024-06-10",
+        aoi=AOI.from_bbox((-0.15, 51.48, 0.02, 51.56)), bands=("B2", "B3", "B4", "B8"),
+        server_url=sys.argv[1], output_root=Path(sys.argv[2]), chunk_size=256, chunk_size_mode="fixed",
+        max_inflight_chunks=4))
+    """
+)
+
+
+def test_sigkill_midway_then_resume_fetches_only_missing_chunks_and_matches(tmp_path: Path) -> None:
+    reference_root = tmp_path / "reference"
+    with serve(EmulatorConfig(latency=Latency(base_seconds=0.15))) as emu:
+        crashed_root = tmp_path / "crashed"
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, emu.url, str(crashed_root)],
+                                env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})  # fmt: skip
+        deadline = time.monotonic() + 60
+        partial: list[Path] = []
+        while time.monotonic() < deadline:
+            partial = list(crashed_root.glob("images/*/*.partial/c*.npy"))
+            if len(partial) >= 12:
+                break
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert len(partial) >= 12, "the download should have stored some chunks before being killed"
+        stored = len(list(crashed_root.glob("images/*/*.partial/c*.npy")))
+        manifests = list(crashed_root.glob("manifests/*.json"))
+        assert manifests and json.loads(manifests[0].read_text())["download"]["state"] == "running"
+
+        time.sleep(1.0)  # let the killed process's in-flight requests finish before counting ours
+        emu.reset_stats()
+        kw = {"chunk_size": 256, "chunk_size_mode": "fixed", "max_inflight_chunks": 4}
+        resumed = download_images(config(emu, tmp_path, output_root=crashed_root, **kw))
+        refetched = emu.stats()["requests"]["computePixels"]
+        reference = download_images(config(emu, tmp_path, output_root=reference_root, **kw))
+    total = sum(r.chunk_count for r in reference.results)
+    assert resumed.downloaded + resumed.skipped == 2 and resumed.failed == 0
+    finished_before = [r for r in resumed.results if r.status == "skipped_existing"]
+    assert refetched == total - stored - sum(r.chunk_count for r in finished_before)
+    for a, b in zip(
+        sorted(crashed_root.glob("images/*/*.tif")),
+        sorted(reference_root.glob("images/*/*.tif")),
+        strict=True,
+    ):
+        assert a.name == b.name and a.read_bytes() == b.read_bytes()
+    assert not list(crashed_root.glob("images/*/*.partial"))
