@@ -29,6 +29,7 @@ from edown.records import (
     StackResult,
 )
 from edown.search import search_images
+from edown.stack import open_stack, stack_images
 
 __all__ = [
     "AOI",
@@ -53,5 +54,7 @@ __all__ = [
     "StackResult",
     "__version__",
     "download_images",
+    "open_stack",
     "search_images",
+    "stack_images",
 ]

@@ -445,6 +445,71 @@ def _print_summary(summary: Any) -> None:
     console.print(table)
 
 
+# ---- stack ----------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("-m", "--manifest-path", required=True, type=click.Path(dir_okay=False),
+              help="Download manifest (OUTPUT_ROOT/manifests/run-*.json).")  # fmt: skip
+@click.option(
+    "-o", "--output-root", type=click.Path(file_okay=False), help="Override the manifest's output root."
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["threads", "dask-local", "dask-slurm"]),
+    default="threads",
+    show_default=True,
+)
+@click.option("--overwrite", is_flag=True, help="Rebuild stores instead of appending new dates.")
+@click.option(
+    "--n-workers", type=int, default=4, show_default=True, help="Dask workers (SLURM jobs for dask-slurm)."
+)
+@click.option("--cores-per-worker", type=int, default=1, show_default=True)
+@click.option("--memory-per-worker", default="1GB", show_default=True)
+@click.option("--slurm-queue", help="SLURM partition.")
+@click.option("--slurm-account", help="SLURM account.")
+@click.option("--walltime", default="01:00:00", show_default=True, help="SLURM job walltime.")
+@click.option("--scheduler-host", help="Address SLURM workers use to reach the Dask scheduler.")
+@click.option("--threads", type=int, help="Threads for the threads backend (default: CPU count).")
+@click.option(
+    "--chunk-size", type=int, default=1024, show_default=True, help="Spatial chunk side of the Zarr arrays."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@handle_errors
+def stack(as_json: bool, **params: Any) -> None:
+    """Build one Zarr datacube per alignment group of a download manifest (appends new dates).
+
+    \b
+    Examples:
+      edown stack -m data/manifests/run-20240602T143022Z.json
+      edown stack -m run.json --backend dask-slurm --slurm-queue normal --n-workers 8
+    Open a result with: edown.open_stack("data/stacks/<collection>/<group>.zarr")
+    """
+    from edown.config import StackConfig
+    from edown.stack import stack_images
+
+    config = StackConfig(**{k: v for k, v in params.items() if v is not None}, progress=sys.stderr.isatty())
+    results = stack_images(config)
+    if as_json:
+        _echo_json([r.to_dict() for r in results])
+    else:
+        from rich.table import Table
+
+        table = Table(title="stacks", title_justify="left")
+        for column in ("group", "images", "appended", "shape (t, band, y, x)", "store / reason"):
+            table.add_column(column)
+        for r in results:
+            where = (
+                str(r.output_path)
+                if r.output_path
+                else (r.error and f"error: {r.error}") or r.skipped_reason or ""
+            )
+            table.add_row(r.group_id, str(r.image_count), str(r.appended), "x".join(map(str, r.shape)), where)
+        _stdout_console().print(table)
+    if any(r.error for r in results):
+        sys.exit(1)
+
+
 # ---- emulator -------------------------------------------------------------------------------------------
 
 

@@ -549,7 +549,9 @@ class StackConfig:
     """Build one Zarr datacube per alignment group of a download manifest.
 
     Extensions: ``threads`` (worker threads for the ``threads`` backend; default = cores), ``walltime``
-    (SLURM job walltime), ``chunk_size`` (spatial chunk side, default 1024), ``progress``.
+    (SLURM job walltime), ``scheduler_host`` (address SLURM workers use to reach the Dask scheduler;
+    default: dask-jobqueue's choice), ``worker_timeout_seconds`` (how long to wait for the first SLURM
+    worker), ``chunk_size`` (spatial chunk side, default 1024), ``progress``.
     """
 
     manifest_path: Path
@@ -563,6 +565,8 @@ class StackConfig:
     slurm_account: str | None = None
     threads: int | None = None
     walltime: str = "01:00:00"
+    scheduler_host: str | None = None
+    worker_timeout_seconds: float = 300.0
     chunk_size: int = 1024
     progress: bool = False
 

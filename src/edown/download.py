@@ -125,7 +125,9 @@ class ImageJob:
         )
 
 
-def _skipped(record: ImageRecord, status: str, tiff: Path | None, error: str | None = None) -> DownloadResult:
+def _skipped(
+    record: ImageRecord, status: str, tiff: Path | None, error: str | None = None, nodata: float | None = None
+) -> DownloadResult:
     return DownloadResult(
         image_id=record.image_id,
         status=status,
@@ -134,6 +136,7 @@ def _skipped(record: ImageRecord, status: str, tiff: Path | None, error: str | N
         error=error,
         record_key=record.record_key,
         alignment_signature=record.alignment_signature,
+        nodata=nodata,
     )
 
 
@@ -224,7 +227,7 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
                     raise OutputExistsError(
                         f"{tiff} exists but {problem}", hint="pass overwrite=True / --overwrite to replace it"
                     )
-                return _skipped(record, "skipped_existing", tiff)
+                return _skipped(record, "skipped_existing", tiff, nodata=nodata)
             else:
                 existing_conflicts.append(tiff)
                 return _skipped(record, "failed", None, "output exists")
@@ -280,6 +283,12 @@ def _existing_mismatch(tiff: Path, spec: OutputSpec) -> str | None:
         return f"has dtype {found['dtype']}, not {spec.dtype}"
     if tuple(found["band_names"]) != spec.band_names:
         return f"has bands {found['band_names']}"
+    nodata = found["nodata"]
+    same_nodata = nodata == spec.nodata or (
+        nodata is not None and math.isnan(nodata) and math.isnan(spec.nodata)
+    )
+    if not same_nodata:
+        return f"has nodata {nodata}, not {spec.nodata}"
     return None
 
 

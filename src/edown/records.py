@@ -340,9 +340,11 @@ class StackResult:
     times: tuple[str, ...] = ()
     shape: tuple[int, ...] = ()
     seconds: float = 0.0
+    error: str | None = None
 
     def to_dict(self, base: Path | None = None) -> dict[str, Any]:
         return {
+            "error": self.error,
             "group_id": self.group_id,
             "image_count": self.image_count,
             "output_path": _path_out(self.output_path, base),
@@ -364,4 +366,5 @@ class StackResult:
             times=tuple(d.get("times", ())),
             shape=tuple(d.get("shape", ())),
             seconds=float(d.get("seconds", 0.0)),
+            error=d.get("error"),
         )

@@ -1,0 +1,532 @@
+"""stack_images: one analysis-ready Zarr (v3) datacube per alignment group, in bounded memory.
+
+Layout of ``<output_root>/stacks/<collection>/<group_id>.zarr`` (documented in ``docs/zarr.md``):
+
+* ``data(time, band, y, x)`` in the group's dtype, ``_FillValue`` = the downloads' nodata; chunks of one
+  time step, all bands and ``chunk_size`` x ``chunk_size`` pixels (1024 by default), compressed with
+  Blosc/zstd + byte shuffle. One image owns its chunks, so parallel writers and later appends never share
+  a chunk, and a whole scene or a long time series both read without touching unrelated data.
+* coordinates ``time`` (UTC acquisition, int64 milliseconds on disk), ``band`` (output names), ``y``/``x``
+  (pixel centres), per-time ``image_id`` and the images' scalar properties (e.g.
+  ``CLOUDY_PIXEL_PERCENTAGE``), and the CF grid mapping ``spatial_ref`` (``crs_wkt``, ``GeoTransform``), so
+  ``xr.open_zarr(path).rio.crs`` / ``.rio.transform()`` and odc-geo's ``.odc.geobox`` are right.
+
+Images of a group whose AOI windows differ (edge tiles) are placed on the group's common grid. Images
+with the *same* acquisition time (neighbouring tiles of one pass on one grid) are mosaicked into one time
+step, first valid pixel wins in image-id order, and ``image_id`` lists them joined by ``|``.
+
+Writing streams: each time step is one task that reads its GeoTIFF window by window and writes whole
+chunks, so memory is a few chunks per worker whatever the number of images. The same task runs on a
+thread pool, a ``distributed.LocalCluster`` or a dask-jobqueue ``SLURMCluster``; every backend writes the
+same bytes.
+
+Atomicity: a new store is built under a temporary name and renamed into place. Appending to an existing
+store (``overwrite=False``) extends the time axis and writes only the new time steps; readers see the
+consolidated metadata, which is rewritten last, so until an append has finished they see the store as it
+was, and an interrupted append is discarded and redone by the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from edown.config import StackConfig
+from edown.crs import crs_wkt
+from edown.errors import StackError
+from edown.grid import Transform, offset_in
+from edown.manifest import Manifest, config_to_dict, load_manifest
+from edown.outputs import output_lock, stack_path
+from edown.progress import Counters, Reporter
+from edown.records import AlignmentGroup, DownloadResult, ImageRecord, StackResult, utc_iso
+
+log = logging.getLogger("edown.stack")
+
+LAYOUT_VERSION = 1
+TIME_ENCODING = {"units": "milliseconds since 1970-01-01", "dtype": "int64"}
+RESERVED = {"time", "band", "y", "x", "data", "spatial_ref", "image_id"}
+
+
+@dataclass(frozen=True)
+class SliceTask:
+    """Everything a worker needs to write one time step (picklable, no open handles)."""
+
+    store: str
+    time_index: int
+    sources: tuple[tuple[str, int, int], ...]  # (GeoTIFF path, column offset, row offset) in mosaic order
+    height: int
+    width: int
+    bands: int
+    dtype: str
+    nodata: float
+    chunk: int
+
+
+def write_time_slice(task: SliceTask) -> dict[str, float]:
+    """Write one time step into ``data``: whole chunks, each composed from the sources it overlaps."""
+    import rasterio
+    import zarr
+    from rasterio.windows import Window as RioWindow
+
+    started = time.monotonic()
+    written = 0
+    array = zarr.open_array(task.store, path="data", mode="r+")
+    fill = np.array(task.nodata, dtype=task.dtype)
+    with rasterio.Env(GDAL_CACHEMAX=64), contextlib.ExitStack() as stack:
+        sources = [(stack.enter_context(rasterio.open(path)), dc, dr) for path, dc, dr in task.sources]
+        for cy in range(0, task.height, task.chunk):
+            for cx in range(0, task.width, task.chunk):
+                h = min(task.chunk, task.height - cy)
+                w = min(task.chunk, task.width - cx)
+                block: np.ndarray | None = None
+                for src, dc, dr in sources:
+                    # The part of this chunk the source covers, in source pixel coordinates.
+                    c0, r0 = max(cx, dc), max(cy, dr)
+                    c1, r1 = min(cx + w, dc + src.width), min(cy + h, dr + src.height)
+                    if c0 >= c1 or r0 >= r1:
+                        continue
+                    piece = src.read(window=RioWindow(c0 - dc, r0 - dr, c1 - c0, r1 - r0))
+                    if block is None:
+                        block = np.full((task.bands, h, w), fill, dtype=task.dtype)
+                    target = block[:, r0 - cy : r1 - cy, c0 - cx : c1 - cx]
+                    empty = np.isnan(target) if np.isnan(task.nodata) else target == fill
+                    np.copyto(target, piece, where=empty)
+                if block is not None:
+                    array[task.time_index, :, cy : cy + h, cx : cx + w] = block
+                    written += block.nbytes
+    return {"bytes": float(written), "seconds": time.monotonic() - started}
+
+
+# ---- planning -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TimeStep:
+    millis: int
+    records: tuple[ImageRecord, ...]
+    tiffs: tuple[Path, ...]
+
+    @property
+    def image_id(self) -> str:
+        return "|".join(r.image_id for r in self.records)
+
+
+def _time_steps(records: list[tuple[ImageRecord, Path]]) -> list[TimeStep]:
+    by_time: OrderedDict[int, list[tuple[ImageRecord, Path]]] = OrderedDict()
+    for record, tiff in sorted(records, key=lambda rt: (rt[0].acquisition_time_utc, rt[0].image_id)):
+        by_time.setdefault(round(record.acquisition_time_utc.timestamp() * 1000), []).append((record, tiff))
+    return [
+        TimeStep(ms, tuple(r for r, _ in items), tuple(t for _, t in items)) for ms, items in by_time.items()
+    ]
+
+
+def _properties(steps: list[TimeStep]) -> dict[str, np.ndarray]:
+    """Scalar properties shared by the images as per-time coordinates (numbers as float64, text as str)."""
+    names: list[str] = []
+    for step in steps:
+        for record in step.records:
+            for key, value in record.properties.items():
+                if key not in names and key not in RESERVED and isinstance(value, int | float | str | bool):
+                    names.append(key)
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        values = [step.records[0].properties.get(name) for step in steps]
+        present = [v for v in values if v is not None]
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+            out[name] = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+        else:
+            out[name] = np.array(["" if v is None else str(v) for v in values], dtype=object)
+    return out
+
+
+def _template(
+    group: AlignmentGroup, steps: list[TimeStep], nodata: float, chunk: int, attrs: dict[str, Any]
+) -> Any:
+    import dask.array as da
+    import pandas as pd
+    import rioxarray  # noqa: F401  (registers .rio)
+    import xarray as xr
+
+    sx, _, tx, _, sy, ty = group.transform
+    x = tx + sx * (np.arange(group.width) + 0.5)
+    y = ty + sy * (np.arange(group.height) + 0.5)
+    shape = (len(steps), len(group.band_names), group.height, group.width)
+    chunks = (1, len(group.band_names), min(chunk, group.height), min(chunk, group.width))
+    data = da.full(shape, nodata, dtype=group.dtype, chunks=chunks)
+    coords: dict[str, Any] = {
+        "time": pd.to_datetime([s.millis for s in steps], unit="ms"),
+        "band": list(group.band_names),
+        "y": y,
+        "x": x,
+        "image_id": ("time", np.array([s.image_id for s in steps], dtype=object)),
+    }
+    for name, values in _properties(steps).items():
+        coords[name] = ("time", values)
+    ds = xr.Dataset({"data": (("time", "band", "y", "x"), data)}, coords=coords, attrs=attrs)
+    ds = ds.rio.write_crs(crs_wkt(group.crs)).rio.write_transform(_affine(group.transform))
+    ds["data"].attrs["_FillValue"] = nodata
+    # Spelled out so a plain xr.open_zarr() keeps spatial_ref (and the per-time values) as coordinates;
+    # xarray would otherwise leave the grid mapping out of "coordinates" and rioxarray could not see the CRS.
+    ds["data"].attrs["grid_mapping"] = "spatial_ref"
+    ds["data"].encoding["coordinates"] = " ".join(
+        ["spatial_ref", *(n for n in ds.coords if n not in ds.dims and n != "spatial_ref")]
+    )
+    ds["data"].attrs["long_name"] = "reflectance or value as downloaded from Earth Engine"
+    ds["time"].attrs["standard_name"] = "time"
+    return ds
+
+
+def _affine(transform: Transform) -> Any:
+    from affine import Affine
+
+    return Affine(*transform)
+
+
+def _encoding(ds: Any, chunk: int) -> dict[str, Any]:
+    from zarr.codecs import BloscCodec
+
+    shuffle: Literal["shuffle", "noshuffle"] = (
+        "shuffle" if np.dtype(ds["data"].dtype).itemsize > 1 else "noshuffle"
+    )
+    return {
+        "data": {
+            "chunks": ds["data"].data.chunksize,
+            "compressors": [BloscCodec(cname="zstd", clevel=1, shuffle=shuffle)],
+        },
+        "time": dict(TIME_ENCODING),
+    }
+
+
+# ---- backends -----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _executor(
+    config: StackConfig, log_dir: Path
+) -> Iterator[Callable[[list[SliceTask], Callable[[SliceTask, dict[str, float]], None]], None]]:
+    """A function running tasks on the configured backend and reporting each finished task."""
+    if config.backend == "threads":
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        workers = config.threads or os.cpu_count() or 2
+
+        def run_threads(tasks: list[SliceTask], done: Callable[[SliceTask, dict[str, float]], None]) -> None:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edown-stack") as pool:
+                futures = {pool.submit(write_time_slice, t): t for t in tasks}
+                for future in as_completed(futures):
+                    done(futures[future], future.result())
+
+        yield run_threads
+        return
+
+    from distributed import Client
+    from distributed import as_completed as dask_completed
+
+    cluster: Any
+    if config.backend == "dask-local":
+        from distributed import LocalCluster
+
+        cluster = LocalCluster(
+            n_workers=config.n_workers, threads_per_worker=config.cores_per_worker,
+            memory_limit=config.memory_per_worker, processes=True, dashboard_address=None,
+        )  # fmt: skip
+    else:
+        try:
+            from dask_jobqueue import SLURMCluster  # type: ignore[attr-defined]
+        except ImportError:
+            raise StackError(
+                "backend='dask-slurm' needs dask-jobqueue", hint="pip install 'edown[slurm]'"
+            ) from None
+        log_dir.mkdir(parents=True, exist_ok=True)
+        scheduler: dict[str, Any] = {"dashboard_address": None}
+        if config.scheduler_host:
+            scheduler["host"] = config.scheduler_host
+        cluster = SLURMCluster(
+            queue=config.slurm_queue, account=config.slurm_account, cores=config.cores_per_worker, processes=1,
+            memory=config.memory_per_worker, walltime=config.walltime, scheduler_options=scheduler,
+            log_directory=str(log_dir), job_name="edown-stack",
+        )  # fmt: skip
+        cluster.scale(config.n_workers)
+    try:
+        with Client(cluster) as client:
+            if config.backend == "dask-slurm":
+                client.wait_for_workers(1, timeout=config.worker_timeout_seconds)
+
+            def run_dask(tasks: list[SliceTask], done: Callable[[SliceTask, dict[str, float]], None]) -> None:
+                futures = client.map(write_time_slice, tasks, pure=False)
+                by_key = {f.key: t for f, t in zip(futures, tasks, strict=True)}
+                for future in dask_completed(futures):
+                    done(by_key[future.key], future.result())
+
+            yield run_dask
+    finally:
+        cluster.close()
+
+
+# ---- orchestration ------------------------------------------------------------------------------------
+
+
+def stack_images(config: StackConfig) -> list[StackResult]:
+    """Build (or extend) one Zarr datacube per alignment group of a download manifest."""
+    manifest = load_manifest(config.manifest_path)
+    search = manifest.search
+    if search is None:
+        raise StackError(
+            f"manifest_path: {config.manifest_path} has no search section", hint="give a download manifest"
+        )
+    downloads = manifest.download_results
+    if not downloads:
+        raise StackError(
+            f"manifest_path: {config.manifest_path} records no downloads",
+            hint="run `edown download` first and stack the manifest it writes",
+        )
+    output_root = config.output_root or manifest.output_root
+    available = {
+        r.record_key: r for r in downloads
+        if r.status in ("downloaded", "skipped_existing") and r.tiff_path is not None and r.tiff_path.exists()
+    }  # fmt: skip
+    records = {r.record_key: r for r in search.images}
+    results: list[StackResult] = []
+    with output_lock(output_root, f"stack of {config.manifest_path.name}"):
+        for group in search.alignment_groups:
+            members = [(records[k], available[k]) for k in group.record_keys if k in available]
+            target = stack_path(output_root, search.collection_id, group.group_id)
+            if not members:
+                results.append(StackResult(group.group_id, 0, None, "no downloaded images in this group"))
+                continue
+            try:
+                results.append(
+                    _stack_group(config, search.collection_id, group, members, target, output_root, manifest)
+                )
+            except (StackError, OSError, RuntimeError, ValueError) as exc:
+                log.exception("stacking group %s failed", group.group_id)
+                message = exc.message if isinstance(exc, StackError) else f"{type(exc).__name__}: {exc}"
+                results.append(StackResult(group.group_id, 0, None, None, error=message))
+        _record(manifest, config, results, output_root)
+    return results
+
+
+def _stack_group(config: StackConfig, collection_id: str, group: AlignmentGroup,
+                 members: list[tuple[ImageRecord, DownloadResult]], target: Path, output_root: Path,
+                 manifest: Manifest) -> StackResult:  # fmt: skip
+    started = time.monotonic()
+    nodata = _common_nodata(members)
+    pairs = [(record, result.tiff_path) for record, result in members if result.tiff_path is not None]
+    log_dir = output_root / "stacks" / ".slurm-logs"
+    if target.exists() and not config.overwrite:
+        return _append(config, group, pairs, target, nodata, log_dir, started)
+    steps = _time_steps(pairs)
+    attrs = {
+        "edown_layout_version": LAYOUT_VERSION,
+        "collection_id": collection_id,
+        "group_id": group.group_id,
+        "created_utc": utc_iso(_now()),
+        "source_manifest": str(manifest.path),
+        "nodata": "nan" if math.isnan(nodata) else nodata,
+    }
+    ds = _template(group, steps, nodata, config.chunk_size, attrs)
+    tmp = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _to_zarr(ds, tmp, config.chunk_size)
+        tasks = _tasks(str(tmp), group, steps, 0, nodata, config.chunk_size)
+        _run(config, tasks, log_dir)
+        _replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return StackResult(
+        group.group_id, len(steps), target, None, appended=len(steps),
+        times=tuple(utc_iso(r.acquisition_time_utc) for s in steps for r in s.records[:1]),
+        shape=(len(steps), len(group.band_names), group.height, group.width), seconds=time.monotonic() - started,
+    )  # fmt: skip
+
+
+def _now() -> Any:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _common_nodata(members: list[tuple[ImageRecord, DownloadResult]]) -> float:
+    values = {("nan" if r.nodata is None or math.isnan(r.nodata) else r.nodata) for _, r in members}
+    if len(values) > 1:
+        raise StackError(
+            f"images of one group were downloaded with different nodata values {sorted(map(str, values))}"
+        )
+    value = values.pop()
+    return float("nan") if value == "nan" else float(value)
+
+
+def _tasks(
+    store: str, group: AlignmentGroup, steps: list[TimeStep], first_index: int, nodata: float, chunk: int
+) -> list[SliceTask]:
+    tasks = []
+    for i, step in enumerate(steps):
+        sources = []
+        for record, tiff in zip(step.records, step.tiffs, strict=True):
+            dc, dr = offset_in(group.transform, record.window_transform)
+            if (
+                dc < 0
+                or dr < 0
+                or dc + record.window[2] > group.width
+                or dr + record.window[3] > group.height
+            ):
+                raise StackError(
+                    f"{record.image_id} does not fit the stack's grid (offset {dc},{dr})",
+                    hint="rebuild with overwrite=True (--overwrite)",
+                )
+            sources.append((str(tiff), dc, dr))
+        tasks.append(SliceTask(store, first_index + i, tuple(sources), group.height, group.width,
+                               len(group.band_names), group.dtype, nodata, chunk))  # fmt: skip
+    return tasks
+
+
+def _run(config: StackConfig, tasks: list[SliceTask], log_dir: Path) -> None:
+    counters = Counters(images_total=len(tasks), chunks_total=len(tasks))
+    with Reporter(counters, "stack", enabled=config.progress), _executor(config, log_dir) as execute:
+
+        def done(task: SliceTask, stats: dict[str, float]) -> None:
+            counters.add(images_done=1, chunks_done=1, bytes=int(stats["bytes"]))
+
+        execute(tasks, done)
+
+
+def _to_zarr(ds: Any, path: Path, chunk: int) -> None:
+    with warnings.catch_warnings():
+        # zarr warns that consolidated metadata is not (yet) in the v3 spec; xarray reads it by default
+        # and edown relies on it as the readers' commit point.
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        ds.to_zarr(path, compute=False, zarr_format=3, consolidated=True, encoding=_encoding(ds, chunk))
+
+
+def _consolidate(path: Path) -> None:
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        zarr.consolidate_metadata(str(path))
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    """Swap ``tmp`` into ``target``: an existing store is moved aside first and deleted after."""
+    old = None
+    if target.exists():
+        old = target.with_name(f"{target.name}.old-{uuid.uuid4().hex[:8]}")
+        target.rename(old)
+    tmp.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _append(config: StackConfig, group: AlignmentGroup, pairs: list[tuple[ImageRecord, Path]], target: Path,
+            nodata: float, log_dir: Path, started: float) -> StackResult:  # fmt: skip
+    import xarray as xr
+    import zarr
+
+    committed = xr.open_zarr(target, mask_and_scale=False)
+    if committed.attrs.get("group_id") != group.group_id or tuple(committed.band.values) != group.band_names:
+        raise StackError(
+            f"{target} holds a different group or bands", hint="use overwrite=True (--overwrite)"
+        )
+    if str(committed["data"].dtype) != group.dtype:
+        raise StackError(
+            f"{target} has dtype {committed['data'].dtype}, not {group.dtype}", hint="use overwrite=True"
+        )
+    existing_ids = set()
+    for joined in committed["image_id"].values.tolist():
+        existing_ids.update(str(joined).split("|"))
+    t_committed = committed.sizes["time"]
+    stored_transform = tuple(committed.rio.transform())[:6]
+    if (committed.sizes["y"], committed.sizes["x"]) != (
+        group.height,
+        group.width,
+    ) or stored_transform != tuple(group.transform):
+        raise StackError(
+            f"{target} is on a different grid than group {group.group_id}", hint="use overwrite=True"
+        )
+    committed.close()
+    root = zarr.open_group(str(target), mode="r+", use_consolidated=False)
+    arrays = {
+        name: arr for name, arr in root.arrays()
+        if (getattr(arr.metadata, "dimension_names", None) or ("",))[0] == "time"
+    }  # fmt: skip
+    # Time steps beyond the committed ones come from an interrupted append: drop them and redo.
+    for arr in arrays.values():
+        if arr.shape[0] != t_committed:
+            arr.resize((t_committed, *arr.shape[1:]))
+    new_pairs = [(r, p) for r, p in pairs if r.image_id not in existing_ids]
+    if not new_pairs:
+        _consolidate(target)
+        return StackResult(group.group_id, t_committed, target, None, appended=0,
+                           shape=(t_committed, len(group.band_names), group.height, group.width),
+                           seconds=time.monotonic() - started)  # fmt: skip
+    steps = _time_steps(new_pairs)
+    n = len(steps)
+    props = _properties(steps)
+    for arr in arrays.values():
+        arr.resize((t_committed + n, *arr.shape[1:]))
+    arrays["time"][t_committed:] = np.array([s.millis for s in steps], dtype=np.int64)
+    arrays["image_id"][t_committed:] = np.array([s.image_id for s in steps], dtype=object)
+    for name, arr in arrays.items():
+        if name in ("data", "time", "image_id"):
+            continue
+        if name in props:
+            arr[t_committed:] = props[name]
+        elif np.dtype(arr.dtype).kind == "f":
+            arr[t_committed:] = np.full(n, np.nan)
+        else:
+            arr[t_committed:] = np.array([""] * n, dtype=object)
+    tasks = _tasks(str(target), group, steps, t_committed, nodata, config.chunk_size)
+    _run(config, tasks, log_dir)
+    root.attrs["updated_utc"] = utc_iso(_now())
+    _consolidate(target)  # the commit point: readers see the new times only now
+    total = t_committed + n
+    return StackResult(
+        group.group_id, total, target, None, appended=n,
+        times=tuple(utc_iso(s.records[0].acquisition_time_utc) for s in steps),
+        shape=(total, len(group.band_names), group.height, group.width), seconds=time.monotonic() - started,
+    )  # fmt: skip
+
+
+def _record(manifest: Manifest, config: StackConfig, results: list[StackResult], output_root: Path) -> None:
+    manifest.doc["stack"] = {
+        "config": config_to_dict(config),
+        "finished_utc": utc_iso(_now()),
+        "results": [r.to_dict(output_root) for r in results],
+    }
+    manifest.write()
+
+
+def open_stack(path: str | Path, masked: bool = False) -> Any:
+    """Open a datacube written by :func:`stack_images` as an xarray Dataset with its CRS attached.
+
+    ``masked=False`` keeps the stored dtype (nodata in ``data.attrs['_FillValue']``); ``masked=True`` gives
+    floats with NaN where there is no data, as ``xr.open_zarr`` does by default.
+    """
+    import rioxarray  # noqa: F401  (registers .rio)
+    import xarray as xr
+
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        raise StackError(
+            f"{path} is not a Zarr store written by edown",
+            hint="give a path like data/stacks/<collection>/<group>.zarr",
+        )
+    ds = xr.open_zarr(path, mask_and_scale=masked)
+    if ds.rio.crs is None and "spatial_ref" in ds.coords:
+        ds = ds.rio.write_crs(ds["spatial_ref"].attrs.get("crs_wkt"))
+    return ds
