@@ -118,7 +118,7 @@ def test_service_account_from_env_authenticates_via_token_uri(
             server_url=ee_emulator.url,
         )
     )
-    assert len(result.images) == 1
+    assert len(result.images) == 2  # T30UXC and T30UYC
     stats = ee_emulator.stats(include_log=True)
     assert stats["requests"]["token"] >= 1
     assert {r["project"] for r in stats["log"] if r["kind"] == "listAssets"} == {"sa-project"}

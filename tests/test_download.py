@@ -25,7 +25,7 @@ from edown.outputs import image_tiff_path, output_lock, safe_name
 from tests.helpers import assert_tiff_exact
 
 S2 = "COPERNICUS/S2_SR_HARMONIZED"
-LONDON = (-0.15, 51.48, 0.02, 51.56)
+WEST_LONDON = (-0.60, 51.48, -0.43, 51.56)  # inside the single tile T30UXC
 
 
 def config(emu: Emulator, tmp_path: Path, **kw: Any) -> DownloadConfig:
@@ -33,7 +33,7 @@ def config(emu: Emulator, tmp_path: Path, **kw: Any) -> DownloadConfig:
         "collection_id": S2,
         "start_date": "2024-06-01",
         "end_date": "2024-06-10",
-        "aoi": AOI.from_bbox(LONDON),
+        "aoi": AOI.from_bbox(WEST_LONDON),
         "bands": ("B2", "B3", "B4", "B8"),
         "server_url": emu.url,
         "output_root": tmp_path / "data",
@@ -133,23 +133,37 @@ def test_era5_float32_exact_with_nan_over_the_sea(ee_emulator: Emulator, tmp_pat
 
 
 def test_swath_edge_nodata_is_honest_where_zero_is_valid(ee_emulator: Emulator, tmp_path: Path) -> None:
-    # T30UWA sits at a swath edge on these dates: part of the tile has no data.
-    asset = ee_emulator.catalog.image("COPERNICUS/S2_SR_HARMONIZED/20240601T103009_20240601T104128_T30UWA")
-    ring = list(asset.footprint.lonlat.exterior.coords)
-    lon, lat = ring[len(ring) * 7 // 8]  # a point on the cut edge
+    from shapely.geometry import box
+
+    from edown.emulator.model import parse_rfc3339
+
+    # A tile at a swath edge: part of it has no data.
+    candidates = ee_emulator.catalog.query(
+        S2, parse_rfc3339("2024-06-01"), parse_rfc3339("2024-06-06"), box(-3, 50, 3, 53)
+    )
+    asset = next(a for a in candidates if len(a.footprint.halfplanes) > 4)
+    day = asset.id.rsplit("/", 1)[1][:8]
+    date = f"{day[:4]}-{day[4:6]}-{day[6:]}"
+    from pyproj import Transformer
+
+    grid = asset.band("B4").grid
+    a, b, c = asset.footprint.halfplanes[-1]  # the swath edge: a*x + b*y + c = 0 in the tile's CRS
+    y = grid.transform[5] - grid.height * 10 / 2
+    x = -(b * y + c) / a
+    lon, lat = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True).transform(x, y)
     aoi = AOI.from_bbox((lon - 0.05, lat - 0.03, lon + 0.05, lat + 0.03))
     summary = download_images(
         config(
             ee_emulator,
             tmp_path,
             bands=("B4", "MSK_CLDPRB"),
-            start_date="2024-06-01",
-            end_date="2024-06-01",
+            start_date=date,
+            end_date=date,
             aoi=aoi,
         )
     )
     check_all_exact(ee_emulator, summary)
-    [result] = [r for r in summary.results if "T30UWA" in r.image_id and r.record_key.endswith("@20m")]
+    [result] = [r for r in summary.results if r.image_id == asset.id and r.record_key.endswith("@20m")]
     prob = rasterio.open(result.tiff_path).read(1)
     assert (prob == 255).any(), "outside the footprint: nodata"
     assert (prob == 0).any(), "inside: zero cloud probability is a real value, not nodata"
@@ -174,8 +188,13 @@ def test_fixed_chunk_size_is_honoured_exactly(ee_emulator: Emulator, tmp_path: P
     )
     check_all_exact(ee_emulator, summary)
     grids = [r["grid"] for r in ee_emulator.stats(include_log=True)["log"] if r["kind"] == "computePixels"]
-    assert {(g["width"], g["height"]) for g in grids} <= {(300, 300), (1216 - 4 * 300, 300), (300, 938 - 3 * 300),
-                                                            (1216 - 4 * 300, 938 - 3 * 300)}  # fmt: skip
+    edge_w, edge_h = 1210 - 4 * 300, 931 - 3 * 300
+    assert {(g["width"], g["height"]) for g in grids} == {
+        (300, 300),
+        (edge_w, 300),
+        (300, edge_h),
+        (edge_w, edge_h),
+    }
     assert len(grids) == 5 * 4 == summary.results[0].chunk_count
 
 
@@ -301,7 +320,7 @@ def test_dry_run_fetches_nothing(ee_emulator: Emulator, tmp_path: Path) -> None:
     assert summary.dry_run and ee_emulator.stats()["requests"].get("computePixels", 0) == 0
     plan = summary.plan
     assert plan["images"] == 2 and plan["chunks"] == plan["requests"] > 0
-    assert plan["request_bytes"] >= 2 * 1216 * 938 * 4 * 3 and plan["estimated_seconds"] > 0
+    assert plan["request_bytes"] >= 2 * 1210 * 931 * 4 * 3 and plan["estimated_seconds"] > 0
     assert {r.status for r in summary.results} == {"planned"}
     assert not (tmp_path / "data").exists()
 
@@ -376,7 +395,7 @@ KILL_SCRIPT = textwrap.dedent(
     from edown import AOI, DownloadConfig, download_images
     download_images(DownloadConfig(
         collection_id="COPERNICUS/S2_SR_HARMONIZED", start_date="2024-06-01", end_date="2024-06-10",
-        aoi=AOI.from_bbox((-0.15, 51.48, 0.02, 51.56)), bands=("B2", "B3", "B4", "B8"),
+        aoi=AOI.from_bbox((-0.60, 51.48, -0.43, 51.56)), bands=("B2", "B3", "B4", "B8"),
         server_url=sys.argv[1], output_root=Path(sys.argv[2]), chunk_size=256, chunk_size_mode="fixed",
         max_inflight_chunks=4))
     """

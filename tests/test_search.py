@@ -19,6 +19,8 @@ from edown.manifest import load_manifest, new_manifest, set_search
 
 S2 = "COPERNICUS/S2_SR_HARMONIZED"
 LANDSAT = "LANDSAT/LC09/C02/T1_L2"
+# Inside the single tile T30UXC (real London, the spec's bbox, also touches T30UYC).
+WEST_LONDON = (-0.60, 51.48, -0.43, 51.56)
 LONDON = (-0.15, 51.48, 0.02, 51.56)
 
 
@@ -27,7 +29,7 @@ def s2_config(emu: Emulator, **kw: Any) -> SearchConfig:
         "collection_id": S2,
         "start_date": "2024-06-01",
         "end_date": "2024-06-30",
-        "aoi": AOI.from_bbox(LONDON),
+        "aoi": AOI.from_bbox(WEST_LONDON),
         "bands": ("B4", "B8"),
         "server_url": emu.url,
     }
@@ -47,7 +49,7 @@ def test_s2_b4_b8_are_uint16_on_the_10m_grid(ee_emulator: Emulator) -> None:
         col, row, width, height = record.window
         # The window transform is the native grid shifted by whole pixels.
         assert record.window_transform == (10.0, 0.0, 600000.0 + 10 * col, 0.0, -10.0, 5800020.0 - 10 * row)
-        assert (width, height) == (1216, 938)
+        assert (width, height) == (1210, 931)
     assert len(result.alignment_groups) == 1
     group = result.alignment_groups[0]
     assert group.dtype == "uint16" and group.band_names == ("B4", "B8") and len(group.group_id) == 12
@@ -58,10 +60,9 @@ def test_window_covers_the_aoi_snapped_outward(ee_emulator: Emulator) -> None:
     from pyproj import Transformer
 
     record = search_images(s2_config(ee_emulator, end_date="2024-06-05")).images[0]
+    aoi = WEST_LONDON
     to_utm = Transformer.from_crs("EPSG:4326", "EPSG:32630", always_xy=True)
-    xs, ys = to_utm.transform(
-        [LONDON[0], LONDON[2], LONDON[0], LONDON[2]], [LONDON[1], LONDON[1], LONDON[3], LONDON[3]]
-    )
+    xs, ys = to_utm.transform([aoi[0], aoi[2], aoi[0], aoi[2]], [aoi[1], aoi[1], aoi[3], aoi[3]])
     sx, _, tx, _, sy, ty = record.window_transform
     _, _, width, height = record.window
     assert tx <= min(xs) and tx + width * sx >= max(xs)
@@ -249,8 +250,13 @@ def test_quickstart_example_from_the_spec_runs_as_written(
     monkeypatch.setenv("EDOWN_SERVER_URL", ee_emulator.url)
     exec(compile(example, "spec-quickstart", "exec"), {})
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "Found 1 images" and out[1] == "Alignment groups: 1"
-    assert out[2] == " COPERNICUS/S2_SR_HARMONIZED/20240605T102427_20240605T103510_T30UXC CRS=EPSG:32630"
+    # Two neighbouring tiles of zone 30 on one 10 m lattice: two images, one alignment group.
+    assert out == [
+        "Found 2 images",
+        "Alignment groups: 1",
+        " COPERNICUS/S2_SR_HARMONIZED/20240603T104058_20240603T104237_T30UXC CRS=EPSG:32630",
+        " COPERNICUS/S2_SR_HARMONIZED/20240604T104039_20240604T104221_T30UYC CRS=EPSG:32630",
+    ]
 
 
 # ---- bad input: one clear error each -----------------------------------------------------------------
@@ -277,7 +283,7 @@ def test_no_images_found_says_the_filters_used(ee_emulator: Emulator) -> None:
         search_images(s2_config(ee_emulator, property_filters=("CLOUDY_PIXEL_PERCENTAGE < 0",)))
     message = str(info.value)
     assert "no images in COPERNICUS/S2_SR_HARMONIZED from 2024-06-01 to 2024-06-30 (inclusive)" in message
-    assert "bounds -0.15, 51.48, 0.02, 51.56" in message and "CLOUDY_PIXEL_PERCENTAGE < 0" in message
+    assert "bounds -0.6, 51.48, -0.43, 51.56" in message and "CLOUDY_PIXEL_PERCENTAGE < 0" in message
 
 
 @pytest.mark.parametrize(
@@ -406,10 +412,10 @@ def test_transform_plugin_output_bands_are_described(
 
 
 def test_dates_are_inclusive(ee_emulator: Emulator) -> None:
-    result = search_images(s2_config(ee_emulator, start_date="2024-06-05", end_date="2024-06-05"))
+    result = search_images(s2_config(ee_emulator, start_date="2024-06-03", end_date="2024-06-03"))
     assert len(result.images) == 1
-    assert result.images[0].acquisition_time_utc.date().isoformat() == "2024-06-05"
-    config = dataclasses.replace(s2_config(ee_emulator), start_date="2024-06-06", end_date="2024-06-09")
+    assert result.images[0].acquisition_time_utc.date().isoformat() == "2024-06-03"
+    config = dataclasses.replace(s2_config(ee_emulator), start_date="2024-06-04", end_date="2024-06-07")
     with pytest.raises(NoImagesFoundError):
         search_images(config)
-    assert parse_rfc3339("2024-06-05") < int(result.images[0].acquisition_time_utc.timestamp() * 1000)
+    assert parse_rfc3339("2024-06-03") < int(result.images[0].acquisition_time_utc.timestamp() * 1000)

@@ -266,7 +266,12 @@ class PropertyFilter:
         return f"properties.{self.name}{self.op}{rendered}"
 
     def __str__(self) -> str:
-        value = json.dumps(self.value) if isinstance(self.value, str) else self.value
+        if isinstance(self.value, str):
+            value = json.dumps(self.value)
+        elif isinstance(self.value, float):
+            value = f"{self.value:g}"
+        else:
+            value = str(self.value).lower()
         return f"{self.name} {self.op} {value}"
 
 

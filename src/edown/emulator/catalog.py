@@ -311,6 +311,13 @@ class MgrsTile:
         return float(lon), float(lat)
 
 
+def _square_in_zone(tile: MgrsTile, zlon0: float) -> bool:
+    """Whether the tile's 100 km MGRS square reaches into its zone's 6-degree band (as real tiles do)."""
+    y = tile.uly - S2_TILE_SIZE_M / 2
+    (west, east), _ = _to_lonlat(tile.crs).transform([tile.ulx, tile.ulx + 100_000], [y, y])
+    return bool(west < zlon0 + 6.0 and east > zlon0)
+
+
 @lru_cache(maxsize=20_000)
 def _s2_tile_geometry(tile: MgrsTile) -> tuple[Polygon, tuple[tuple[float, float, float], ...]]:
     """Footprint of a tile in lon/lat plus the exact half-planes in UTM (swath-edge tiles are cut)."""
@@ -363,13 +370,14 @@ class Sentinel2(SyntheticCollection):
         if lat0 > lat1:
             return []
         tiles: list[MgrsTile] = []
-        for zone in range(utm_zone_of(lon0 - 1.0), utm_zone_of(lon1 + 1.0) + 1):
+        # Edge tiles reach up to ~1.5 degrees beyond their zone, so look at neighbouring zones too.
+        for zone in range(utm_zone_of(lon0 - 2.0), utm_zone_of(lon1 + 2.0) + 1):
             zlon0 = -180.0 + 6.0 * (zone - 1)
             for north in (True, False):
                 hlat0, hlat1 = (max(lat0, -1.0), lat1) if north else (lat0, min(lat1, 1.0))
                 if hlat0 > hlat1:
                     continue
-                part = box(max(lon0, zlon0 - 1.0), hlat0, min(lon1, zlon0 + 7.0), hlat1)
+                part = box(max(lon0, zlon0 - 2.0), hlat0, min(lon1, zlon0 + 8.0), hlat1)
                 clipped = part if region is None else part.intersection(area)
                 if clipped.is_empty:
                     continue
@@ -400,7 +408,7 @@ class Sentinel2(SyntheticCollection):
             for j in range(j_lo, j_hi + 1):
                 tile = MgrsTile(zone, north, k, j)
                 clon, clat = tile.center_lonlat
-                if not (zlon0 - 0.5 <= clon <= zlon0 + 6.5) or not (-56.0 <= clat <= 84.0):
+                if not -56.0 <= clat <= 84.0 or not _square_in_zone(tile, zlon0):
                     continue
                 footprint, _ = _s2_tile_geometry(tile)
                 if region is None or footprint.intersects(region):
@@ -415,7 +423,7 @@ class Sentinel2(SyntheticCollection):
         self.check_budget(len(tiles) * (len(days) // self.revisit_days + 1))
         found = []
         for tile in tiles:
-            phase = stable_hash("s2-phase", tile.name) % self.revisit_days
+            phase = _s2_phase(tile)
             first = days.start + ((phase - days.start) % self.revisit_days)
             for day in range(first, days.stop, self.revisit_days):
                 asset = self._asset(tile, day)
@@ -436,7 +444,7 @@ class Sentinel2(SyntheticCollection):
         zone = int(name[:2]) if name[:2].isdigit() else 0
         for tile in self.tiles_for_name(zone, name):
             for d in (day - 1, day, day + 1):
-                if (d - stable_hash("s2-phase", tile.name)) % self.revisit_days:
+                if (d - _s2_phase(tile)) % self.revisit_days:
                     continue
                 if not (day_number(self.first_day) <= d <= day_number(self.last_day)):
                     continue
@@ -465,22 +473,32 @@ class Sentinel2(SyntheticCollection):
         return _s2_asset(self.id, tile, day)
 
 
+def _s2_strip(tile: MgrsTile) -> tuple[int, int, int]:
+    """Tiles imaged together: blocks of 3 x 3 MGRS squares of one zone share dates and timestamps."""
+    return (tile.zone, (tile.k - 1) // 3, tile.j // 3)
+
+
+def _s2_phase(tile: MgrsTile) -> int:
+    return stable_hash("s2-phase", *_s2_strip(tile)[:2]) % 5
+
+
 @lru_cache(maxsize=50_000)
 def _s2_asset(collection_id: str, tile: MgrsTile, day: int) -> ImageAsset:
     clon, clat = tile.center_lonlat
-    cycle = (day - stable_hash("s2-phase", tile.name) % 5) // 5
-    spacecraft = (
-        "Sentinel-2A" if (cycle + stable_hash("s2-sat", tile.zone, tile.k)) % 2 == 0 else "Sentinel-2B"
-    )
-    # ~10:30 local solar time, later along the descending pass the further south the tile is.
-    seconds = int(37_800 - clon * 240 + (60.0 - clat) * 15 + stable_hash("s2-t", tile.name, day) % 30)
-    start_ms = day * DAY_MS + seconds * 1000 + stable_hash("s2-ms", tile.name, day) % 1000
-    datatake_ms = start_ms - int((84.0 - clat) * 20_000)
+    strip = _s2_strip(tile)
+    cycle = (day - _s2_phase(tile)) // 5
+    spacecraft = "Sentinel-2A" if (cycle + stable_hash("s2-sat", *strip)) % 2 == 0 else "Sentinel-2B"
+    # ~10:30 local solar time. Tiles of one datatake block share system:time_start (as in Earth Engine,
+    # where neighbouring tiles of one pass often carry the same timestamp); granule times differ.
+    zone_lon = -177.0 + 6.0 * (tile.zone - 1)
+    seconds = int(37_800 - zone_lon * 240 + stable_hash("s2-t", *strip, day) % 30)
+    start_ms = day * DAY_MS + seconds * 1000 + stable_hash("s2-ms", *strip, day) % 1000
+    datatake_ms = start_ms - 90_000
     datatake = date_str(datatake_ms, "%Y%m%dT%H%M%S")
-    granule = date_str(start_ms, "%Y%m%dT%H%M%S")
+    granule = date_str(start_ms + (tile.j % 3) * 9_000 + (tile.k % 3) * 3_000, "%Y%m%dT%H%M%S")
     system_index = f"{datatake}_{granule}_T{tile.name}"
     footprint, planes = _s2_tile_geometry(tile)
-    orbit = 1 + stable_hash("s2-orbit", tile.zone, tile.k) % 143
+    orbit = 1 + stable_hash("s2-orbit", *strip[:2]) % 143
     absolute_orbit = 30_000 + day % 100_000
     cloud = round(100.0 * unit_hash("s2-cloud", system_index) ** 2, 6)
     nodata_pct = 0.0 if len(planes) == 4 else round(100.0 * (1 - _coverage(tile, footprint)), 6)
