@@ -407,7 +407,7 @@ class Sentinel2(SyntheticCollection):
         for k in range(k_lo, k_hi + 1):
             for j in range(j_lo, j_hi + 1):
                 tile = MgrsTile(zone, north, k, j)
-                clon, clat = tile.center_lonlat
+                _, clat = tile.center_lonlat
                 if not -56.0 <= clat <= 84.0 or not _square_in_zone(tile, zlon0):
                     continue
                 footprint, _ = _s2_tile_geometry(tile)
@@ -484,7 +484,7 @@ def _s2_phase(tile: MgrsTile) -> int:
 
 @lru_cache(maxsize=50_000)
 def _s2_asset(collection_id: str, tile: MgrsTile, day: int) -> ImageAsset:
-    clon, clat = tile.center_lonlat
+    _, clat = tile.center_lonlat
     strip = _s2_strip(tile)
     cycle = (day - _s2_phase(tile)) // 5
     spacecraft = "Sentinel-2A" if (cycle + stable_hash("s2-sat", *strip)) % 2 == 0 else "Sentinel-2B"
