@@ -138,7 +138,7 @@ def test_interrupted_append_stays_invisible_and_is_redone(ee_emulator: Emulator,
     [built] = stack_images(StackConfig(manifest_path=first.manifest_path))
     # A crash mid-append: the time axis was extended and junk written, but nothing was committed.
     group = zarr.open_group(str(built.output_path), mode="r+", use_consolidated=False)
-    for name, arr in group.arrays():
+    for _, arr in group.arrays():
         if (arr.metadata.dimension_names or ("",))[0] == "time":
             arr.resize((arr.shape[0] + 1, *arr.shape[1:]))
     group["data"][2, :, :10, :10] = 7
@@ -253,7 +253,7 @@ def test_dask_slurm_on_a_real_slurm_writes_the_same_bytes(ee_emulator: Emulator,
             walltime="00:10:00",
             scheduler_host="127.0.0.1",
             worker_timeout_seconds=180,
-        )  # fmt: skip
+        )
     )
     assert slurm.error is None, slurm.error
     assert store_digest(slurm.output_path) == threads_digest
