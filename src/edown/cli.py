@@ -510,6 +510,78 @@ def stack(as_json: bool, **params: Any) -> None:
         sys.exit(1)
 
 
+# ---- demo and quicklook ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "-o", "--output-root", type=click.Path(file_okay=False), default="edown-demo", show_default=True
+)
+@click.option(
+    "--latency", default="fast", show_default=True, help="Emulator latency preset: none, fast or ee."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print where everything is as JSON.")
+@handle_errors
+def demo(output_root: str, latency: str, as_json: bool) -> None:
+    """Run search -> download -> stack offline against the embedded Earth Engine emulator.
+
+    \b
+    Writes GeoTIFFs, a Zarr datacube, a manifest and quicklook PNGs under OUTPUT_ROOT, then prints how to
+    open them. Nothing leaves the machine.
+    """
+    from edown.demo import run_demo
+
+    root = Path(output_root)
+    console = _stderr_console()
+    outcome = run_demo(
+        root,
+        say=lambda line: console.print(line, markup=False),
+        progress=sys.stderr.isatty(),
+        latency=latency,
+    )
+    stores = [str(s.output_path) for s in outcome.stacks if s.output_path]
+    if as_json:
+        _echo_json({
+            "manifest": str(outcome.summary.manifest_path),
+            "geotiffs": [str(r.tiff_path) for r in outcome.summary.results if r.tiff_path],
+            "stacks": stores,
+            "quicklooks": [str(p) for p in outcome.pictures],
+            "seconds": outcome.seconds,
+        })  # fmt: skip
+        return
+    out = _stdout_console()
+    out.print(f"\n[bold]done in {outcome.seconds:.1f} s[/]  everything is under {root}/", markup=True)
+    out.print(f"  GeoTIFFs:   {root}/images/")
+    out.print(f"  manifest:   {outcome.summary.manifest_path}")
+    for store in stores:
+        out.print(f"  datacube:   {store}")
+    for picture in outcome.pictures:
+        out.print(f"  quicklook:  {picture}")
+    if stores:
+        out.print("\nopen the datacube in Python:", markup=False)
+        out.print(f'  import edown\n  ds = edown.open_stack("{stores[0]}")\n  ds.data.sel(band="B4").isel(time=0).plot()',
+                  markup=False)  # fmt: skip
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="PNG to write (default: next to PATH).")
+@click.option("-b", "--band", "bands", multiple=True, help="Bands to show as R, G, B (default: true colour).")
+@handle_errors
+def quicklook(path: str, output: str | None, bands: tuple[str, ...]) -> None:
+    """Render a PNG of a GeoTIFF, or a dated time strip of a Zarr datacube.
+
+    \b
+    Examples:
+      edown quicklook data/images/COPERNICUS_S2_SR_HARMONIZED/20240603T104058_20240603T104237_T30UXC.tif
+      edown quicklook data/stacks/COPERNICUS_S2_SR_HARMONIZED/<group>.zarr -b B8 -b B4 -b B3
+    """
+    from edown.quicklook import render
+
+    out = render(Path(path), Path(output) if output else None, bands or None)
+    click.echo(str(out))
+
+
 # ---- emulator -------------------------------------------------------------------------------------------
 
 
