@@ -73,9 +73,8 @@ def to_rgba(
 def _valid(data: np.ndarray, nodata: float | None) -> np.ndarray:
     if nodata is None:
         return np.ones(data.shape[1:], dtype=bool)
-    if np.isnan(nodata):
-        return ~np.isnan(data).any(axis=0)
-    return ~(data == nodata).any(axis=0)
+    missing: np.ndarray = np.isnan(data) if np.isnan(nodata) else data == nodata
+    return ~missing.any(axis=0)
 
 
 def render_geotiff(path: Path, out: Path, bands: Sequence[str] | None = None, max_size: int = 1024) -> Path:
