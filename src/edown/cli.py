@@ -582,6 +582,98 @@ def quicklook(path: str, output: str | None, bands: tuple[str, ...]) -> None:
     click.echo(str(out))
 
 
+# ---- doctor -----------------------------------------------------------------------------------------------
+
+
+def _doctor(server_url: str | None, project: str | None, as_json: bool) -> None:
+    import platform
+    import time
+
+    import ee
+
+    from edown import earthengine
+    from edown.config import HIGH_VOLUME_URL
+
+    url = server_url or os.environ.get("EDOWN_SERVER_URL") or HIGH_VOLUME_URL
+    report: dict[str, Any] = {
+        "edown": __version__,
+        "python": platform.python_version(),
+        "earthengine-api": ee.__version__,
+        "server_url": url,
+    }
+    ok = True
+    try:
+        _, resolved_project, method = earthengine.resolve_credentials(url, project, None)
+        report["credentials"] = method
+        report["project"] = resolved_project
+    except EdownError as exc:
+        report["credentials"] = f"none: {exc}"
+        ok = False
+    if ok:
+        started = time.monotonic()
+        try:
+            conn = earthengine.connect(url, project)
+            earthengine.call(conn, lambda: ee.data.getAsset("COPERNICUS/S2_SR_HARMONIZED"),
+                             earthengine.RetryPolicy(max_retries=1, base_delay=0.5))  # fmt: skip
+            report["endpoint"] = (
+                f"answers ({(time.monotonic() - started) * 1000:.0f} ms for Initialize + one request)"
+            )
+        except EdownError as exc:
+            report["endpoint"] = f"failed: {exc}"
+            ok = False
+    report["ok"] = ok
+    if as_json:
+        _echo_json(report)
+    else:
+        from rich.table import Table
+
+        table = Table(title="edown doctor", title_justify="left", show_header=False)
+        table.add_column("what")
+        table.add_column("value")
+        for key, value in report.items():
+            table.add_row(key, str(value))
+        _stdout_console().print(table)
+    if not ok:
+        sys.exit(1)
+
+
+_DOCTOR_OPTIONS = [
+    click.option(
+        "--server-url",
+        envvar="EDOWN_SERVER_URL",
+        help="Endpoint to check (default: the high-volume endpoint).",
+    ),
+    click.option("--project", envvar="EE_PROJECT", help="Google Cloud project."),
+    click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
+]
+
+
+def _with_doctor_options(func: F) -> F:
+    for option in reversed(_DOCTOR_OPTIONS):
+        func = option(func)
+    return func
+
+
+@cli.command()
+@_with_doctor_options
+@handle_errors
+def doctor(server_url: str | None, project: str | None, as_json: bool) -> None:
+    """Check which credentials and project edown would use, and whether the endpoint answers.
+
+    Never prints secrets: only the kind of credentials (and a service account's e-mail). Exit code 1 when
+    something does not work.
+    """
+    _doctor(server_url, project, as_json)
+
+
+@cli.command()
+@_with_doctor_options
+@handle_errors
+def auth(server_url: str | None, project: str | None, as_json: bool) -> None:
+    """Same as ``edown doctor``: show the credentials and project in use, and test the endpoint."""
+    _doctor(server_url, project, as_json)
+
+
 # ---- emulator -------------------------------------------------------------------------------------------
 
 

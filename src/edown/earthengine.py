@@ -192,7 +192,7 @@ def _initialize(url: str, creds: Any, project: str, pool: int, timeout: float) -
     ee.data.setMaxRetries(0)
     transport = _Transport(pool_size=pool + 8, timeout=timeout)
     last: BaseException | None = None
-    for attempt in range(4):
+    for attempt in range(3):
         try:
             ee.Initialize(credentials=creds, project=project, opt_url=url, http_transport=transport)
             return
@@ -208,7 +208,8 @@ def _initialize(url: str, creds: Any, project: str, pool: int, timeout: float) -
                 f"cannot initialise Earth Engine at {url}: {type(exc).__name__}: {_short(exc)}",
                 hint="check --server-url",
             ) from None
-        time.sleep(min(8.0, 0.5 * 2**attempt))
+        if attempt < 2:
+            time.sleep(0.5 * 2**attempt)
     raise EarthEngineError(
         f"cannot reach Earth Engine at {url}: {_short(last) if last else 'no answer'}",
         transient=True,
