@@ -6,11 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pick_python() {
-  for candidate in "${EDOWN_PYTHON:-}" python3.12 python3.13 python3; do
+  # pyenv installs shims for every version, but a shim only runs when that version is selected: look
+  # at pyenv's own interpreters too, and keep the first candidate that actually runs.
+  local root="${PYENV_ROOT:-$HOME/.pyenv}"
+  for candidate in "${EDOWN_PYTHON:-}" python3.12 "$root"/versions/3.12*/bin/python3.12 python3.13 \
+                   "$root"/versions/3.13*/bin/python3.13 python3; do
     [ -n "$candidate" ] || continue
     if command -v "$candidate" >/dev/null 2>&1 &&
        "$candidate" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
-      command -v "$candidate"
+      "$candidate" -c 'import sys; print(sys.executable)'
       return 0
     fi
   done
