@@ -7,6 +7,7 @@ own process is the client, not the server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -76,7 +77,9 @@ class EmulatorProcess:
         urllib.request.urlopen(request, timeout=30).close()
 
     def set_faults(self, plan: dict[str, Any]) -> None:
-        request = urllib.request.Request(self.url + "/_emulator/faults", data=json.dumps(plan).encode(), method="POST")
+        request = urllib.request.Request(
+            self.url + "/_emulator/faults", data=json.dumps(plan).encode(), method="POST"
+        )
         urllib.request.urlopen(request, timeout=30).close()
 
     @property
@@ -100,7 +103,9 @@ def offline_service_account_env(tmpdir: Path, token_uri: str) -> dict[str, str]:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     email = "bench@edown-bench.iam.gserviceaccount.com"
     key_file = tmpdir / "service-account.json"
     key_file.write_text(json.dumps({
@@ -136,10 +141,8 @@ class TreeMemory:
             total = 0
             try:
                 for proc in [self.root, *self.root.children(recursive=True)]:
-                    try:
+                    with contextlib.suppress(psutil.Error):
                         total += proc.memory_info().rss
-                    except psutil.Error:
-                        pass
             except psutil.Error:
                 return
             self.peak = max(self.peak, total)
@@ -192,7 +195,9 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     numeric = [all(_is_number(row[i]) for row in rows) for i in range(len(headers))]
 
     def line(row: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(row, widths, numeric, strict=True))
+        return "  ".join(
+            c.rjust(w) if n else c.ljust(w) for c, w, n in zip(row, widths, numeric, strict=True)
+        )
 
     print(line(cells[0]))
     print("  ".join("-" * w for w in widths))

@@ -48,7 +48,9 @@ def main() -> int:
         tmpdir = Path(tmp)
         (tmpdir / "driver.py").write_text(DRIVER)
         env = offline_service_account_env(tmpdir, emu.url + "/token")
-        run = run_measured([str(python), "driver.py", emu.url, str(tmpdir / "out")], env=env, cwd=tmpdir, timeout=600)
+        run = run_measured(
+            [str(python), "driver.py", emu.url, str(tmpdir / "out")], env=env, cwd=tmpdir, timeout=600
+        )
         stats = emu.stats()
     if run["code"] != 0:
         print(run["stderr"][-3000:], file=sys.stderr)
@@ -70,7 +72,11 @@ def main() -> int:
         [[f["image_id"].rsplit("/", 1)[-1], f["status"], f"{f.get('width')}x{f.get('height')}x{f.get('count')}",
           f.get("dtype"), f.get("crs"), f.get("pixel")] for f in report["files"]],
     )  # fmt: skip
-    ok = report["downloaded"] > 0 and report["failed"] == 0 and all(f["status"] != "failed" for f in report["files"])
+    ok = (
+        report["downloaded"] > 0
+        and report["failed"] == 0
+        and all(f["status"] != "failed" for f in report["files"])
+    )
     return 0 if ok else 1
 
 

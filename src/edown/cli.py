@@ -689,6 +689,10 @@ def auth(server_url: str | None, project: str | None, as_json: bool) -> None:
     help="Latency preset: none, fast or ee (0.3 s + 2 MB/s per pixel request, like Earth Engine).",
 )
 @click.option(
+    "--latency-base", type=float, help="Override the preset: seconds per pixel request before data flows."
+)
+@click.option("--bandwidth", type=float, help="Override the preset: MB/s of one pixel request's body.")
+@click.option(
     "--max-concurrent", default=40, show_default=True, help="Concurrent compute requests per project."
 )
 @click.option("--rps", default=100.0, show_default=True, help="Requests per second per project.")
@@ -698,6 +702,9 @@ def auth(server_url: str | None, project: str | None, as_json: bool) -> None:
     "--allowed-project", "allowed_projects", multiple=True, help="Only these projects may call the API."
 )
 @click.option("--log-requests", is_flag=True, help="Log every request to stderr.")
+@click.option(
+    "--capture-bodies", is_flag=True, help="Keep pixel request bodies in /_emulator/stats (for replays)."
+)
 @handle_errors
 def emulator(
     host: str,
@@ -709,6 +716,9 @@ def emulator(
     faults: str | None,
     allowed_projects: tuple[str, ...],
     log_requests: bool,
+    latency_base: float | None,
+    bandwidth: float | None,
+    capture_bodies: bool,
 ) -> None:
     """Run a local Earth Engine that the real ``ee`` client talks to.
 
@@ -720,20 +730,21 @@ def emulator(
     """
     import logging
 
-    from edown.emulator import Emulator, EmulatorConfig, FaultPlan, Latency, Limits
+    from edown.emulator import Emulator, EmulatorConfig, FaultPlan, Limits
 
     try:
         plan = FaultPlan.from_json(faults) if faults else FaultPlan()
         config = EmulatorConfig(
             host=host,
             port=port,
-            latency=Latency.preset(latency),
+            latency=_latency(latency, latency_base, bandwidth),
             limits=Limits(
                 max_concurrent=max_concurrent, requests_per_second=rps, retry_after_seconds=retry_after
             ),
             faults=plan,
             allowed_projects=allowed_projects or None,
             log_requests=log_requests,
+            capture_bodies=capture_bodies,
         )
     except (ValueError, TypeError) as exc:
         raise ConfigError("faults" if faults else "latency", str(exc)) from None
@@ -750,6 +761,19 @@ def emulator(
         pass
     finally:
         emu.stop()
+
+
+def _latency(preset: str, base: float | None, bandwidth_mb: float | None) -> Any:
+    from dataclasses import replace
+
+    from edown.emulator import Latency
+
+    latency = Latency.preset(preset)
+    if base is not None:
+        latency = replace(latency, base_seconds=base)
+    if bandwidth_mb is not None:
+        latency = replace(latency, bandwidth_bytes_per_second=bandwidth_mb * 1024 * 1024)
+    return latency
 
 
 def main() -> None:

@@ -152,6 +152,8 @@ class RequestRecord:
     asset: str | None = None
     grid: dict[str, Any] | None = None
     fault: str | None = None
+    path: str | None = None
+    body: dict[str, Any] | None = None
 
 
 @dataclass

@@ -30,6 +30,7 @@ import numpy as np
 from edown.crs import CRSError, resolve_crs
 from edown.emulator import images as im
 from edown.emulator.behaviour import (
+    PIXEL_KINDS,
     Behaviour,
     FaultPlan,
     FaultRule,
@@ -91,6 +92,8 @@ class EmulatorConfig:
     #: Projects allowed to call the API (None: any). Others get 403 PERMISSION_DENIED.
     allowed_projects: tuple[str, ...] | None = None
     log_requests: bool = False
+    #: Keep the JSON body of every pixel request in the statistics log (for replaying a workload).
+    capture_bodies: bool = False
 
 
 @dataclass
@@ -247,6 +250,12 @@ class Emulator:
             bytes_out=0,
             asset=asset,
         )
+        if self.config.capture_bodies and kind in PIXEL_KINDS and raw_body:
+            rec.path = path
+            try:
+                rec.body = json.loads(raw_body)
+            except ValueError:
+                rec.body = None
         try:
             self._check_project(kind, project)
             refusal = self.behaviour.admit(kind, project or "")
