@@ -705,6 +705,9 @@ def auth(server_url: str | None, project: str | None, as_json: bool) -> None:
 @click.option(
     "--capture-bodies", is_flag=True, help="Keep pixel request bodies in /_emulator/stats (for replays)."
 )
+@click.option(
+    "--cache-responses", "cache_mb", type=int, default=0, help="Memoise pixel responses up to this many MiB."
+)
 @handle_errors
 def emulator(
     host: str,
@@ -719,6 +722,7 @@ def emulator(
     latency_base: float | None,
     bandwidth: float | None,
     capture_bodies: bool,
+    cache_mb: int,
 ) -> None:
     """Run a local Earth Engine that the real ``ee`` client talks to.
 
@@ -745,6 +749,7 @@ def emulator(
             allowed_projects=allowed_projects or None,
             log_requests=log_requests,
             capture_bodies=capture_bodies,
+            response_cache_mb=cache_mb,
         )
     except (ValueError, TypeError) as exc:
         raise ConfigError("faults" if faults else "latency", str(exc)) from None

@@ -43,7 +43,7 @@ from edown.bands import build_image, check_nodata_fits, default_nodata, fill_val
 from edown.config import DownloadConfig, SearchConfig
 from edown.errors import ConfigError, EarthEngineError, OutputExistsError, RequestTooLargeError
 from edown.geotiff import OutputSpec, describe, tags_for, write_geotiff
-from edown.grid import Window, plan_chunks, request_bytes, split_in_two
+from edown.grid import Window, plan_chunks, request_bytes, split_in_two, target_chunk_bytes
 from edown.manifest import (
     atomic_write_text,
     config_to_dict,
@@ -177,11 +177,12 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
     plugin = load_plugin(config.transform_plugin) if config.transform_plugin else None
     records = list(search.images)
     downloadable = [r for r in records if not r.missing_bands and not r.outside_aoi]
-    if config.chunk_size_mode == "auto":
-        target = max(1, 2 * min(config.max_inflight_chunks, config.max_concurrent_requests))
-        min_chunks = math.ceil(target / max(1, len(downloadable)))
-    else:
-        min_chunks = 1
+    run_bytes = sum(
+        request_bytes(r.aoi_window.pixels, len(r.output_band_names), np.dtype(r.output_dtype).itemsize)
+        for r in downloadable
+    )
+    concurrency = min(config.max_inflight_chunks, config.max_concurrent_requests)
+    target = target_chunk_bytes(run_bytes, concurrency, config.request_byte_limit)
     existing_conflicts: list[Path] = []
 
     def prepare(item: tuple[int, ImageRecord]) -> ImageJob | DownloadResult:
@@ -233,7 +234,7 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
                 return _skipped(record, "failed", None, "output exists")
         chunks = plan_chunks(
             window, len(names), np.dtype(dtype).itemsize, config.request_byte_limit,
-            chunk_size=config.chunk_size, mode=config.chunk_size_mode, min_chunks=min_chunks,
+            chunk_size=config.chunk_size, mode=config.chunk_size_mode, target_bytes=target,
         )  # fmt: skip
         reuse = config.resume and not config.overwrite
         stored = store.existing(len(names), dtype, cleanup=not config.dry_run) if reuse else []
@@ -298,9 +299,23 @@ def _existing_mismatch(tiff: Path, spec: OutputSpec) -> str | None:
 def decode_npy(
     data: bytes, names: tuple[str, ...], dtype: str, window: Window, nan_fill: float | None
 ) -> np.ndarray:
-    """The (bands, height, width) array of an NPY response; a short or malformed body is a transient error."""
+    """The (bands, height, width) array of an NPY response; a short or malformed body is a transient error.
+
+    The structured array is a zero-copy view of the response bytes: one copy (into the band-major
+    output) per chunk instead of three, which matters with 40 large chunks in flight.
+    """
     try:
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
+        header = io.BytesIO(data[:65536])
+        version = np.lib.format.read_magic(header)
+        reader = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        shape, _, field_types = reader(header)
+        count = math.prod(shape)
+        offset = header.tell()
+        if len(data) - offset < count * field_types.itemsize:
+            raise ValueError(f"{len(data) - offset} data bytes for {count} x {field_types.itemsize}")
+        arr = np.frombuffer(data, dtype=field_types, count=count, offset=offset).reshape(shape)
     except (ValueError, EOFError, OSError) as exc:
         raise EarthEngineError(
             f"truncated or corrupt NPY response ({len(data)} bytes): {exc}", transient=True
@@ -314,7 +329,7 @@ def decode_npy(
         raise EarthEngineError(f"NPY response lacks band(s) {missing}; got {list(arr.dtype.names)}")
     out = np.empty((len(names), window.height, window.width), dtype=dtype)
     for i, name in enumerate(names):
-        field_dtype = arr.dtype.fields[name][0]
+        field_dtype = arr.dtype[name]
         if field_dtype != out.dtype:
             raise EarthEngineError(
                 f"Earth Engine returned band {name} as {field_dtype}, expected {out.dtype}"

@@ -243,16 +243,15 @@ def plan_chunks(
     byte_limit: int,
     chunk_size: int | None = None,
     mode: str = "auto",
-    min_chunks: int = 1,
+    target_bytes: int | None = None,
     tile: int = OUTPUT_TILE,
 ) -> list[Window]:
     """Cut ``window`` into request windows that Earth Engine will accept.
 
     ``fixed``: squares of ``chunk_size`` (edges smaller); refuses a size over the byte limit.
     ``auto``: the largest squares, in multiples of the output's internal tile so every chunk lands on
-    whole tiles, that stay under ``byte_limit`` (counting EE's mask byte) and 32768 px per side; when the
-    window would give fewer than ``min_chunks`` chunks, smaller tile multiples are used so that
-    concurrent requests can share the work.
+    whole tiles, that stay under ``byte_limit`` (counting EE's mask byte) and 32768 px per side, and
+    under ``target_bytes`` when given (see :func:`target_chunk_bytes`); never smaller than one tile.
     """
     if window.is_empty:
         return []
@@ -272,21 +271,28 @@ def plan_chunks(
         raise ConfigError(
             "request_byte_limit", f"{byte_limit} bytes cannot hold one pixel of {band_count} band(s)"
         )
-    fits = window.width <= limit_side and window.height <= limit_side
-    if fits and min_chunks <= 1 and request_bytes(window.pixels, band_count, itemsize) <= byte_limit:
-        return [window]
     if limit_side < tile:
         side = _pow2_floor(limit_side)
         return _split(window, side, side)
-    side = (limit_side // tile) * tile
+    wanted = min(byte_limit, target_bytes) if target_bytes else byte_limit
+    want_side = max(tile, min(limit_side, max_square_side(wanted, band_count, itemsize)))
+    fits = window.width <= want_side and window.height <= want_side
+    if fits and request_bytes(window.pixels, band_count, itemsize) <= wanted:
+        return [window]
+    side = max(tile, (want_side // tile) * tile)
     if chunk_size is not None:
         side = max(tile, min(side, chunk_size // tile * tile))
-    if min_chunks > 1:
-        for multiple in range(side // tile, 0, -1):
-            side = multiple * tile
-            if math.ceil(window.width / side) * math.ceil(window.height / side) >= min_chunks:
-                break
     return _split(window, side, side)
+
+
+def target_chunk_bytes(total_bytes: int, concurrency: int, byte_limit: int, waves: int = 4) -> int:
+    """How big ``auto`` chunks should be for a whole run.
+
+    A request's time grows with its size (Earth Engine computes, then sends), so a run ends when its
+    largest chunk does. Cutting the run's bytes into at least ``waves`` x ``concurrency`` chunks keeps that
+    tail to a fraction of a wave while big runs still fill every request up to ``byte_limit``.
+    """
+    return max(1, min(byte_limit, total_bytes // max(1, waves * concurrency)))
 
 
 def _pow2_floor(n: int) -> int:
