@@ -60,7 +60,7 @@ PEER_DRIVER = textwrap.dedent(
 def run_edown(emu: EmulatorProcess, args: argparse.Namespace, out: Path, inflight: int) -> dict[str, Any]:
     argv = [
         EDOWN, "download", "-c", args.collection, "--start-date", args.start_date, "--end-date", args.end_date,
-        "--bbox", args.bbox, *sum((["-b", b] for b in args.bands.split(",")), []), "--server-url", emu.url,
+        "--bbox", args.bbox, *(flag for b in args.bands.split(",") for flag in ("-b", b)), "--server-url", emu.url,
         "-o", str(out), "--max-inflight-chunks", str(inflight), "--json",
     ]  # fmt: skip
     emu.reset()
