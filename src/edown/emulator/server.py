@@ -264,6 +264,10 @@ class Emulator:
                 rec.body = json.loads(raw_body)
             except ValueError:
                 rec.body = None
+        internal = ApiError(500, "An internal error has occurred.")
+        response: tuple[int, bytes, str, dict[str, str] | None, FaultRule | None] = (
+            500, internal.body(), "application/json; charset=UTF-8", None, None
+        )  # fmt: skip
         try:
             self._check_project(kind, project)
             refusal = self.behaviour.admit(kind, project or "")
@@ -278,22 +282,26 @@ class Emulator:
                 self.behaviour.service_seconds(kind, len(outcome.body)) - (time.monotonic() - started)
             )
             rec.bytes_out = len(outcome.body)
-            req.send_body(200, outcome.body, outcome.content_type, fault=outcome.fault)
+            response = (200, outcome.body, outcome.content_type, None, outcome.fault)  # fmt: skip
         except ApiError as err:
             rec.status = err.code
             if err.code != 429:
                 self._sleep(self.behaviour.service_seconds(kind, 0) - (time.monotonic() - started))
             body = err.body()
             rec.bytes_out = len(body)
-            req.send_body(err.code, body, "application/json; charset=UTF-8", err.headers)
+            response = (err.code, body, "application/json; charset=UTF-8", err.headers, None)
+        # Counted before the reply leaves, so a client that reads the statistics right after its response
+        # always finds its own request there.
+        rec.finished = time.time()
+        if kind not in ("discovery", "control"):
+            self.behaviour.record(rec)
+        try:
+            req.send_body(*response)
         except (BrokenPipeError, ConnectionResetError):
-            rec.status = 499
+            pass
         finally:
             if admitted:
                 self.behaviour.release(kind, project or "")
-            rec.finished = time.time()
-            if kind not in ("discovery", "control"):
-                self.behaviour.record(rec)
 
     def _sleep(self, seconds: float) -> None:
         if seconds > 0:
