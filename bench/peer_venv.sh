@@ -10,15 +10,15 @@ for candidate in python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/pyt
     PY=$("$candidate" -c 'import sys; print(sys.executable)'); break
   fi
 done
-if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import importlib.metadata as m; assert m.version("edown") == "0.2.1"' 2>/dev/null; then
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import importlib.metadata as m; import xarray, zarr; assert m.version("edown") == "0.2.1"' 2>/dev/null; then
   echo "$PWD/$VENV/bin/python"
   exit 0
 fi
 if command -v uv >/dev/null 2>&1; then
-  uv venv --quiet -p "$PY" "$VENV"
-  uv pip install --quiet -p "$VENV/bin/python" "edown==0.2.1"
+  [ -x "$VENV/bin/python" ] || uv venv --quiet -p "$PY" "$VENV"
+  uv pip install --quiet -p "$VENV/bin/python" "edown[stack,dask]==0.2.1"
 else
-  "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --quiet "edown==0.2.1"
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet "edown[stack,dask]==0.2.1"
 fi
 echo "$PWD/$VENV/bin/python"
