@@ -5,8 +5,9 @@
 Input: N same-grid GeoTIFFs of 2048 x 2048 x 4 uint16 (tiled, zstd, like edown's downloads; the pixels
 are the emulator's Sentinel-2 values, shifted per date) and, for each tool, a manifest describing them in
 its own format. Each run is a separate process; "peak RSS" is the resident memory of its whole process
-tree sampled every 50 ms, plus, for dask-slurm, the SLURM-launched Dask workers. Throughput counts the
-uncompressed bytes stacked.
+tree sampled every 50 ms, plus, for dask-slurm, the SLURM-launched Dask workers (nanny and worker); the
+CPU column is the client process tree only, so for dask-slurm it leaves out the workers' CPU. Throughput
+counts the uncompressed bytes stacked.
 """
 
 from __future__ import annotations
@@ -147,8 +148,10 @@ class SlurmWorkerMemory:
             for proc in psutil.process_iter(["cmdline"]):
                 cmd = " ".join(proc.info.get("cmdline") or [])
                 if "distributed.cli.dask_worker" in cmd or "dask worker" in cmd or "dask-worker" in cmd:
+                    # The job runs a nanny; the worker itself is the nanny's child.
                     with contextlib.suppress(psutil.Error):
-                        total += proc.memory_info().rss
+                        for member in [proc, *proc.children(recursive=True)]:
+                            total += member.memory_info().rss
             self.peak = max(self.peak, total)
             self._stop.wait(0.1)
 

@@ -10,6 +10,8 @@ echo "== ruff" >&2
 .venv/bin/ruff format --check src tests bench scripts
 echo "== mypy" >&2
 .venv/bin/mypy
+echo "== docs (mkdocs --strict)" >&2
+.venv/bin/mkdocs build --strict --quiet --site-dir "${TMPDIR:-/tmp}/edown-site"
 echo "== pytest" >&2
 if [ "${EDOWN_SKIP_SLURM:-0}" != "1" ] && [ -x scripts/slurm-up.sh ]; then
   if ./scripts/slurm-up.sh >/tmp/edown-slurm-up.log 2>&1; then
