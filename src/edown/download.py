@@ -41,7 +41,15 @@ import numpy as np
 from edown import earthengine
 from edown.bands import build_image, check_nodata_fits, default_nodata, fill_value
 from edown.config import DownloadConfig, SearchConfig
-from edown.errors import ConfigError, EarthEngineError, OutputExistsError, RequestTooLargeError
+from edown.errors import (
+    ConfigError,
+    DiskFullError,
+    EarthEngineError,
+    EdownError,
+    OutputExistsError,
+    RequestTooLargeError,
+    is_disk_full,
+)
 from edown.geotiff import OutputSpec, describe, tags_for, write_geotiff
 from edown.grid import Window, plan_chunks, request_bytes, split_in_two, target_chunk_bytes
 from edown.manifest import (
@@ -362,6 +370,8 @@ class _Run:
         self.remaining = 0
         self.done_cond = threading.Condition()
         self.jobs_by_index = {j.index: j for j in jobs}
+        #: Set when writing can no longer succeed (a full disk): the run stops and this is raised.
+        self.fatal: EdownError | None = None
 
     # -- lifecycle --
     def run(self) -> None:
@@ -396,7 +406,7 @@ class _Run:
                 if job.outstanding == 0:
                     self._put_write((job, Window(0, 0, 0, 0), np.empty(0)))  # assemble from stored chunks
             with self.done_cond:
-                while self.remaining > 0:
+                while self.remaining > 0 and self.fatal is None:
                     self.done_cond.wait(timeout=0.5)
         except KeyboardInterrupt:
             self.stop.set()
@@ -522,6 +532,13 @@ class _Run:
                 if complete:
                     self._assemble(job)
             except Exception as exc:
+                if is_disk_full(exc):
+                    self.fatal = DiskFullError(str(self.config.output_root))
+                    self.stop.set()
+                    with self.done_cond:
+                        self.done_cond.notify_all()
+                    self._finish(job, "failed", "no space left on device (run again to resume)")
+                    continue
                 log.exception("writing %s failed", job.record.record_key)
                 self._finish(job, "failed", f"writing the output failed: {type(exc).__name__}: {exc}")
 
@@ -650,8 +667,22 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
                                                              now_utc() if final else None, base)  # fmt: skip
                 manifest.write()
 
-        write_manifest(final=False)
-        run = _Run(config, conn, plan.jobs, counters, lambda: write_manifest(False))
+        def progress_manifest() -> None:
+            # Called from worker threads as images finish; a full disk is reported by the final write.
+            try:
+                write_manifest(False)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                log.warning("could not update the manifest: %s", exc)
+
+        try:
+            write_manifest(final=False)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise DiskFullError(str(config.output_root)) from None
+            raise
+        run = _Run(config, conn, plan.jobs, counters, progress_manifest)
         try:
             with Reporter(counters, "download", enabled=config.progress):
                 run.run()
@@ -659,7 +690,14 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
             for job in plan.jobs:
                 if job.status is None:
                     job.status, job.error = "failed", "interrupted before completion (run again to resume)"
-            write_manifest(final=True)
+            try:
+                write_manifest(final=True)
+            except OSError as exc:
+                if not (is_disk_full(exc) and run.fatal is not None):
+                    raise
+                log.warning("could not update the manifest: %s", exc)
+        if run.fatal is not None:
+            raise run.fatal
     results = tuple(results_now())
     downloaded, skipped, failed = DownloadSummary.tally(results)
     return DownloadSummary(

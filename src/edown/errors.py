@@ -80,5 +80,21 @@ class OutputLockedError(EdownError):
     exit_code = 1
 
 
+class DiskFullError(EdownError):
+    """The output file system ran out of space; what was finished is kept and a re-run resumes."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(
+            f"no space left on the device holding {where}",
+            hint="free some space (or choose another --output-root) and run the same command again to resume",
+        )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    import errno
+
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 class StackError(EdownError):
     """A manifest cannot be stacked (nothing downloaded, mixed grids in a group...)."""
