@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
 from pyproj import CRS
 
+from edown import AOI, DownloadConfig
 from edown.crs import resolve_crs
 from edown.emulator.pixels import read_window
 from edown.emulator.server import Emulator
@@ -49,3 +51,30 @@ def assert_tiff_exact(
     assert written_crs.equals(resolve_crs(record.native_crs), ignore_axis_order=True), written_crs.to_proj4()
     np.testing.assert_array_equal(data, expected_pixels(emu, record, nodata, scale))
     return data
+
+
+S2 = "COPERNICUS/S2_SR_HARMONIZED"
+WEST_LONDON = (-0.60, 51.48, -0.43, 51.56)  # inside the single tile T30UXC
+
+
+def config(emu: Emulator, tmp_path: Path, **kw: Any) -> DownloadConfig:
+    base: dict[str, Any] = {
+        "collection_id": S2,
+        "start_date": "2024-06-01",
+        "end_date": "2024-06-10",
+        "aoi": AOI.from_bbox(WEST_LONDON),
+        "bands": ("B2", "B3", "B4", "B8"),
+        "server_url": emu.url,
+        "output_root": tmp_path / "data",
+        "retry_delay_seconds": 0.05,
+    }
+    base.update(kw)
+    return DownloadConfig(**base)
+
+
+def check_all_exact(emu: Emulator, summary: Any, scale: dict[str, float] | None = None) -> None:
+    assert summary.failed == 0, [r.error for r in summary.results if r.status == "failed"]
+    records = {r.record_key: r for r in summary.search.images}
+    for result in summary.results:
+        assert result.status == "downloaded", result
+        assert_tiff_exact(emu, records[result.record_key], result.tiff_path, result.nodata, scale)

@@ -10,45 +10,20 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import rasterio
 
-from edown import AOI, DownloadConfig, download_images, search_images
+from edown import AOI, download_images, search_images
 from edown.emulator import EmulatorConfig, FaultPlan, FaultRule, Latency, Limits, serve
 from edown.emulator.server import Emulator
 from edown.errors import ConfigError, OutputExistsError, OutputLockedError
 from edown.manifest import load_manifest
 from edown.outputs import image_tiff_path, output_lock, safe_name
-from tests.helpers import assert_tiff_exact
+from tests.helpers import check_all_exact, config
 
 S2 = "COPERNICUS/S2_SR_HARMONIZED"
-WEST_LONDON = (-0.60, 51.48, -0.43, 51.56)  # inside the single tile T30UXC
-
-
-def config(emu: Emulator, tmp_path: Path, **kw: Any) -> DownloadConfig:
-    base: dict[str, Any] = {
-        "collection_id": S2,
-        "start_date": "2024-06-01",
-        "end_date": "2024-06-10",
-        "aoi": AOI.from_bbox(WEST_LONDON),
-        "bands": ("B2", "B3", "B4", "B8"),
-        "server_url": emu.url,
-        "output_root": tmp_path / "data",
-        "retry_delay_seconds": 0.05,
-    }
-    base.update(kw)
-    return DownloadConfig(**base)
-
-
-def check_all_exact(emu: Emulator, summary: Any, scale: dict[str, float] | None = None) -> None:
-    assert summary.failed == 0, [r.error for r in summary.results if r.status == "failed"]
-    records = {r.record_key: r for r in summary.search.images}
-    for result in summary.results:
-        assert result.status == "downloaded", result
-        assert_tiff_exact(emu, records[result.record_key], result.tiff_path, result.nodata, scale)
 
 
 # ---- pixel-exact outputs ----------------------------------------------------------------------------

@@ -46,7 +46,7 @@ import numpy as np
 
 from edown.config import StackConfig
 from edown.crs import crs_wkt
-from edown.errors import StackError
+from edown.errors import DiskFullError, EdownError, StackError, is_disk_full
 from edown.grid import Transform, offset_in
 from edown.manifest import Manifest, config_to_dict, load_manifest
 from edown.outputs import output_lock, stack_path
@@ -313,7 +313,10 @@ def stack_images(config: StackConfig) -> list[StackResult]:
                 )
             except (StackError, OSError, RuntimeError, ValueError) as exc:
                 log.exception("stacking group %s failed", group.group_id)
-                message = exc.message if isinstance(exc, StackError) else f"{type(exc).__name__}: {exc}"
+                failure: BaseException = DiskFullError(str(output_root)) if is_disk_full(exc) else exc
+                message = (
+                    failure.message if isinstance(failure, EdownError) else f"{type(exc).__name__}: {exc}"
+                )
                 results.append(StackResult(group.group_id, 0, None, None, error=message))
         _record(manifest, config, results, output_root)
     return results

@@ -183,6 +183,7 @@ class Emulator:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
+        self.issued_tokens: list[str] = []
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cache_bytes = 0
         self._cache_lock = threading.Lock()
@@ -366,11 +367,9 @@ class Emulator:
             if kind == "algorithms":
                 return _Outcome(algorithms_document())
             if kind == "token":
-                token = {
-                    "access_token": "emulator-" + secrets.token_hex(8),
-                    "expires_in": 3600,
-                    "token_type": "Bearer",
-                }
+                access = "emulator-" + secrets.token_hex(16)
+                self.issued_tokens.append(access)  # so tests can prove a token never leaks anywhere
+                token = {"access_token": access, "expires_in": 3600, "token_type": "Bearer"}
                 return _Outcome(json.dumps(token).encode())
             if kind == "listProjectAssets":
                 return _Outcome(b'{"assets": []}')
