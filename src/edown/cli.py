@@ -783,3 +783,7 @@ def _latency(preset: str, base: float | None, bandwidth_mb: float | None) -> Any
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -19,10 +19,12 @@ journal entry, so a crash never leaves a chunk that looks finished but is not.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -111,8 +113,15 @@ class ChunkStore:
                 handle.flush()
                 os.fsync(handle.fileno())
             Path(tmp).replace(target)
-        except BaseException:
+        except BaseException as exc:
             Path(tmp).unlink(missing_ok=True)
+            # numpy reports a short write as a bare OSError ("N requested and M written"), without errno.
+            if (
+                isinstance(exc, OSError)
+                and exc.errno is None
+                and shutil.disk_usage(self.directory).free < data.nbytes
+            ):
+                raise OSError(errno.ENOSPC, f"No space left on device writing {target.name}") from exc
             raise
         return target
 
