@@ -59,10 +59,25 @@ PEER_DRIVER = textwrap.dedent(
 
 def run_edown(emu: EmulatorProcess, args: argparse.Namespace, out: Path, inflight: int) -> dict[str, Any]:
     argv = [
-        EDOWN, "download", "-c", args.collection, "--start-date", args.start_date, "--end-date", args.end_date,
-        "--bbox", args.bbox, *(flag for b in args.bands.split(",") for flag in ("-b", b)), "--server-url", emu.url,
-        "-o", str(out), "--max-inflight-chunks", str(inflight), "--json",
-    ]  # fmt: skip
+        EDOWN,
+        "download",
+        "-c",
+        args.collection,
+        "--start-date",
+        args.start_date,
+        "--end-date",
+        args.end_date,
+        "--bbox",
+        args.bbox,
+        *(flag for b in args.bands.split(",") for flag in ("-b", b)),
+        "--server-url",
+        emu.url,
+        "-o",
+        str(out),
+        "--max-inflight-chunks",
+        str(inflight),
+        "--json",
+    ]
     emu.reset()
     run = run_measured(argv, timeout=3600)
     if run["code"] != 0:
@@ -75,9 +90,16 @@ def run_edown(emu: EmulatorProcess, args: argparse.Namespace, out: Path, infligh
         for r in stats.get("log", [])
         if r.get("body") is not None and r["status"] == 200
     ]
-    return {"run": run, "pixels": pixels, "requests": stats["requests"].get("computePixels", 0),
-            "throttled": stats["throttled"], "bytes": stats["bytes_out"], "bodies": bodies,
-            "failed": summary["failed"], "max_concurrency": stats["max_concurrency"]}  # fmt: skip
+    return {
+        "run": run,
+        "pixels": pixels,
+        "requests": stats["requests"].get("computePixels", 0),
+        "throttled": stats["throttled"],
+        "bytes": stats["bytes_out"],
+        "bodies": bodies,
+        "failed": summary["failed"],
+        "max_concurrency": stats["max_concurrency"],
+    }
 
 
 def run_peer(emu: EmulatorProcess, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -87,20 +109,40 @@ def run_peer(emu: EmulatorProcess, args: argparse.Namespace, tmp: Path) -> dict[
     env = offline_service_account_env(tmp, emu.url + "/token")
     emu.reset()
     run = run_measured(
-        [str(python), "peer.py", emu.url, str(tmp / "peer-out"), args.collection, args.start_date, args.end_date,
-         args.bbox, args.bands], env=env, cwd=tmp, timeout=7200,
-    )  # fmt: skip
+        [
+            str(python),
+            "peer.py",
+            emu.url,
+            str(tmp / "peer-out"),
+            args.collection,
+            args.start_date,
+            args.end_date,
+            args.bbox,
+            args.bands,
+        ],
+        env=env,
+        cwd=tmp,
+        timeout=7200,
+    )
     if run["code"] != 0:
         raise SystemExit(f"edown 0.2.1 failed:\n{run['stderr'][-2000:]}")
     report = json.loads(run["stdout"].strip().splitlines()[-1])
     stats = emu.stats()
     requests = stats["requests"].get("getPixels", 0) + stats["requests"].get("computePixels", 0)
-    return {"run": run, "pixels": report["pixels"], "requests": requests, "throttled": stats["throttled"],
-            "bytes": stats["bytes_out"], "failed": report["failed"], "max_concurrency": stats["max_concurrency"]}  # fmt: skip
+    return {
+        "run": run,
+        "pixels": report["pixels"],
+        "requests": requests,
+        "throttled": stats["throttled"],
+        "bytes": stats["bytes_out"],
+        "failed": report["failed"],
+        "max_concurrency": stats["max_concurrency"],
+    }
 
 
-def run_ceiling(emu: EmulatorProcess, bodies: list[tuple[str, dict[str, Any]]], concurrency: int = 40,
-                rate: float = 100.0) -> dict[str, Any]:  # fmt: skip
+def run_ceiling(
+    emu: EmulatorProcess, bodies: list[tuple[str, dict[str, Any]]], concurrency: int = 40, rate: float = 100.0
+) -> dict[str, Any]:
     """Replay ``bodies`` with a bare HTTP client at the full quota, discarding the bytes."""
     import os
 
@@ -150,9 +192,15 @@ def run_ceiling(emu: EmulatorProcess, bodies: list[tuple[str, dict[str, Any]]], 
     wall = time.monotonic() - started
     cpu1 = os.times()
     stats = emu.stats()
-    return {"wall": wall, "cpu": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system), "errors": errors,
-            "requests": stats["requests"].get("computePixels", 0), "throttled": stats["throttled"],
-            "bytes": received[0], "max_concurrency": stats["max_concurrency"]}  # fmt: skip
+    return {
+        "wall": wall,
+        "cpu": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
+        "errors": errors,
+        "requests": stats["requests"].get("computePixels", 0),
+        "throttled": stats["throttled"],
+        "bytes": received[0],
+        "max_concurrency": stats["max_concurrency"],
+    }
 
 
 def main() -> int:
@@ -169,8 +217,17 @@ def main() -> int:
     parser.add_argument("--skip-peer", action="store_true")
     args = parser.parse_args()
 
-    emulator_args = ["--latency", "ee", "--latency-base", str(args.base), "--bandwidth", str(args.bandwidth),
-                     "--capture-bodies", "--cache-responses", "8192"]  # fmt: skip
+    emulator_args = [
+        "--latency",
+        "ee",
+        "--latency-base",
+        str(args.base),
+        "--bandwidth",
+        str(args.bandwidth),
+        "--capture-bodies",
+        "--cache-responses",
+        "8192",
+    ]
     with tempfile.TemporaryDirectory() as tmp_name, EmulatorProcess(*emulator_args) as emu:
         tmp = Path(tmp_name)
         # Warm-up passes fill the emulator's response cache, so that no measured run pays for computing
@@ -192,9 +249,19 @@ def main() -> int:
         name: str, wall: float, cpu: float, rss: float | str, pixels: int, result: dict[str, Any]
     ) -> list[Any]:
         rate = pixels / 1e6 / wall
-        return [name, round(wall, 1), round(pixels / 1e6, 1), round(rate, 2), round(result["bytes"] / 1e6),
-                result["requests"], result["throttled"], result["max_concurrency"], round(cpu, 1), rss,
-                round(rate / ceiling_rate, 2)]  # fmt: skip
+        return [
+            name,
+            round(wall, 1),
+            round(pixels / 1e6, 1),
+            round(rate, 2),
+            round(result["bytes"] / 1e6),
+            result["requests"],
+            result["throttled"],
+            result["max_concurrency"],
+            round(cpu, 1),
+            rss,
+            round(rate / ceiling_rate, 2),
+        ]
 
     for name, res in (
         ("edown (max_inflight_chunks=32, default)", default),
@@ -211,15 +278,47 @@ def main() -> int:
             )
         )
     if peer is not None:
-        rows.append(row("edown 0.2.1 (public, own venv)", peer["run"]["wall"], peer["run"]["cpu"],
-                        round(peer["run"]["peak_rss"] / 2**20), peer["pixels"], peer))  # fmt: skip
-    rows.append(row("ceiling (same requests, full quota, bytes dropped)", ceiling["wall"], ceiling["cpu"], "-",
-                    at_quota["pixels"], ceiling))  # fmt: skip
-    print(f"workload: {args.collection} {args.start_date}..{args.end_date} bbox {args.bbox} bands {args.bands}; "
-          f"emulator latency {args.base} s + {args.bandwidth} MB/s per pixel request, quotas 40 concurrent / 100 rps")  # fmt: skip
+        rows.append(
+            row(
+                "edown 0.2.1 (public, own venv)",
+                peer["run"]["wall"],
+                peer["run"]["cpu"],
+                round(peer["run"]["peak_rss"] / 2**20),
+                peer["pixels"],
+                peer,
+            )
+        )
+    rows.append(
+        row(
+            "ceiling (same requests, full quota, bytes dropped)",
+            ceiling["wall"],
+            ceiling["cpu"],
+            "-",
+            at_quota["pixels"],
+            ceiling,
+        )
+    )
+    print(
+        f"workload: {args.collection} {args.start_date}..{args.end_date} bbox {args.bbox} bands {args.bands}; "
+        f"emulator latency {args.base} s + {args.bandwidth} MB/s per pixel request, quotas 40 concurrent / 100 rps"
+    )
     print()
-    print_table(["client", "wall s", "output Mpx", "Mpx/s", "MB recv", "requests", "429s", "max conc", "CPU s",
-                 "peak RSS MiB", "x ceiling"], rows)  # fmt: skip
+    print_table(
+        [
+            "client",
+            "wall s",
+            "output Mpx",
+            "Mpx/s",
+            "MB recv",
+            "requests",
+            "429s",
+            "max conc",
+            "CPU s",
+            "peak RSS MiB",
+            "x ceiling",
+        ],
+        rows,
+    )
     if peer is not None:
         ratio = (at_quota["pixels"] / at_quota["run"]["wall"]) / (peer["pixels"] / peer["run"]["wall"])
         ratio_default = (default["pixels"] / default["run"]["wall"]) / (peer["pixels"] / peer["run"]["wall"])

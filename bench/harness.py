@@ -108,17 +108,31 @@ def offline_service_account_env(tmpdir: Path, token_uri: str) -> dict[str, str]:
     )
     email = "bench@edown-bench.iam.gserviceaccount.com"
     key_file = tmpdir / "service-account.json"
-    key_file.write_text(json.dumps({
-        "type": "service_account", "project_id": "edown-bench", "private_key_id": "bench",
-        "private_key": pem.decode(), "client_email": email, "client_id": "1", "token_uri": token_uri,
-    }))  # fmt: skip
+    key_file.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "edown-bench",
+                "private_key_id": "bench",
+                "private_key": pem.decode(),
+                "client_email": email,
+                "client_id": "1",
+                "token_uri": token_uri,
+            }
+        )
+    )
     home = tmpdir / "home"
     home.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GEE_", "GOOGLE_", "EE_", "EDOWN_"))}
-    env.update({
-        "HOME": str(home), "CLOUDSDK_CONFIG": str(home / "gcloud"), "NO_GCE_CHECK": "True",
-        "GEE_SERVICE_ACCOUNT": email, "GEE_SERVICE_ACCOUNT_KEY": str(key_file),
-    })  # fmt: skip
+    env.update(
+        {
+            "HOME": str(home),
+            "CLOUDSDK_CONFIG": str(home / "gcloud"),
+            "NO_GCE_CHECK": "True",
+            "GEE_SERVICE_ACCOUNT": email,
+            "GEE_SERVICE_ACCOUNT_KEY": str(key_file),
+        }
+    )
     return env
 
 
@@ -157,8 +171,9 @@ class TreeMemory:
         self._thread.join(timeout=2)
 
 
-def run_measured(argv: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None,
-                 timeout: float = 3600) -> dict[str, Any]:  # fmt: skip
+def run_measured(
+    argv: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 3600
+) -> dict[str, Any]:
     """Run a command; return its wall time, CPU seconds (user + system, from ``wait4``, so waited-for
     descendants included), peak RSS of its whole process tree, exit code and output."""
     import tempfile

@@ -58,20 +58,37 @@ def main() -> int:
         return 1
     report = json.loads(run["stdout"].strip().splitlines()[-1])
     requests = stats["requests"]
-    print(f"edown 0.2.1 against the edown emulator: {report['downloaded']} downloaded, {report['failed']} failed, "
-          f"{run['wall']:.1f} s")  # fmt: skip
+    print(
+        f"edown 0.2.1 against the edown emulator: {report['downloaded']} downloaded, {report['failed']} failed, "
+        f"{run['wall']:.1f} s"
+    )
     print()
     print_table(
         ["request kind", "count"],
-        [[kind, requests.get(kind, 0)] for kind in ("token", "algorithms", "compute", "listAssets", "getPixels", "computePixels")]
-        + [["statuses", ", ".join(f"{k}={v}" for k, v in sorted(stats["statuses"].items()))], ["bytes served", stats["bytes_out"]]],
-    )  # fmt: skip
+        [
+            [kind, requests.get(kind, 0)]
+            for kind in ("token", "algorithms", "compute", "listAssets", "getPixels", "computePixels")
+        ]
+        + [
+            ["statuses", ", ".join(f"{k}={v}" for k, v in sorted(stats["statuses"].items()))],
+            ["bytes served", stats["bytes_out"]],
+        ],
+    )
     print()
     print_table(
         ["image", "status", "size", "dtype", "CRS", "pixel (m)"],
-        [[f["image_id"].rsplit("/", 1)[-1], f["status"], f"{f.get('width')}x{f.get('height')}x{f.get('count')}",
-          f.get("dtype"), f.get("crs"), f.get("pixel")] for f in report["files"]],
-    )  # fmt: skip
+        [
+            [
+                f["image_id"].rsplit("/", 1)[-1],
+                f["status"],
+                f"{f.get('width')}x{f.get('height')}x{f.get('count')}",
+                f.get("dtype"),
+                f.get("crs"),
+                f.get("pixel"),
+            ]
+            for f in report["files"]
+        ],
+    )
     ok = (
         report["downloaded"] > 0
         and report["failed"] == 0

@@ -47,10 +47,22 @@ def make_inputs(root: Path, count: int) -> list[tuple[Path, dt.datetime]]:
     files = []
     start = dt.datetime(2024, 1, 1, 10, 30, tzinfo=dt.timezone.utc)
     profile = {
-        "driver": "GTiff", "width": SIDE, "height": SIDE, "count": len(BANDS), "dtype": "uint16", "crs": CRS,
-        "transform": Affine(*TRANSFORM), "nodata": 65535, "tiled": True, "blockxsize": 256, "blockysize": 256,
-        "compress": "zstd", "zstd_level": 1, "predictor": 2, "interleave": "band",
-    }  # fmt: skip
+        "driver": "GTiff",
+        "width": SIDE,
+        "height": SIDE,
+        "count": len(BANDS),
+        "dtype": "uint16",
+        "crs": CRS,
+        "transform": Affine(*TRANSFORM),
+        "nodata": 65535,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "zstd",
+        "zstd_level": 1,
+        "predictor": 2,
+        "interleave": "band",
+    }
     for i in range(count):
         path = root / f"image_{i:04d}.tif"
         with rasterio.open(path, "w", **profile) as dst:
@@ -70,15 +82,42 @@ def edown_manifest(path: Path, root: Path, files: list[tuple[Path, dt.datetime]]
     results = []
     for tiff, when in files:
         record = ImageRecord(
-            image_id=f"BENCH/STACK/{tiff.stem}", acquisition_time_utc=when, native_crs=CRS, native_transform=TRANSFORM,
-            native_width=SIDE, native_height=SIDE, alignment_signature=signature, selected_band_ids=BANDS,
-            output_dtype="uint16", collection_id="BENCH/STACK", output_band_names=BANDS, window=(0, 0, SIDE, SIDE),
-        )  # fmt: skip
+            image_id=f"BENCH/STACK/{tiff.stem}",
+            acquisition_time_utc=when,
+            native_crs=CRS,
+            native_transform=TRANSFORM,
+            native_width=SIDE,
+            native_height=SIDE,
+            alignment_signature=signature,
+            selected_band_ids=BANDS,
+            output_dtype="uint16",
+            collection_id="BENCH/STACK",
+            output_band_names=BANDS,
+            window=(0, 0, SIDE, SIDE),
+        )
         records.append(record)
-        results.append(DownloadResult(record.image_id, "downloaded", tiff, 1, record_key=record.record_key,
-                                      alignment_signature=signature, nodata=65535.0))  # fmt: skip
-    group = AlignmentGroup(signature, tuple(r.image_id for r in records), CRS, BANDS, "uint16", TRANSFORM, SIDE, SIDE,
-                           tuple(r.record_key for r in records))  # fmt: skip
+        results.append(
+            DownloadResult(
+                record.image_id,
+                "downloaded",
+                tiff,
+                1,
+                record_key=record.record_key,
+                alignment_signature=signature,
+                nodata=65535.0,
+            )
+        )
+    group = AlignmentGroup(
+        signature,
+        tuple(r.image_id for r in records),
+        CRS,
+        BANDS,
+        "uint16",
+        TRANSFORM,
+        SIDE,
+        SIDE,
+        tuple(r.record_key for r in records),
+    )
     search = SearchResult("BENCH/STACK", tuple(records), (group,), BANDS, BANDS)
     manifest = new_manifest(path, root)
     manifest.doc["search"] = {"config": {}, "result": search.to_dict()}
@@ -92,29 +131,57 @@ def peer_manifest(path: Path, root: Path, files: list[tuple[Path, dt.datetime]])
     images, results = [], []
     for tiff, when in files:
         image_id = f"BENCH/STACK/{tiff.stem}"
-        images.append({
-            "collection_id": "BENCH/STACK", "image_id": image_id, "acquisition_time_utc": when.isoformat(),
-            "local_datetime": when.isoformat(), "properties": {}, "raw_image_info": {},
-            "available_band_ids": list(BANDS), "selected_band_ids": list(BANDS), "output_band_names": list(BANDS),
-            "missing_band_ids": [], "band_byte_sizes": dict.fromkeys(BANDS, 2), "output_dtype": "uint16",
-            "native_crs": CRS, "native_transform": list(TRANSFORM), "native_width": SIDE, "native_height": SIDE,
-            "native_bounds": [600000.0, 5800020.0 - 10 * SIDE, 600000.0 + 10 * SIDE, 5800020.0],
-            "alignment_signature": "bench", "relative_tiff_path": tiff.name,
-        })  # fmt: skip
+        images.append(
+            {
+                "collection_id": "BENCH/STACK",
+                "image_id": image_id,
+                "acquisition_time_utc": when.isoformat(),
+                "local_datetime": when.isoformat(),
+                "properties": {},
+                "raw_image_info": {},
+                "available_band_ids": list(BANDS),
+                "selected_band_ids": list(BANDS),
+                "output_band_names": list(BANDS),
+                "missing_band_ids": [],
+                "band_byte_sizes": dict.fromkeys(BANDS, 2),
+                "output_dtype": "uint16",
+                "native_crs": CRS,
+                "native_transform": list(TRANSFORM),
+                "native_width": SIDE,
+                "native_height": SIDE,
+                "native_bounds": [600000.0, 5800020.0 - 10 * SIDE, 600000.0 + 10 * SIDE, 5800020.0],
+                "alignment_signature": "bench",
+                "relative_tiff_path": tiff.name,
+            }
+        )
         results.append({"image_id": image_id, "status": "downloaded", "tiff_path": str(tiff)})
     doc = {
         "schema_version": 1,
         "config": {},
         "search": {
-            "collection_id": "BENCH/STACK", "start_date": "2024-01-01", "end_date": "2025-12-31",
-            "aoi_bounds": [-1, 51, 0, 52], "selected_band_ids": list(BANDS), "output_band_names": list(BANDS),
-            "images": images, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "alignment_groups": [{"group_id": "bench", "image_ids": [i["image_id"] for i in images], "crs": CRS,
-                                  "transform": list(TRANSFORM), "width": SIDE, "height": SIDE,
-                                  "band_names": list(BANDS), "dtype": "uint16"}],
+            "collection_id": "BENCH/STACK",
+            "start_date": "2024-01-01",
+            "end_date": "2025-12-31",
+            "aoi_bounds": [-1, 51, 0, 52],
+            "selected_band_ids": list(BANDS),
+            "output_band_names": list(BANDS),
+            "images": images,
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "alignment_groups": [
+                {
+                    "group_id": "bench",
+                    "image_ids": [i["image_id"] for i in images],
+                    "crs": CRS,
+                    "transform": list(TRANSFORM),
+                    "width": SIDE,
+                    "height": SIDE,
+                    "band_names": list(BANDS),
+                    "dtype": "uint16",
+                }
+            ],
         },
         "download": {"output_root": str(root), "results": results},
-    }  # fmt: skip
+    }
     path.write_text(json.dumps(doc))
     return path
 
@@ -191,16 +258,36 @@ def main() -> int:
                 if backend == "dask-local":
                     argv += ["--n-workers", "2", "--memory-per-worker", "2GB"]
                 if backend == "dask-slurm":
-                    argv += ["--n-workers", "2", "--memory-per-worker", "2GB", "--scheduler-host", "127.0.0.1",
-                             "--slurm-queue", "edown", "--walltime", "00:30:00"]  # fmt: skip
+                    argv += [
+                        "--n-workers",
+                        "2",
+                        "--memory-per-worker",
+                        "2GB",
+                        "--scheduler-host",
+                        "127.0.0.1",
+                        "--slurm-queue",
+                        "edown",
+                        "--walltime",
+                        "00:30:00",
+                    ]
                 with SlurmWorkerMemory() as workers:
                     run = run_measured(argv, timeout=7200)
                 if run["code"] != 0:
                     print(run["stderr"][-2000:], file=sys.stderr)
                     return 1
                 peak = run["peak_rss"] + workers.peak
-                rows.append(["edown", backend, size, round(raw_mb), round(run["wall"], 1), round(raw_mb / run["wall"]),
-                             round(run["cpu"], 1), round(peak / 2**20)])  # fmt: skip
+                rows.append(
+                    [
+                        "edown",
+                        backend,
+                        size,
+                        round(raw_mb),
+                        round(run["wall"], 1),
+                        round(raw_mb / run["wall"]),
+                        round(run["cpu"], 1),
+                        round(peak / 2**20),
+                    ]
+                )
             if not args.skip_peer:
                 print(f"edown 0.2.1 threads, {size} images...", file=sys.stderr)
                 peer = peer_manifest(tmp / f"peer-{size}.json", tmp / f"peer-out-{size}", files[:size])
@@ -213,8 +300,18 @@ def main() -> int:
                     if run["code"] == 0
                     else f"failed ({run['stdout'].strip()[-120:] or run['stderr'][-120:]})"
                 )
-                rows.append(["edown 0.2.1", f"threads ({status})", size, round(raw_mb), round(run["wall"], 1),
-                             round(raw_mb / run["wall"]), round(run["cpu"], 1), round(run["peak_rss"] / 2**20)])  # fmt: skip
+                rows.append(
+                    [
+                        "edown 0.2.1",
+                        f"threads ({status})",
+                        size,
+                        round(raw_mb),
+                        round(run["wall"], 1),
+                        round(raw_mb / run["wall"]),
+                        round(run["cpu"], 1),
+                        round(run["peak_rss"] / 2**20),
+                    ]
+                )
     print()
     print(f"stacking N images of {SIDE}x{SIDE}x{len(BANDS)} uint16 into Zarr")
     print()

@@ -20,8 +20,22 @@ def run(*args: str) -> tuple[int, str, str]:
 
 
 def base(emu: Emulator, *extra: str) -> list[str]:
-    return ["-c", "COPERNICUS/S2_SR_HARMONIZED", "--start-date", "2024-06-01", "--end-date", "2024-06-10", *AREA,
-            "-b", "B4", "-b", "B8", "--server-url", emu.url, *extra]  # fmt: skip
+    return [
+        "-c",
+        "COPERNICUS/S2_SR_HARMONIZED",
+        "--start-date",
+        "2024-06-01",
+        "--end-date",
+        "2024-06-10",
+        *AREA,
+        "-b",
+        "B4",
+        "-b",
+        "B8",
+        "--server-url",
+        emu.url,
+        *extra,
+    ]
 
 
 def test_search_json_and_manifest(ee_emulator: Emulator, tmp_path: Path) -> None:
@@ -127,9 +141,33 @@ def test_every_command_has_help_with_examples() -> None:
         if command in ("search", "download", "stack", "emulator", "quicklook"):
             assert "Example" in out, command
     code, out, _ = run("download", "--help")
-    for option in ("--collection-id", "--start-date", "--end-date", "--bbox", "--geojson", "--band", "--band-include",
-                   "--band-exclude", "--rename-map", "--scale-map", "--transform-plugin", "--server-url",
-                   "--output-root", "--manifest-path", "--chunk-size", "--chunk-size-mode", "--prepare-workers",
-                   "--download-workers", "--max-inflight-chunks", "--max-retries", "--retry-delay-seconds",
-                   "--request-byte-limit", "--overwrite", "--resume", "--nodata", "--dry-run", "--json"):  # fmt: skip
+    for option in (
+        "--collection-id",
+        "--start-date",
+        "--end-date",
+        "--bbox",
+        "--geojson",
+        "--band",
+        "--band-include",
+        "--band-exclude",
+        "--rename-map",
+        "--scale-map",
+        "--transform-plugin",
+        "--server-url",
+        "--output-root",
+        "--manifest-path",
+        "--chunk-size",
+        "--chunk-size-mode",
+        "--prepare-workers",
+        "--download-workers",
+        "--max-inflight-chunks",
+        "--max-retries",
+        "--retry-delay-seconds",
+        "--request-byte-limit",
+        "--overwrite",
+        "--resume",
+        "--nodata",
+        "--dry-run",
+        "--json",
+    ):
         assert option in out, option

@@ -65,9 +65,16 @@ def test_s2_mixed_resolutions_each_on_its_native_grid(ee_emulator: Emulator, tmp
 
 def test_landsat_exact_across_dates_with_shifting_grids(ee_emulator: Emulator, tmp_path: Path) -> None:
     summary = download_images(
-        config(ee_emulator, tmp_path, collection_id="LANDSAT/LC09/C02/T1_L2", bands=("SR_B4", "SR_B5", "QA_PIXEL"),
-               start_date="2024-06-01", end_date="2024-07-15", aoi=AOI.from_bbox((-2.1, 51.4, -1.9, 51.6)))
-    )  # fmt: skip
+        config(
+            ee_emulator,
+            tmp_path,
+            collection_id="LANDSAT/LC09/C02/T1_L2",
+            bands=("SR_B4", "SR_B5", "QA_PIXEL"),
+            start_date="2024-06-01",
+            end_date="2024-07-15",
+            aoi=AOI.from_bbox((-2.1, 51.4, -1.9, 51.6)),
+        )
+    )
     assert summary.downloaded >= 5
     check_all_exact(ee_emulator, summary)
     origins = {tuple(rasterio.open(r.tiff_path).transform)[:6] for r in summary.results}
@@ -76,9 +83,16 @@ def test_landsat_exact_across_dates_with_shifting_grids(ee_emulator: Emulator, t
 
 def test_modis_sinusoidal_exact_with_negative_int16(ee_emulator: Emulator, tmp_path: Path) -> None:
     summary = download_images(
-        config(ee_emulator, tmp_path, collection_id="MODIS/061/MOD09GA", bands=("sur_refl_b01", "sur_refl_b06"),
-               start_date="2024-06-01", end_date="2024-06-01", aoi=AOI.from_bbox((-5.0, 50.0, 2.0, 54.0)))
-    )  # fmt: skip
+        config(
+            ee_emulator,
+            tmp_path,
+            collection_id="MODIS/061/MOD09GA",
+            bands=("sur_refl_b01", "sur_refl_b06"),
+            start_date="2024-06-01",
+            end_date="2024-06-01",
+            aoi=AOI.from_bbox((-5.0, 50.0, 2.0, 54.0)),
+        )
+    )
     check_all_exact(ee_emulator, summary)
     result = summary.results[0]
     with rasterio.open(result.tiff_path) as src:
@@ -98,9 +112,16 @@ def test_era5_float32_exact_with_nan_over_the_sea(ee_emulator: Emulator, tmp_pat
     lon, lat = -180.0 + c * 0.1, 90.0 - r * 0.1
     aoi = AOI.from_bbox((max(-180, lon - 2.0), max(-90, lat - 2.0), min(180, lon + 2.0), min(90, lat + 2.0)))
     summary = download_images(
-        config(ee_emulator, tmp_path, collection_id="ECMWF/ERA5_LAND/DAILY_AGGR", bands=("temperature_2m", "total_precipitation_sum"),
-               start_date="2024-06-01", end_date="2024-06-02", aoi=aoi)
-    )  # fmt: skip
+        config(
+            ee_emulator,
+            tmp_path,
+            collection_id="ECMWF/ERA5_LAND/DAILY_AGGR",
+            bands=("temperature_2m", "total_precipitation_sum"),
+            start_date="2024-06-01",
+            end_date="2024-06-02",
+            aoi=aoi,
+        )
+    )
     assert summary.downloaded == 2
     check_all_exact(ee_emulator, summary)
     data = rasterio.open(summary.results[0].tiff_path).read()
@@ -381,8 +402,10 @@ def test_sigkill_midway_then_resume_fetches_only_missing_chunks_and_matches(tmp_
     reference_root = tmp_path / "reference"
     with serve(EmulatorConfig(latency=Latency(base_seconds=0.15))) as emu:
         crashed_root = tmp_path / "crashed"
-        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, emu.url, str(crashed_root)],
-                                env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-c", KILL_SCRIPT, emu.url, str(crashed_root)],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        )
         deadline = time.monotonic() + 60
         partial: list[Path] = []
         while time.monotonic() < deadline:

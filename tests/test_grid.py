@@ -24,8 +24,10 @@ LIMIT = 48 * 1024 * 1024
 def coverage(window: Window, chunks: list[Window]) -> np.ndarray:
     counts = np.zeros((window.height, window.width), dtype=int)
     for c in chunks:
-        counts[c.row_off - window.row_off : c.row_off - window.row_off + c.height,
-               c.col_off - window.col_off : c.col_off - window.col_off + c.width] += 1  # fmt: skip
+        counts[
+            c.row_off - window.row_off : c.row_off - window.row_off + c.height,
+            c.col_off - window.col_off : c.col_off - window.col_off + c.width,
+        ] += 1
     return counts
 
 

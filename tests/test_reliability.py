@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from edown import AOI, DownloadConfig, StackConfig, download_images, stack_images
+from edown import StackConfig, download_images, stack_images
 from edown.emulator import EmulatorConfig, FaultPlan, FaultRule, Latency, serve
 from edown.emulator.server import Emulator
 from edown.errors import DiskFullError, OutputLockedError
@@ -30,10 +30,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("rate", [0.05, 0.20])
 def test_5xx_at_a_rate_every_image_completes_exactly(tmp_path: Path, rate: float) -> None:
-    plan = FaultPlan(rules=(FaultRule(kind="error", status=500, rate=rate), FaultRule(kind="error", status=503, rate=rate / 2)),
-                     seed=11)  # fmt: skip
+    plan = FaultPlan(
+        rules=(
+            FaultRule(kind="error", status=500, rate=rate),
+            FaultRule(kind="error", status=503, rate=rate / 2),
+        ),
+        seed=11,
+    )
     with serve(EmulatorConfig(faults=plan)) as emu:
-        summary = download_images(config(emu, tmp_path, chunk_size=256, chunk_size_mode="fixed", max_retries=8))
+        summary = download_images(
+            config(emu, tmp_path, chunk_size=256, chunk_size_mode="fixed", max_retries=8)
+        )
         check_all_exact(emu, summary)
         injected = emu.stats()["faults_injected"]
     assert injected.get("error", 0) > 0 and sum(r.retries for r in summary.results) == injected["error"]
@@ -55,12 +62,19 @@ def test_truncated_geotiff_bodies_are_refused_by_the_client(tmp_path: Path) -> N
         ee.Initialize(credentials=None, project="edown-tests", opt_url=emu.url)
         ee.data.setMaxRetries(0)
         try:
-            grid = {"dimensions": {"width": 64, "height": 64}, "crsCode": "EPSG:32630",
-                    "affineTransform": {"scaleX": 10, "translateX": 600000, "scaleY": -10, "translateY": 5800020}}  # fmt: skip
+            grid = {
+                "dimensions": {"width": 64, "height": 64},
+                "crsCode": "EPSG:32630",
+                "affineTransform": {"scaleX": 10, "translateX": 600000, "scaleY": -10, "translateY": 5800020},
+            }
             image = "COPERNICUS/S2_SR_HARMONIZED/20240603T104058_20240603T104237_T30UXC"
             with pytest.raises(ConnectionError, match="IncompleteRead"):
-                ee.data.getPixels({"assetId": image, "fileFormat": "GEO_TIFF", "bandIds": ["B4"], "grid": grid})
-            whole = ee.data.getPixels({"assetId": image, "fileFormat": "GEO_TIFF", "bandIds": ["B4"], "grid": grid})
+                ee.data.getPixels(
+                    {"assetId": image, "fileFormat": "GEO_TIFF", "bandIds": ["B4"], "grid": grid}
+                )
+            whole = ee.data.getPixels(
+                {"assetId": image, "fileFormat": "GEO_TIFF", "bandIds": ["B4"], "grid": grid}
+            )
             assert whole[:4] in (b"II*\x00", b"MM\x00*")
         finally:
             ee.data.setMaxRetries(5)
@@ -73,7 +87,11 @@ def test_truncated_geotiff_bodies_are_refused_by_the_client(tmp_path: Path) -> N
 def small_filesystem(path: Path, megabytes: int) -> Iterator[Path]:
     """A tmpfs of ``megabytes`` at ``path`` (this suite runs as root, like CI)."""
     path.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, f"cannot mount a tmpfs (the reliability suite needs root): {result.stderr}"
     try:
         yield path
@@ -81,7 +99,9 @@ def small_filesystem(path: Path, megabytes: int) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def test_disk_full_is_one_clear_error_nothing_corrupt_and_resumable(ee_emulator: Emulator, tmp_path: Path) -> None:
+def test_disk_full_is_one_clear_error_nothing_corrupt_and_resumable(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
     with small_filesystem(tmp_path / "small", 24) as small:
         filler = small / "filler.bin"
         filler.write_bytes(b"\0" * (21 * 1024 * 1024))  # leave ~3 MB for a ~10 MB download
@@ -124,12 +144,21 @@ def test_two_processes_on_one_output_root(tmp_path: Path) -> None:
     )
     root = tmp_path / "data"
     with serve(EmulatorConfig(latency=Latency(base_seconds=0.2))) as emu:
-        first = subprocess.Popen([sys.executable, "-c", script, emu.url, str(root)], stdout=subprocess.PIPE, text=True,
-                                 env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+        first = subprocess.Popen(
+            [sys.executable, "-c", script, emu.url, str(root)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and "pid" not in ((root / ".edown.lock").read_text() if (root / ".edown.lock").exists() else ""):
+        while time.monotonic() < deadline and "pid" not in (
+            (root / ".edown.lock").read_text() if (root / ".edown.lock").exists() else ""
+        ):
             time.sleep(0.05)
-        with pytest.raises(OutputLockedError, match=rf"{re.escape(str(root))} is in use by another edown run \(pid {first.pid}"):
+        with pytest.raises(
+            OutputLockedError,
+            match=rf"{re.escape(str(root))} is in use by another edown run \(pid {first.pid}",
+        ):
             download_images(config(emu, tmp_path, output_root=root, bands=("B4",)))
         out, _ = first.communicate(timeout=120)
     assert first.returncode == 0 and out.strip() == "2", "the first writer is not disturbed"
@@ -138,10 +167,14 @@ def test_two_processes_on_one_output_root(tmp_path: Path) -> None:
 STACK_SCRIPT = "import sys; from pathlib import Path; from edown import StackConfig, stack_images; stack_images(StackConfig(manifest_path=Path(sys.argv[1]), threads=1, chunk_size=256))"
 
 
-def test_sigkill_during_stack_never_leaves_a_store_that_looks_complete(ee_emulator: Emulator, tmp_path: Path) -> None:
+def test_sigkill_during_stack_never_leaves_a_store_that_looks_complete(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
     import xarray as xr
 
-    summary = download_images(config(ee_emulator, tmp_path, end_date="2024-06-30", bands=("B2", "B3", "B4", "B8")))
+    summary = download_images(
+        config(ee_emulator, tmp_path, end_date="2024-06-30", bands=("B2", "B3", "B4", "B8"))
+    )
     [reference] = stack_images(StackConfig(manifest_path=summary.manifest_path, chunk_size=256))
     expected = xr.open_zarr(reference.output_path, mask_and_scale=False).load()
     target = reference.output_path
@@ -150,8 +183,10 @@ def test_sigkill_during_stack_never_leaves_a_store_that_looks_complete(ee_emulat
         import shutil
 
         shutil.rmtree(target)
-        proc = subprocess.Popen([sys.executable, "-c", STACK_SCRIPT, str(summary.manifest_path)],
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-c", STACK_SCRIPT, str(summary.manifest_path)],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         time.sleep(delay)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
@@ -168,31 +203,69 @@ def test_sigkill_during_stack_never_leaves_a_store_that_looks_complete(ee_emulat
 # ---- secrets ----------------------------------------------------------------------------------------
 
 
-def test_keys_and_tokens_never_reach_logs_manifests_errors_or_tracebacks(ee_emulator: Emulator, tmp_path: Path) -> None:
+def test_keys_and_tokens_never_reach_logs_manifests_errors_or_tracebacks(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
     from tests.test_auth import write_service_account_key
 
     key_file = tmp_path / "key.json"
     pem = write_service_account_key(key_file, ee_emulator.url + "/token")
-    env = {**os.environ, "GEE_SERVICE_ACCOUNT": "robot@sa-project.iam.gserviceaccount.com",
-           "GEE_SERVICE_ACCOUNT_KEY": str(key_file), "PYTHONPATH": str(ROOT)}  # fmt: skip
+    env = {
+        **os.environ,
+        "GEE_SERVICE_ACCOUNT": "robot@sa-project.iam.gserviceaccount.com",
+        "GEE_SERVICE_ACCOUNT_KEY": str(key_file),
+        "PYTHONPATH": str(ROOT),
+    }
     root = tmp_path / "data"
     base = [sys.executable, "-m", "edown.cli", "-v"]
-    area = ["-c", S2, "--start-date", "2024-06-01", "--end-date", "2024-06-05", "--bbox", "-0.60,51.48,-0.43,51.56",
-            "-b", "B4", "--server-url", ee_emulator.url]  # fmt: skip
+    area = [
+        "-c",
+        S2,
+        "--start-date",
+        "2024-06-01",
+        "--end-date",
+        "2024-06-05",
+        "--bbox",
+        "-0.60,51.48,-0.43,51.56",
+        "-b",
+        "B4",
+        "--server-url",
+        ee_emulator.url,
+    ]
     runs = [
-        subprocess.run([*base, "download", *area, "-o", str(root)], env=env, capture_output=True, text=True, timeout=300),
-        subprocess.run([*base, "doctor", "--server-url", ee_emulator.url], env=env, capture_output=True, text=True, timeout=300),
-        subprocess.run([*base, "search", *area[:-2], "--server-url", ee_emulator.url, "-c", "NOT/THERE"], env=env,
-                       capture_output=True, text=True, timeout=300),  # a failure, with --verbose traceback
-    ]  # fmt: skip
+        subprocess.run(
+            [*base, "download", *area, "-o", str(root)], env=env, capture_output=True, text=True, timeout=300
+        ),
+        subprocess.run(
+            [*base, "doctor", "--server-url", ee_emulator.url],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        ),
+        subprocess.run(
+            [*base, "search", *area[:-2], "--server-url", ee_emulator.url, "-c", "NOT/THERE"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        ),  # a failure, with --verbose traceback
+    ]
     assert runs[0].returncode == 0, runs[0].stderr
     manifest = next(root.glob("manifests/*.json"))
-    subprocess.run([*base, "stack", "-m", str(manifest)], env=env, capture_output=True, text=True, timeout=300, check=True)
+    subprocess.run(
+        [*base, "stack", "-m", str(manifest)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     assert ee_emulator.issued_tokens, "the service account really fetched tokens"
     secrets = [*ee_emulator.issued_tokens, *[line for line in pem.splitlines()[1:-1] if len(line) > 20]]
     artefacts = [r.stdout + r.stderr for r in runs]
     for path in root.rglob("*"):
-        if path.is_file() and path.suffix in (".json", ".tif", ".png") or path.name == "zarr.json":
+        if (path.is_file() and path.suffix in (".json", ".tif", ".png")) or path.name == "zarr.json":
             artefacts.append(path.read_bytes().decode("latin-1"))
     for text in artefacts:
         for secret in secrets:

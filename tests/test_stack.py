@@ -205,8 +205,15 @@ def test_group_with_nothing_downloaded_gets_a_reason(ee_emulator: Emulator, tmp_
 
 
 def test_stacking_a_search_only_manifest_is_a_clear_error(ee_emulator: Emulator, tmp_path: Path) -> None:
-    config = DownloadConfig(collection_id=S2, start_date="2024-06-01", end_date="2024-06-05", aoi=AOI.from_bbox(LONDON),
-                            bands=("B4",), server_url=ee_emulator.url, output_root=tmp_path)  # fmt: skip
+    config = DownloadConfig(
+        collection_id=S2,
+        start_date="2024-06-01",
+        end_date="2024-06-05",
+        aoi=AOI.from_bbox(LONDON),
+        bands=("B4",),
+        server_url=ee_emulator.url,
+        output_root=tmp_path,
+    )
     path = tmp_path / "search.json"
     manifest = new_manifest(path, None)
     set_search(manifest, config, search_images(config))

@@ -288,41 +288,134 @@ def _print_search_table(result: Any) -> None:
 
 def download_options(func: F) -> F:
     options = [
-        click.option("-o", "--output-root", type=click.Path(file_okay=False), default="data", show_default=True,
-                     help="Root folder for images/, stacks/ and manifests/."),
-        click.option("--manifest-path", type=click.Path(dir_okay=False), help="Where to write the run manifest (default: OUTPUT_ROOT/manifests/run-<UTC>.json)."),
-        click.option("--from-manifest", "search_manifest", type=click.Path(dir_okay=False, exists=True),
-                     help="Download the images of a saved search manifest instead of searching again."),
-        click.option("--chunk-size", type=int, help="Chunk side in pixels (default: chosen to fill requests)."),
-        click.option("--chunk-size-mode", type=click.Choice(["auto", "fixed"]), default="auto", show_default=True),
-        click.option("--prepare-workers", type=int, default=10, show_default=True, help="Threads for planning."),
-        click.option("--download-workers", type=int, default=10, show_default=True, help="Threads writing chunks and GeoTIFFs."),
-        click.option("--max-inflight-chunks", type=int, default=32, show_default=True, help="Chunk requests in flight at once."),
-        click.option("--max-retries", type=int, default=4, show_default=True, help="Retries of a transient failure per chunk."),
-        click.option("--retry-delay-seconds", type=float, default=2.0, show_default=True, help="Initial backoff."),
-        click.option("--request-byte-limit", type=int, default=48 * 1024 * 1024, show_default=True,
-                     help="Max uncompressed bytes per request (Earth Engine's limit, mask byte included)."),
+        click.option(
+            "-o",
+            "--output-root",
+            type=click.Path(file_okay=False),
+            default="data",
+            show_default=True,
+            help="Root folder for images/, stacks/ and manifests/.",
+        ),
+        click.option(
+            "--manifest-path",
+            type=click.Path(dir_okay=False),
+            help="Where to write the run manifest (default: OUTPUT_ROOT/manifests/run-<UTC>.json).",
+        ),
+        click.option(
+            "--from-manifest",
+            "search_manifest",
+            type=click.Path(dir_okay=False, exists=True),
+            help="Download the images of a saved search manifest instead of searching again.",
+        ),
+        click.option(
+            "--chunk-size", type=int, help="Chunk side in pixels (default: chosen to fill requests)."
+        ),
+        click.option(
+            "--chunk-size-mode", type=click.Choice(["auto", "fixed"]), default="auto", show_default=True
+        ),
+        click.option(
+            "--prepare-workers", type=int, default=10, show_default=True, help="Threads for planning."
+        ),
+        click.option(
+            "--download-workers",
+            type=int,
+            default=10,
+            show_default=True,
+            help="Threads writing chunks and GeoTIFFs.",
+        ),
+        click.option(
+            "--max-inflight-chunks",
+            type=int,
+            default=32,
+            show_default=True,
+            help="Chunk requests in flight at once.",
+        ),
+        click.option(
+            "--max-retries",
+            type=int,
+            default=4,
+            show_default=True,
+            help="Retries of a transient failure per chunk.",
+        ),
+        click.option(
+            "--retry-delay-seconds", type=float, default=2.0, show_default=True, help="Initial backoff."
+        ),
+        click.option(
+            "--request-byte-limit",
+            type=int,
+            default=48 * 1024 * 1024,
+            show_default=True,
+            help="Max uncompressed bytes per request (Earth Engine's limit, mask byte included).",
+        ),
         click.option("--overwrite", is_flag=True, help="Replace existing outputs."),
-        click.option("--resume/--no-resume", default=True, show_default=True, help="Keep finished outputs and stored chunks."),
-        click.option("--nodata", type=float, help="Nodata value (default: NaN for floats, the dtype maximum for integers)."),
-        click.option("--compression", type=click.Choice(["zstd", "deflate", "lzw", "none"]), default="zstd", show_default=True),
+        click.option(
+            "--resume/--no-resume",
+            default=True,
+            show_default=True,
+            help="Keep finished outputs and stored chunks.",
+        ),
+        click.option(
+            "--nodata",
+            type=float,
+            help="Nodata value (default: NaN for floats, the dtype maximum for integers).",
+        ),
+        click.option(
+            "--compression",
+            type=click.Choice(["zstd", "deflate", "lzw", "none"]),
+            default="zstd",
+            show_default=True,
+        ),
         click.option("--cog", is_flag=True, help="Write Cloud Optimized GeoTIFFs (with overviews)."),
-        click.option("--max-concurrent-requests", type=int, default=40, show_default=True, help="Your project's Earth Engine concurrency quota."),
-        click.option("--max-requests-per-second", type=float, default=100.0, show_default=True, help="Your project's request-rate quota."),
-        click.option("--request-timeout-seconds", type=float, default=300.0, show_default=True, help="Deadline of one request."),
+        click.option(
+            "--max-concurrent-requests",
+            type=int,
+            default=40,
+            show_default=True,
+            help="Your project's Earth Engine concurrency quota.",
+        ),
+        click.option(
+            "--max-requests-per-second",
+            type=float,
+            default=100.0,
+            show_default=True,
+            help="Your project's request-rate quota.",
+        ),
+        click.option(
+            "--request-timeout-seconds",
+            type=float,
+            default=300.0,
+            show_default=True,
+            help="Deadline of one request.",
+        ),
         click.option("--dry-run", is_flag=True, help="Plan and print what would be fetched; fetch nothing."),
-    ]  # fmt: skip
+    ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
 DOWNLOAD_FIELDS = (
-    "output_root", "manifest_path", "search_manifest", "chunk_size", "chunk_size_mode", "prepare_workers",
-    "download_workers", "max_inflight_chunks", "max_retries", "retry_delay_seconds", "request_byte_limit", "overwrite",
-    "resume", "nodata", "compression", "cog", "max_concurrent_requests", "max_requests_per_second",
-    "request_timeout_seconds", "dry_run",
-)  # fmt: skip
+    "output_root",
+    "manifest_path",
+    "search_manifest",
+    "chunk_size",
+    "chunk_size_mode",
+    "prepare_workers",
+    "download_workers",
+    "max_inflight_chunks",
+    "max_retries",
+    "retry_delay_seconds",
+    "request_byte_limit",
+    "overwrite",
+    "resume",
+    "nodata",
+    "compression",
+    "cog",
+    "max_concurrent_requests",
+    "max_requests_per_second",
+    "request_timeout_seconds",
+    "dry_run",
+)
 
 
 def _download_config(params: dict[str, Any]) -> Any:
@@ -449,8 +542,13 @@ def _print_summary(summary: Any) -> None:
 
 
 @cli.command()
-@click.option("-m", "--manifest-path", required=True, type=click.Path(dir_okay=False),
-              help="Download manifest (OUTPUT_ROOT/manifests/run-*.json).")  # fmt: skip
+@click.option(
+    "-m",
+    "--manifest-path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Download manifest (OUTPUT_ROOT/manifests/run-*.json).",
+)
 @click.option(
     "-o", "--output-root", type=click.Path(file_okay=False), help="Override the manifest's output root."
 )
@@ -541,13 +639,15 @@ def demo(output_root: str, latency: str, as_json: bool) -> None:
     )
     stores = [str(s.output_path) for s in outcome.stacks if s.output_path]
     if as_json:
-        _echo_json({
-            "manifest": str(outcome.summary.manifest_path),
-            "geotiffs": [str(r.tiff_path) for r in outcome.summary.results if r.tiff_path],
-            "stacks": stores,
-            "quicklooks": [str(p) for p in outcome.pictures],
-            "seconds": outcome.seconds,
-        })  # fmt: skip
+        _echo_json(
+            {
+                "manifest": str(outcome.summary.manifest_path),
+                "geotiffs": [str(r.tiff_path) for r in outcome.summary.results if r.tiff_path],
+                "stacks": stores,
+                "quicklooks": [str(p) for p in outcome.pictures],
+                "seconds": outcome.seconds,
+            }
+        )
         return
     out = _stdout_console()
     out.print(f"\n[bold]done in {outcome.seconds:.1f} s[/]  everything is under {root}/", markup=True)
@@ -559,8 +659,10 @@ def demo(output_root: str, latency: str, as_json: bool) -> None:
         out.print(f"  quicklook:  {picture}")
     if stores:
         out.print("\nopen the datacube in Python:", markup=False)
-        out.print(f'  import edown\n  ds = edown.open_stack("{stores[0]}")\n  ds.data.sel(band="B4").isel(time=0).plot()',
-                  markup=False)  # fmt: skip
+        out.print(
+            f'  import edown\n  ds = edown.open_stack("{stores[0]}")\n  ds.data.sel(band="B4").isel(time=0).plot()',
+            markup=False,
+        )
 
 
 @cli.command()
@@ -613,8 +715,11 @@ def _doctor(server_url: str | None, project: str | None, as_json: bool) -> None:
         started = time.monotonic()
         try:
             conn = earthengine.connect(url, project)
-            earthengine.call(conn, lambda: ee.data.getAsset("COPERNICUS/S2_SR_HARMONIZED"),
-                             earthengine.RetryPolicy(max_retries=1, base_delay=0.5))  # fmt: skip
+            earthengine.call(
+                conn,
+                lambda: ee.data.getAsset("COPERNICUS/S2_SR_HARMONIZED"),
+                earthengine.RetryPolicy(max_retries=1, base_delay=0.5),
+            )
             report["endpoint"] = (
                 f"answers ({(time.monotonic() - started) * 1000:.0f} ms for Initialize + one request)"
             )

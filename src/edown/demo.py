@@ -31,8 +31,9 @@ class DemoOutcome:
     seconds: float
 
 
-def run_demo(output_root: Path, say: Callable[[str], None] = print, progress: bool = False,
-             latency: str = "fast") -> DemoOutcome:  # fmt: skip
+def run_demo(
+    output_root: Path, say: Callable[[str], None] = print, progress: bool = False, latency: str = "fast"
+) -> DemoOutcome:
     """Run the whole pipeline against an in-process emulator; ``say`` narrates each step."""
     started = time.monotonic()
     with serve(EmulatorConfig(latency=Latency.preset(latency))) as emulator:

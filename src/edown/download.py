@@ -241,9 +241,14 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
                 existing_conflicts.append(tiff)
                 return _skipped(record, "failed", None, "output exists")
         chunks = plan_chunks(
-            window, len(names), np.dtype(dtype).itemsize, config.request_byte_limit,
-            chunk_size=config.chunk_size, mode=config.chunk_size_mode, target_bytes=target,
-        )  # fmt: skip
+            window,
+            len(names),
+            np.dtype(dtype).itemsize,
+            config.request_byte_limit,
+            chunk_size=config.chunk_size,
+            mode=config.chunk_size_mode,
+            target_bytes=target,
+        )
         reuse = config.resume and not config.overwrite
         stored = store.existing(len(names), dtype, cleanup=not config.dry_run) if reuse else []
         job = ImageJob(index, record, tiff, spec, store, chunks, stored, nodata)
@@ -351,8 +356,14 @@ def decode_npy(
 class _Run:
     """The shared fetch/write machinery of one download run."""
 
-    def __init__(self, config: DownloadConfig, conn: earthengine.Connection, jobs: list[ImageJob], counters: Counters,
-                 on_image_done: Callable[[], None]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: DownloadConfig,
+        conn: earthengine.Connection,
+        jobs: list[ImageJob],
+        counters: Counters,
+        on_image_done: Callable[[], None],
+    ) -> None:
         self.config = config
         self.conn = conn
         self.jobs = jobs
@@ -395,10 +406,14 @@ class _Run:
                 self.tasks.put((job.index, next(self.seq), 0, window))
         self.remaining = len(self.jobs)
         self.counters.add(chunks_done=sum(len(j.chunks) - j.outstanding for j in self.jobs))
-        fetchers = [threading.Thread(target=self._fetch_loop, name=f"edown-fetch-{i}", daemon=True)
-                    for i in range(self.config.max_inflight_chunks)]  # fmt: skip
-        writers = [threading.Thread(target=self._write_loop, name=f"edown-write-{i}", daemon=True)
-                   for i in range(self.config.download_workers)]  # fmt: skip
+        fetchers = [
+            threading.Thread(target=self._fetch_loop, name=f"edown-fetch-{i}", daemon=True)
+            for i in range(self.config.max_inflight_chunks)
+        ]
+        writers = [
+            threading.Thread(target=self._write_loop, name=f"edown-write-{i}", daemon=True)
+            for i in range(self.config.download_workers)
+        ]
         for t in (*fetchers, *writers):
             t.start()
         try:
@@ -590,8 +605,14 @@ def _manifest_path(config: DownloadConfig, started: dt.datetime) -> Path:
     return config.manifests_dir / f"run-{started.strftime('%Y%m%dT%H%M%S')}Z.json"
 
 
-def _download_section(config: DownloadConfig, started: dt.datetime, results: list[DownloadResult], stats: dict[str, Any],
-                      finished: dt.datetime | None, base: Path) -> dict[str, Any]:  # fmt: skip
+def _download_section(
+    config: DownloadConfig,
+    started: dt.datetime,
+    results: list[DownloadResult],
+    stats: dict[str, Any],
+    finished: dt.datetime | None,
+    base: Path,
+) -> dict[str, Any]:
     search_fields = {f.name for f in fields(SearchConfig)}
     downloaded, skipped, failed = DownloadSummary.tally(tuple(results))
     return {
@@ -635,10 +656,13 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
         return _dry_run_summary(config, search, plan, manifest_path, time.monotonic() - started)
 
     conn = earthengine.connect(
-        config.server_url, config.project, config.credentials,
-        max_concurrent=config.max_concurrent_requests, requests_per_second=config.max_requests_per_second,
+        config.server_url,
+        config.project,
+        config.credentials,
+        max_concurrent=config.max_concurrent_requests,
+        requests_per_second=config.max_requests_per_second,
         timeout=config.request_timeout_seconds,
-    )  # fmt: skip
+    )
     before = conn.pacer.snapshot()
     with output_lock(config.output_root, f"download to {config.output_root}"):
         manifest = new_manifest(manifest_path, config.output_root)
@@ -663,8 +687,9 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
                     return
                 last_write[0] = now
                 stats = _stats(conn, before, counters, plan, time.monotonic() - started)
-                manifest.doc["download"] = _download_section(config, started_wall, results_now(), stats,
-                                                             now_utc() if final else None, base)  # fmt: skip
+                manifest.doc["download"] = _download_section(
+                    config, started_wall, results_now(), stats, now_utc() if final else None, base
+                )
                 manifest.write()
 
         def progress_manifest() -> None:
@@ -738,22 +763,34 @@ def _dry_run_summary(
     totals = plan.totals()
     concurrency = min(config.max_inflight_chunks, config.max_concurrent_requests)
     per_request = [
-        ASSUMED_LATENCY_S + request_bytes(w.pixels, len(j.spec.band_names), np.dtype(j.spec.dtype).itemsize) / ASSUMED_BANDWIDTH_BPS
-        for j in plan.jobs for w in _missing(j)
-    ]  # fmt: skip
+        ASSUMED_LATENCY_S
+        + request_bytes(w.pixels, len(j.spec.band_names), np.dtype(j.spec.dtype).itemsize)
+        / ASSUMED_BANDWIDTH_BPS
+        for j in plan.jobs
+        for w in _missing(j)
+    ]
     busy = sum(per_request) / concurrency if per_request else 0.0
     paced = len(per_request) / config.max_requests_per_second
-    totals.update({
-        "concurrency": concurrency,
-        "estimated_seconds": round(max(busy, paced), 1),
-        "assumptions": f"{ASSUMED_LATENCY_S} s + bytes at {ASSUMED_BANDWIDTH_BPS / 2**20:.0f} MiB/s per request, "
-                       f"{concurrency} concurrent, <= {config.max_requests_per_second:g} requests/s",
-    })  # fmt: skip
+    totals.update(
+        {
+            "concurrency": concurrency,
+            "estimated_seconds": round(max(busy, paced), 1),
+            "assumptions": f"{ASSUMED_LATENCY_S} s + bytes at {ASSUMED_BANDWIDTH_BPS / 2**20:.0f} MiB/s per request, "
+            f"{concurrency} concurrent, <= {config.max_requests_per_second:g} requests/s",
+        }
+    )
     results = [*plan.skipped, *(j.result("planned", None) for j in plan.jobs)]
     order = {k: i for i, k in enumerate(plan.order)}
     results.sort(key=lambda r: order.get(r.record_key, 0))
     downloaded, skipped, failed = DownloadSummary.tally(tuple(results))
     return DownloadSummary(
-        manifest_path=manifest_path, results=tuple(results), downloaded=downloaded, skipped=skipped, failed=failed,
-        search=search, dry_run=True, plan=totals, elapsed_seconds=elapsed,
-    )  # fmt: skip
+        manifest_path=manifest_path,
+        results=tuple(results),
+        downloaded=downloaded,
+        skipped=skipped,
+        failed=failed,
+        search=search,
+        dry_run=True,
+        plan=totals,
+        elapsed_seconds=elapsed,
+    )

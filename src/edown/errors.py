@@ -98,3 +98,5 @@ def is_disk_full(exc: BaseException) -> bool:
 
 class StackError(EdownError):
     """A manifest cannot be stacked (nothing downloaded, mixed grids in a group...)."""
+
+    exit_code = 2

@@ -165,10 +165,7 @@ class ChunkStore:
 
 def covered_by(window: Window, chunks: list[StoredChunk]) -> list[StoredChunk] | None:
     """The stored chunks that exactly tile ``window`` (e.g. halves of an earlier split), or None."""
-    inside = [
-        c for c in chunks
-        if c.window.intersection(window) == c.window
-    ]  # fmt: skip
+    inside = [c for c in chunks if c.window.intersection(window) == c.window]
     if sum(c.window.pixels for c in inside) != window.pixels:
         return None
     for i, a in enumerate(inside):

@@ -93,18 +93,31 @@ class Reporter:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         console = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   TextColumn("{task.fields[extra]}"))  # fmt: skip
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[extra]}"),
+        )
         with Progress(*columns, console=console, transient=False) as progress:
             images = progress.add_task(f"{self.label} images", total=None, extra="")
             chunks = progress.add_task("chunks", total=None, extra="")
             while True:
                 stopping = self._stop.wait(0.25)
                 s = self.counters.snapshot()
-                progress.update(images, total=s["images_total"] or None, completed=s["images_done"] + s["images_failed"],
-                                extra=f"failed {s['images_failed']}")  # fmt: skip
-                progress.update(chunks, total=s["chunks_total"] or None, completed=s["chunks_done"],
-                                extra=f"{s['mb']:.1f} MB  {s['mb_per_s']:.1f} MB/s  retries {s['retries']}  429s {s['throttled']}")  # fmt: skip
+                progress.update(
+                    images,
+                    total=s["images_total"] or None,
+                    completed=s["images_done"] + s["images_failed"],
+                    extra=f"failed {s['images_failed']}",
+                )
+                progress.update(
+                    chunks,
+                    total=s["chunks_total"] or None,
+                    completed=s["chunks_done"],
+                    extra=f"{s['mb']:.1f} MB  {s['mb_per_s']:.1f} MB/s  retries {s['retries']}  429s {s['throttled']}",
+                )
                 if stopping:
                     break
 

@@ -240,9 +240,12 @@ def _executor(
         from distributed import LocalCluster
 
         cluster = LocalCluster(
-            n_workers=config.n_workers, threads_per_worker=config.cores_per_worker,
-            memory_limit=config.memory_per_worker, processes=True, dashboard_address=None,
-        )  # fmt: skip
+            n_workers=config.n_workers,
+            threads_per_worker=config.cores_per_worker,
+            memory_limit=config.memory_per_worker,
+            processes=True,
+            dashboard_address=None,
+        )
     else:
         try:
             from dask_jobqueue import SLURMCluster  # type: ignore[attr-defined]
@@ -255,10 +258,16 @@ def _executor(
         if config.scheduler_host:
             scheduler["host"] = config.scheduler_host
         cluster = SLURMCluster(
-            queue=config.slurm_queue, account=config.slurm_account, cores=config.cores_per_worker, processes=1,
-            memory=config.memory_per_worker, walltime=config.walltime, scheduler_options=scheduler,
-            log_directory=str(log_dir), job_name="edown-stack",
-        )  # fmt: skip
+            queue=config.slurm_queue,
+            account=config.slurm_account,
+            cores=config.cores_per_worker,
+            processes=1,
+            memory=config.memory_per_worker,
+            walltime=config.walltime,
+            scheduler_options=scheduler,
+            log_directory=str(log_dir),
+            job_name="edown-stack",
+        )
         cluster.scale(config.n_workers)
     try:
         with Client(cluster) as client:
@@ -295,9 +304,10 @@ def stack_images(config: StackConfig) -> list[StackResult]:
         )
     output_root = config.output_root or manifest.output_root
     available = {
-        r.record_key: r for r in downloads
+        r.record_key: r
+        for r in downloads
         if r.status in ("downloaded", "skipped_existing") and r.tiff_path is not None and r.tiff_path.exists()
-    }  # fmt: skip
+    }
     records = {r.record_key: r for r in search.images}
     results: list[StackResult] = []
     with output_lock(output_root, f"stack of {config.manifest_path.name}"):
@@ -322,9 +332,15 @@ def stack_images(config: StackConfig) -> list[StackResult]:
     return results
 
 
-def _stack_group(config: StackConfig, collection_id: str, group: AlignmentGroup,
-                 members: list[tuple[ImageRecord, DownloadResult]], target: Path, output_root: Path,
-                 manifest: Manifest) -> StackResult:  # fmt: skip
+def _stack_group(
+    config: StackConfig,
+    collection_id: str,
+    group: AlignmentGroup,
+    members: list[tuple[ImageRecord, DownloadResult]],
+    target: Path,
+    output_root: Path,
+    manifest: Manifest,
+) -> StackResult:
     started = time.monotonic()
     nodata = _common_nodata(members)
     pairs = [(record, result.tiff_path) for record, result in members if result.tiff_path is not None]
@@ -352,10 +368,15 @@ def _stack_group(config: StackConfig, collection_id: str, group: AlignmentGroup,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return StackResult(
-        group.group_id, len(steps), target, None, appended=len(steps),
+        group.group_id,
+        len(steps),
+        target,
+        None,
+        appended=len(steps),
         times=tuple(utc_iso(r.acquisition_time_utc) for s in steps for r in s.records[:1]),
-        shape=(len(steps), len(group.band_names), group.height, group.width), seconds=time.monotonic() - started,
-    )  # fmt: skip
+        shape=(len(steps), len(group.band_names), group.height, group.width),
+        seconds=time.monotonic() - started,
+    )
 
 
 def _now() -> Any:
@@ -393,8 +414,19 @@ def _tasks(
                     hint="rebuild with overwrite=True (--overwrite)",
                 )
             sources.append((str(tiff), dc, dr))
-        tasks.append(SliceTask(store, first_index + i, tuple(sources), group.height, group.width,
-                               len(group.band_names), group.dtype, nodata, chunk))  # fmt: skip
+        tasks.append(
+            SliceTask(
+                store,
+                first_index + i,
+                tuple(sources),
+                group.height,
+                group.width,
+                len(group.band_names),
+                group.dtype,
+                nodata,
+                chunk,
+            )
+        )
     return tasks
 
 
@@ -435,8 +467,15 @@ def _replace(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _append(config: StackConfig, group: AlignmentGroup, pairs: list[tuple[ImageRecord, Path]], target: Path,
-            nodata: float, log_dir: Path, started: float) -> StackResult:  # fmt: skip
+def _append(
+    config: StackConfig,
+    group: AlignmentGroup,
+    pairs: list[tuple[ImageRecord, Path]],
+    target: Path,
+    nodata: float,
+    log_dir: Path,
+    started: float,
+) -> StackResult:
     import xarray as xr
     import zarr
 
@@ -464,9 +503,10 @@ def _append(config: StackConfig, group: AlignmentGroup, pairs: list[tuple[ImageR
     committed.close()
     root = zarr.open_group(str(target), mode="r+", use_consolidated=False)
     arrays = {
-        name: arr for name, arr in root.arrays()
+        name: arr
+        for name, arr in root.arrays()
         if (getattr(arr.metadata, "dimension_names", None) or ("",))[0] == "time"
-    }  # fmt: skip
+    }
     # Time steps beyond the committed ones come from an interrupted append: drop them and redo.
     for arr in arrays.values():
         if arr.shape[0] != t_committed:
@@ -474,9 +514,15 @@ def _append(config: StackConfig, group: AlignmentGroup, pairs: list[tuple[ImageR
     new_pairs = [(r, p) for r, p in pairs if r.image_id not in existing_ids]
     if not new_pairs:
         _consolidate(target)
-        return StackResult(group.group_id, t_committed, target, None, appended=0,
-                           shape=(t_committed, len(group.band_names), group.height, group.width),
-                           seconds=time.monotonic() - started)  # fmt: skip
+        return StackResult(
+            group.group_id,
+            t_committed,
+            target,
+            None,
+            appended=0,
+            shape=(t_committed, len(group.band_names), group.height, group.width),
+            seconds=time.monotonic() - started,
+        )
     steps = _time_steps(new_pairs)
     n = len(steps)
     props = _properties(steps)
@@ -499,10 +545,15 @@ def _append(config: StackConfig, group: AlignmentGroup, pairs: list[tuple[ImageR
     _consolidate(target)  # the commit point: readers see the new times only now
     total = t_committed + n
     return StackResult(
-        group.group_id, total, target, None, appended=n,
+        group.group_id,
+        total,
+        target,
+        None,
+        appended=n,
         times=tuple(utc_iso(s.records[0].acquisition_time_utc) for s in steps),
-        shape=(total, len(group.band_names), group.height, group.width), seconds=time.monotonic() - started,
-    )  # fmt: skip
+        shape=(total, len(group.band_names), group.height, group.width),
+        seconds=time.monotonic() - started,
+    )
 
 
 def _record(manifest: Manifest, config: StackConfig, results: list[StackResult], output_root: Path) -> None:

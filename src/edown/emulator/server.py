@@ -267,8 +267,12 @@ class Emulator:
                 rec.body = None
         internal = ApiError(500, "An internal error has occurred.")
         response: tuple[int, bytes, str, dict[str, str] | None, FaultRule | None] = (
-            500, internal.body(), "application/json; charset=UTF-8", None, None
-        )  # fmt: skip
+            500,
+            internal.body(),
+            "application/json; charset=UTF-8",
+            None,
+            None,
+        )
         try:
             self._check_project(kind, project)
             refusal = self.behaviour.admit(kind, project or "")
@@ -283,7 +287,7 @@ class Emulator:
                 self.behaviour.service_seconds(kind, len(outcome.body)) - (time.monotonic() - started)
             )
             rec.bytes_out = len(outcome.body)
-            response = (200, outcome.body, outcome.content_type, None, outcome.fault)  # fmt: skip
+            response = (200, outcome.body, outcome.content_type, None, outcome.fault)
         except ApiError as err:
             rec.status = err.code
             if err.code != 429:
