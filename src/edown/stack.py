@@ -476,6 +476,7 @@ def _append(
     log_dir: Path,
     started: float,
 ) -> StackResult:
+    import rioxarray  # noqa: F401  (registers .rio)
     import xarray as xr
     import zarr
 
