@@ -75,19 +75,32 @@ def write_geotiff(
     target: Path, spec: OutputSpec, store: ChunkStore, chunks: Iterable[StoredChunk], origin: Window
 ) -> int:
     """Assemble ``chunks`` (windows relative to the native grid; ``origin`` is the output's window) into
-    ``target`` atomically. Returns the file size in bytes."""
+    ``target`` atomically. Returns the file size in bytes.
+
+    The file is written one row of tiles at a time, top to bottom, whatever the chunks were: the same
+    pixels always give the same bytes, however the download was cut (or split after a 400, or resumed).
+    """
     import rasterio
     from rasterio.windows import Window as RioWindow
 
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.unlink(missing_ok=True)
     target.parent.mkdir(parents=True, exist_ok=True)
+    pieces = [(c.window.relative_to(origin), c) for c in chunks]
     try:
         with rasterio.Env(GDAL_CACHEMAX=128), rasterio.open(tmp, "w", **_profile(spec)) as dst:
-            for chunk in chunks:
-                rel = chunk.window.relative_to(origin)
-                data = store.load(chunk)
-                dst.write(data, window=RioWindow(rel.col_off, rel.row_off, rel.width, rel.height))
+            for row0 in range(0, spec.height, TILE):
+                height = min(TILE, spec.height - row0)
+                strip = np.empty((len(spec.band_names), height, spec.width), dtype=spec.dtype)
+                for rel, chunk in pieces:
+                    r0, r1 = max(row0, rel.row_off), min(row0 + height, rel.row_off + rel.height)
+                    if r0 >= r1:
+                        continue
+                    data = store.load(chunk)
+                    strip[:, r0 - row0 : r1 - row0, rel.col_off : rel.col_off + rel.width] = data[
+                        :, r0 - rel.row_off : r1 - rel.row_off, :
+                    ]
+                dst.write(strip, window=RioWindow(0, row0, spec.width, height))
             dst.descriptions = spec.band_names
             if spec.tags:
                 dst.update_tags(**dict(spec.tags))

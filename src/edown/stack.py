@@ -542,7 +542,8 @@ def _append(
             arr[t_committed:] = np.array([""] * n, dtype=object)
     tasks = _tasks(str(target), group, steps, t_committed, nodata, config.chunk_size)
     _run(config, tasks, log_dir)
-    root.attrs["updated_utc"] = utc_iso(_now())
+    # No attribute update here: writing the group's metadata would drop the consolidated metadata and
+    # expose the half-written append before its commit.
     _consolidate(target)  # the commit point: readers see the new times only now
     total = t_committed + n
     return StackResult(
