@@ -48,7 +48,7 @@ def fault_plan(seed: int) -> dict[str, Any]:
             {"kind": "truncate", "rate": 0.03},
             {"kind": "short_body", "rate": 0.02},
             {"kind": "stall", "nth": [7, 95, 301], "stall_seconds": 60},
-            {"kind": "size", "min_pixels": 700_000},
+            {"kind": "size", "min_pixels": 250_000},
             {"kind": "memory", "nth": [40, 160]},
         ],
         "storms": [[8.0, 2.0], [45.0, 3.0], [110.0, 2.0]],
