@@ -290,6 +290,7 @@ def _executor(
 
 def stack_images(config: StackConfig) -> list[StackResult]:
     """Build (or extend) one Zarr datacube per alignment group of a download manifest."""
+    _require_zarr3()
     manifest = load_manifest(config.manifest_path)
     search = manifest.search
     if search is None:
@@ -330,6 +331,18 @@ def stack_images(config: StackConfig) -> list[StackResult]:
                 results.append(StackResult(group.group_id, 0, None, None, error=message))
         _record(manifest, config, results, output_root)
     return results
+
+
+def _require_zarr3() -> None:
+    try:
+        import zarr
+    except ImportError:
+        zarr = None
+    if zarr is None or int(str(zarr.__version__).split(".")[0]) < 3:
+        raise StackError(
+            "Zarr datacubes need zarr-python >= 3, which needs Python >= 3.11",
+            hint="install edown on Python 3.11 or newer (3.12 gets the newest zarr)",
+        )
 
 
 def _stack_group(
