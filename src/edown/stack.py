@@ -334,11 +334,13 @@ def stack_images(config: StackConfig) -> list[StackResult]:
 
 
 def _require_zarr3() -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        import zarr
-    except ImportError:
-        zarr = None
-    if zarr is None or int(str(zarr.__version__).split(".")[0]) < 3:
+        major = int(version("zarr").split(".")[0])
+    except PackageNotFoundError:
+        major = 0
+    if major < 3:
         raise StackError(
             "Zarr datacubes need zarr-python >= 3, which needs Python >= 3.11",
             hint="install edown on Python 3.11 or newer (3.12 gets the newest zarr)",
