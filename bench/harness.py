@@ -136,17 +136,17 @@ def offline_service_account_env(tmpdir: Path, token_uri: str) -> dict[str, str]:
     return env
 
 
-class TreeMemory:
-    """Samples the resident memory of a process and all its descendants; keeps the peak (bytes)."""
+class MemorySampler:
+    """Samples the summed resident memory of :meth:`processes` every ``interval``; keeps the peak (bytes)."""
 
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
-        import psutil
-
-        self.root = psutil.Process(pid)
+    def __init__(self, interval: float = 0.05) -> None:
         self.interval = interval
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def processes(self) -> list[Any]:
+        raise NotImplementedError
 
     def _run(self) -> None:
         import psutil
@@ -154,7 +154,7 @@ class TreeMemory:
         while not self._stop.is_set():
             total = 0
             try:
-                for proc in [self.root, *self.root.children(recursive=True)]:
+                for proc in self.processes():
                     with contextlib.suppress(psutil.Error):
                         total += proc.memory_info().rss
             except psutil.Error:
@@ -162,13 +162,26 @@ class TreeMemory:
             self.peak = max(self.peak, total)
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> TreeMemory:
+    def __enter__(self) -> MemorySampler:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
+
+
+class TreeMemory(MemorySampler):
+    """A process and all its descendants."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        import psutil
+
+        super().__init__(interval)
+        self.root = psutil.Process(pid)
+
+    def processes(self) -> list[Any]:
+        return [self.root, *self.root.children(recursive=True)]
 
 
 def run_measured(

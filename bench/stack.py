@@ -20,13 +20,12 @@ import shutil
 import sys
 import tempfile
 import textwrap
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from harness import EDOWN, peer_python, print_table, run_measured
+from harness import EDOWN, MemorySampler, peer_python, print_table, run_measured
 
 SIDE = 2048
 BANDS = ("B2", "B3", "B4", "B8")
@@ -199,36 +198,22 @@ PEER_DRIVER = textwrap.dedent(
 )
 
 
-class SlurmWorkerMemory:
-    """Peak total RSS of Dask workers started by SLURM (they are not our children)."""
+class SlurmWorkerMemory(MemorySampler):
+    """Dask workers started by SLURM (not our children): each job's nanny and the worker it spawns."""
 
     def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(interval=0.1)
 
-    def _run(self) -> None:
+    def processes(self) -> list[Any]:
         import psutil
 
-        while not self._stop.is_set():
-            total = 0
-            for proc in psutil.process_iter(["cmdline"]):
-                cmd = " ".join(proc.info.get("cmdline") or [])
-                if "distributed.cli.dask_worker" in cmd or "dask worker" in cmd or "dask-worker" in cmd:
-                    # The job runs a nanny; the worker itself is the nanny's child.
-                    with contextlib.suppress(psutil.Error):
-                        for member in [proc, *proc.children(recursive=True)]:
-                            total += member.memory_info().rss
-            self.peak = max(self.peak, total)
-            self._stop.wait(0.1)
-
-    def __enter__(self) -> SlurmWorkerMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(proc.info.get("cmdline") or [])
+            if "distributed.cli.dask_worker" in cmd or "dask worker" in cmd or "dask-worker" in cmd:
+                with contextlib.suppress(psutil.Error):
+                    found += [proc, *proc.children(recursive=True)]
+        return found
 
 
 def main() -> int:

@@ -723,14 +723,9 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
                 log.warning("could not update the manifest: %s", exc)
         if run.fatal is not None:
             raise run.fatal
-    results = tuple(results_now())
-    downloaded, skipped, failed = DownloadSummary.tally(results)
-    return DownloadSummary(
-        manifest_path=manifest_path,
-        results=results,
-        downloaded=downloaded,
-        skipped=skipped,
-        failed=failed,
+    return DownloadSummary.build(
+        manifest_path,
+        tuple(results_now()),
         search=search,
         plan=plan.totals(),
         elapsed_seconds=time.monotonic() - started,
@@ -782,13 +777,9 @@ def _dry_run_summary(
     results = [*plan.skipped, *(j.result("planned", None) for j in plan.jobs)]
     order = {k: i for i, k in enumerate(plan.order)}
     results.sort(key=lambda r: order.get(r.record_key, 0))
-    downloaded, skipped, failed = DownloadSummary.tally(tuple(results))
-    return DownloadSummary(
-        manifest_path=manifest_path,
-        results=tuple(results),
-        downloaded=downloaded,
-        skipped=skipped,
-        failed=failed,
+    return DownloadSummary.build(
+        manifest_path,
+        tuple(results),
         search=search,
         dry_run=True,
         plan=totals,

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -322,9 +322,13 @@ class DownloadSummary:
         failed = sum(r.status == "failed" for r in results)
         return downloaded, skipped, failed
 
-    def with_results(self, results: tuple[DownloadResult, ...]) -> DownloadSummary:
-        downloaded, skipped, failed = self.tally(results)
-        return replace(self, results=results, downloaded=downloaded, skipped=skipped, failed=failed)
+    @classmethod
+    def build(
+        cls, manifest_path: Path, results: tuple[DownloadResult, ...], **extensions: Any
+    ) -> DownloadSummary:
+        """A summary whose counts are tallied from ``results``."""
+        downloaded, skipped, failed = cls.tally(results)
+        return cls(manifest_path, results, downloaded, skipped, failed, **extensions)
 
 
 @dataclass(frozen=True)

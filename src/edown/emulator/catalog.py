@@ -207,6 +207,15 @@ class SyntheticCollection:
         }
 
 
+def _seeds(cloud_seed: int, cloud_percent_x100: int, start_ms: int) -> dict[str, int]:
+    """The per-image inputs of the pixel recipes (see :mod:`edown.emulator.pixels`)."""
+    return {
+        "cloud_seed": cloud_seed,
+        "cloud_percent_x100": cloud_percent_x100,
+        "day_of_year": int(date_str(start_ms, "%j")),
+    }
+
+
 def _grid_for(
     template: BandTemplate, crs: str, x0: float, y0: float, width_m: float, height_m: float
 ) -> Grid:
@@ -530,13 +539,7 @@ def _s2_asset(collection_id: str, tile: MgrsTile, day: int) -> ImageAsset:
         )
         for t in S2_BANDS
     )
-    seeds = {
-        "field_offset_row": 0,
-        "field_offset_col": 0,
-        "cloud_seed": stable_hash("s2-datatake", datatake[:8], orbit) % 1_000_003,
-        "cloud_percent_x100": int(cloud * 100),
-        "day_of_year": int(date_str(start_ms, "%j")),
-    }
+    seeds = _seeds(stable_hash("s2-datatake", datatake[:8], orbit) % 1_000_003, int(cloud * 100), start_ms)
     return ImageAsset(
         id=f"{collection_id}/{system_index}",
         collection_id=collection_id,
@@ -733,13 +736,7 @@ def _landsat_asset(
     bands = tuple(
         BandInfo(id=t.id, pixel_type=_pixel_type(t.dtype), grid=grid, recipe=t.recipe) for t in LANDSAT_BANDS
     )
-    seeds = {
-        "field_offset_row": 0,
-        "field_offset_col": 0,
-        "cloud_seed": stable_hash("ls-clouds", system_index) % 1_000_003,
-        "cloud_percent_x100": int(cloud * 100),
-        "day_of_year": int(date_str(start_ms, "%j")),
-    }
+    seeds = _seeds(stable_hash("ls-clouds", system_index) % 1_000_003, int(cloud * 100), start_ms)
     return ImageAsset(
         id=f"{collection_id}/{system_index}",
         collection_id=collection_id,
@@ -821,13 +818,7 @@ def _daily_asset(collection: DailyGlobal, day: int) -> ImageAsset:
         BandInfo(id=t.id, pixel_type=_pixel_type(t.dtype), grid=collection.band_grids[t.id], recipe=t.recipe)
         for t in collection.band_templates
     )
-    seeds = {
-        "field_offset_row": 0,
-        "field_offset_col": 0,
-        "cloud_seed": stable_hash(collection.id, "clouds", day) % 1_000_003,
-        "cloud_percent_x100": 3000,
-        "day_of_year": int(date_str(start_ms, "%j")),
-    }
+    seeds = _seeds(stable_hash(collection.id, "clouds", day) % 1_000_003, 3000, start_ms)
     return ImageAsset(
         id=f"{collection.id}/{system_index}",
         collection_id=collection.id,
