@@ -437,3 +437,97 @@ def test_sigkill_midway_then_resume_fetches_only_missing_chunks_and_matches(tmp_
     ):
         assert a.name == b.name and a.read_bytes() == b.read_bytes()
     assert not list(crashed_root.glob("images/*/*.partial"))
+
+
+# ---- statuses, retries, nodata and formats ------------------------------------------------------------
+
+
+def test_images_lacking_a_plugin_band_are_kept_marked_and_skipped(
+    ee_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugin = tmp_path / "ndvi_when_clear.py"
+    plugin.write_text(
+        textwrap.dedent(
+            """
+        def add(image, metadata, config):
+            if metadata["properties"]["CLOUDY_PIXEL_PERCENTAGE"] > 20:
+                return image
+            return image.addBands(image.normalizedDifference(["B8", "B4"]).rename("NDVI"))
+        """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    summary = download_images(
+        config(
+            ee_emulator,
+            tmp_path,
+            bands=("B4", "NDVI"),
+            transform_plugin="ndvi_when_clear:add",
+            end_date="2024-06-30",
+        )
+    )
+    covers = {r.image_id: r.properties["CLOUDY_PIXEL_PERCENTAGE"] for r in summary.search.images}
+    assert len(covers) == 6
+    statuses = {r.image_id: r.status for r in summary.results}
+    assert {i for i, s in statuses.items() if s == "skipped_missing_bands"} == {
+        i for i, c in covers.items() if c > 20
+    }
+    assert {i for i, s in statuses.items() if s == "downloaded"} == {i for i, c in covers.items() if c <= 20}
+    skipped = next(r for r in summary.results if r.status == "skipped_missing_bands")
+    assert skipped.error == "image lacks band(s) NDVI" and skipped.tiff_path is None
+
+
+def test_an_image_outside_the_aoi_is_skipped(ee_emulator: Emulator, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from edown.download import plan_download
+
+    cfg = config(ee_emulator, tmp_path, end_date="2024-06-05")
+    search = search_images(cfg)
+    outside = replace(search.images[0], window=(0, 0, 0, 0))
+    plan = plan_download(cfg, replace(search, images=(outside,)))
+    assert [r.status for r in plan.skipped] == ["skipped_outside_aoi"] and not plan.jobs
+
+
+def test_no_hidden_retries_under_ours(tmp_path: Path) -> None:
+    # The ee client alone would retry a 503 five times; edown switches that off and retries once itself.
+    with serve(
+        EmulatorConfig(faults=FaultPlan(rules=(FaultRule(kind="error", status=503, nth=(1,)),)))
+    ) as emu:
+        summary = download_images(
+            config(emu, tmp_path, chunk_size=256, chunk_size_mode="fixed", end_date="2024-06-05")
+        )
+        check_all_exact(emu, summary)
+        sent = emu.stats()["requests"]["computePixels"]
+    assert sent == summary.results[0].chunk_count + 1 and summary.results[0].retries == 1
+
+
+def test_retry_after_pauses_new_requests(tmp_path: Path) -> None:
+    limits = Limits(max_concurrent=2, retry_after_seconds=1.0)
+    with serve(EmulatorConfig(limits=limits, latency=Latency(base_seconds=0.1))) as emu:
+        summary = download_images(config(emu, tmp_path, chunk_size=256, chunk_size_mode="fixed", end_date="2024-06-05",
+                                         max_retries=10, retry_delay_seconds=0.01))  # fmt: skip
+        check_all_exact(emu, summary)
+        log = [r for r in emu.stats(include_log=True)["log"] if r["kind"] == "computePixels"]
+    first_429 = min(r["started"] for r in log if r["status"] == 429)
+    later = [r["started"] for r in log if r["started"] > first_429]
+    assert later and min(later) - first_429 >= 0.9, "nothing new is sent while Earth Engine asks to wait"
+
+
+def test_nodata_override_and_cloud_optimized_output(ee_emulator: Emulator, tmp_path: Path) -> None:
+    from edown.emulator.pixels import read_window
+
+    era5 = ee_emulator.catalog.image("ECMWF/ERA5_LAND/DAILY_AGGR/20240601")
+    _, valid = read_window(era5, "temperature_2m", 0, 0, 1801, 3600)
+    rows, cols = np.nonzero(~valid[300:1500])
+    r, c = int(rows[0]) + 300, int(cols[0])
+    lon, lat = -180.0 + c * 0.1, 90.0 - r * 0.1
+    aoi = AOI.from_bbox((max(-180, lon - 1.0), max(-90, lat - 1.0), min(180, lon + 1.0), min(90, lat + 1.0)))
+    summary = download_images(
+        config(ee_emulator, tmp_path, collection_id="ECMWF/ERA5_LAND/DAILY_AGGR", bands=("temperature_2m",),
+               start_date="2024-06-01", end_date="2024-06-01", aoi=aoi, nodata=-9999.0, cog=True)
+    )  # fmt: skip
+    check_all_exact(ee_emulator, summary)
+    with rasterio.open(summary.results[0].tiff_path) as src:
+        assert src.nodata == -9999.0 and (src.read(1) == -9999.0).any()
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"

@@ -423,7 +423,7 @@ def _download_config(params: dict[str, Any]) -> Any:
     from edown.manifest import load_manifest, search_config_from_dict
 
     extra = {name: params[name] for name in DOWNLOAD_FIELDS if params.get(name) is not None}
-    extra["progress"] = sys.stderr.isatty()
+    extra["progress"] = True  # a live display on a terminal, a plain line every 10 s otherwise
     if params.get("search_manifest"):
         saved = load_manifest(Path(params["search_manifest"])).search_config
         if saved is None:
@@ -586,7 +586,7 @@ def stack(as_json: bool, **params: Any) -> None:
     from edown.config import StackConfig
     from edown.stack import stack_images
 
-    config = StackConfig(**{k: v for k, v in params.items() if v is not None}, progress=sys.stderr.isatty())
+    config = StackConfig(**{k: v for k, v in params.items() if v is not None}, progress=True)
     results = stack_images(config)
     if as_json:
         _echo_json([r.to_dict() for r in results])
@@ -669,8 +669,9 @@ def demo(output_root: str, latency: str, as_json: bool) -> None:
 @click.argument("path", type=click.Path(exists=True))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="PNG to write (default: next to PATH).")
 @click.option("-b", "--band", "bands", multiple=True, help="Bands to show as R, G, B (default: true colour).")
+@click.option("--json", "as_json", is_flag=True, help="Print the PNG's path as JSON.")
 @handle_errors
-def quicklook(path: str, output: str | None, bands: tuple[str, ...]) -> None:
+def quicklook(path: str, output: str | None, bands: tuple[str, ...], as_json: bool) -> None:
     """Render a PNG of a GeoTIFF, or a dated time strip of a Zarr datacube.
 
     \b
@@ -681,7 +682,10 @@ def quicklook(path: str, output: str | None, bands: tuple[str, ...]) -> None:
     from edown.quicklook import render
 
     out = render(Path(path), Path(output) if output else None, bands or None)
-    click.echo(str(out))
+    if as_json:
+        _echo_json({"png": str(out)})
+    else:
+        click.echo(str(out))
 
 
 # ---- doctor -----------------------------------------------------------------------------------------------
@@ -813,6 +817,7 @@ def auth(server_url: str | None, project: str | None, as_json: bool) -> None:
 @click.option(
     "--cache-responses", "cache_mb", type=int, default=0, help="Memoise pixel responses up to this many MiB."
 )
+@click.option("--json", "as_json", is_flag=True, help='Print {"url": ...} as the first line instead of text.')
 @handle_errors
 def emulator(
     host: str,
@@ -828,6 +833,7 @@ def emulator(
     bandwidth: float | None,
     capture_bodies: bool,
     cache_mb: int,
+    as_json: bool,
 ) -> None:
     """Run a local Earth Engine that the real ``ee`` client talks to.
 
@@ -862,7 +868,7 @@ def emulator(
         logging.getLogger("edown.emulator").setLevel(logging.INFO)
     emu = Emulator(config)
     emu.start()
-    click.echo(f"edown emulator listening on {emu.url}")
+    click.echo(json.dumps({"url": emu.url}) if as_json else f"edown emulator listening on {emu.url}")
     click.echo(f"  use it with: ee.Initialize(project='any-project', opt_url='{emu.url}')", err=True)
     sys.stdout.flush()
     try:
