@@ -414,12 +414,14 @@ class _Run:
             threading.Thread(target=self._write_loop, name=f"edown-write-{i}", daemon=True)
             for i in range(self.config.download_workers)
         ]
+        # Decided before any thread starts: once fetching begins, an image can reach zero outstanding
+        # chunks on its own, and must then not be assembled a second time from here.
+        complete_already = [job for job in self.jobs if job.outstanding == 0]
         for t in (*fetchers, *writers):
             t.start()
         try:
-            for job in self.jobs:
-                if job.outstanding == 0:
-                    self._put_write((job, Window(0, 0, 0, 0), np.empty(0)))  # assemble from stored chunks
+            for job in complete_already:
+                self._put_write((job, Window(0, 0, 0, 0), np.empty(0)))  # assemble from stored chunks
             with self.done_cond:
                 while self.remaining > 0 and self.fatal is None:
                     self.done_cond.wait(timeout=0.5)
