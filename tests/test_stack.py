@@ -112,7 +112,7 @@ def test_append_gains_exactly_the_new_times_and_rewrites_nothing(
 ) -> None:
     root = tmp_path / "data"
     first = download(ee_emulator, root, end_date="2024-06-05")
-    [built] = stack_images(StackConfig(manifest_path=first.manifest_path))
+    [built] = stack_images(StackConfig(manifest_path=first.manifest_path, chunk_size=256))
     before = store_digest(built.output_path)
     mtimes = {p: p.stat().st_mtime_ns for p in (built.output_path / "data" / "c").rglob("*") if p.is_file()}
     second = download(ee_emulator, root, end_date="2024-06-12")
@@ -128,6 +128,11 @@ def test_append_gains_exactly_the_new_times_and_rewrites_nothing(
     assert all(p.stat().st_mtime_ns == m for p, m in mtimes.items())
     [again] = stack_images(StackConfig(manifest_path=second.manifest_path))
     assert again.appended == 0 and again.image_count == 4
+    # The appended store keeps its 256-pixel chunks and holds exactly what a rebuild writes.
+    assert ds["data"].encoding["chunks"] == (1, 2, 256, 256)
+    config = StackConfig(manifest_path=second.manifest_path, output_root=tmp_path / "fresh", chunk_size=256)
+    [fresh] = stack_images(config)
+    np.testing.assert_array_equal(open_stack(fresh.output_path)["data"].values, ds["data"].values)
 
 
 def test_interrupted_append_stays_invisible_and_is_redone(ee_emulator: Emulator, tmp_path: Path) -> None:

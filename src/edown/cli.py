@@ -570,7 +570,7 @@ def _print_summary(summary: Any) -> None:
 @click.option("--scheduler-host", help="Address SLURM workers use to reach the Dask scheduler.")
 @click.option("--threads", type=int, help="Threads for the threads backend (default: CPU count).")
 @click.option(
-    "--chunk-size", type=int, default=1024, show_default=True, help="Spatial chunk side of the Zarr arrays."
+    "--chunk-size", type=int, default=512, show_default=True, help="Spatial chunk side of the Zarr arrays."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @handle_errors

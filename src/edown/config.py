@@ -556,7 +556,7 @@ class StackConfig:
     Extensions: ``threads`` (worker threads for the ``threads`` backend; default = cores), ``walltime``
     (SLURM job walltime), ``scheduler_host`` (address SLURM workers use to reach the Dask scheduler;
     default: dask-jobqueue's choice), ``worker_timeout_seconds`` (how long to wait for the first SLURM
-    worker), ``chunk_size`` (spatial chunk side, default 1024), ``progress``.
+    worker), ``chunk_size`` (spatial chunk side, default 512), ``progress``.
     """
 
     manifest_path: Path
@@ -572,7 +572,7 @@ class StackConfig:
     walltime: str = "01:00:00"
     scheduler_host: str | None = None
     worker_timeout_seconds: float = 300.0
-    chunk_size: int = 1024
+    chunk_size: int = 512
     progress: bool = False
 
     def __post_init__(self) -> None:

@@ -3,9 +3,10 @@
 Layout of ``<output_root>/stacks/<collection>/<group_id>.zarr`` (documented in ``docs/zarr.md``):
 
 * ``data(time, band, y, x)`` in the group's dtype, ``_FillValue`` = the downloads' nodata; chunks of one
-  time step, all bands and ``chunk_size`` x ``chunk_size`` pixels (1024 by default), compressed with
-  Blosc/zstd + byte shuffle. One image owns its chunks, so parallel writers and later appends never share
-  a chunk, and a whole scene or a long time series both read without touching unrelated data.
+  time step, all bands and ``chunk_size`` x ``chunk_size`` pixels (512 by default), compressed with
+  Blosc/lz4 + byte shuffle. One image owns its chunks, so parallel writers and later appends never share
+  a chunk; ``bench/zarr_layout.py`` measured this layout fastest for scene, window and time-series reads
+  among the append-safe ones (``docs/performance.md``).
 * coordinates ``time`` (UTC acquisition, int64 milliseconds on disk), ``band`` (output names), ``y``/``x``
   (pixel centres), per-time ``image_id`` and the images' scalar properties (e.g.
   ``CLOUDY_PIXEL_PERCENTAGE``), and the CF grid mapping ``spatial_ref`` (``crs_wkt``, ``GeoTransform``), so
@@ -204,7 +205,7 @@ def _encoding(ds: Any, chunk: int) -> dict[str, Any]:
     return {
         "data": {
             "chunks": ds["data"].data.chunksize,
-            "compressors": [BloscCodec(cname="zstd", clevel=1, shuffle=shuffle)],
+            "compressors": [BloscCodec(cname="lz4", clevel=5, shuffle=shuffle)],
         },
         "time": dict(TIME_ENCODING),
     }
@@ -555,7 +556,8 @@ def _append(
             arr[t_committed:] = np.full(n, np.nan)
         else:
             arr[t_committed:] = np.array([""] * n, dtype=object)
-    tasks = _tasks(str(target), group, steps, t_committed, nodata, config.chunk_size)
+    # An append keeps the store's own chunking, whatever chunk_size says today.
+    tasks = _tasks(str(target), group, steps, t_committed, nodata, max(arrays["data"].chunks[-2:]))
     _run(config, tasks, log_dir)
     # No attribute update here: writing the group's metadata would drop the consolidated metadata and
     # expose the half-written append before its commit.
