@@ -312,6 +312,8 @@ def main() -> int:
     print_table(["soak", "count"], rows)
     for line in watcher.partial[:10]:
         print("PARTIAL:", line)
+    for name in leftovers[:10]:
+        print("LEFT OVER:", name)
     ok = (
         wrong == 0
         and not watcher.partial

@@ -8,6 +8,9 @@ Layout under ``output_root``::
     manifests/run-<UTC timestamp>.json             run manifests
     .edown.lock                                    held by the edown process writing here
 
+Everything appears under its final name only when complete; the temporaries of a killed run are swept
+away by the next run that takes the lock.
+
 Ids become file names safely: anything but letters, digits, ``.``, ``_`` and ``-`` is replaced, ``..`` can
 never appear, long names are shortened, and whenever the name had to change a hash of the original id is
 appended, so two ids never share a file and nothing is written outside ``output_root``.
@@ -177,10 +180,42 @@ def covered_by(window: Window, chunks: list[StoredChunk]) -> list[StoredChunk] |
 
 # ---- lock -------------------------------------------------------------------------------------------
 
+# What edown itself creates half-made and only renames into place when complete: atomic JSON/GeoTIFF
+# writes (``.<name>.tmp``, ``.<name>.<random>.tmp``) and stores being built or swapped out
+# (``<group>.zarr.tmp-<hex>``, ``<group>.zarr.old-<hex>``). Partial-download directories are not here:
+# they are resume state.
+_TEMPORARY = re.compile(r"^\..+\.tmp$|\.zarr\.(?:tmp|old)-[0-9a-f]{8}$")
+
+
+def sweep_temporaries(output_root: Path) -> list[Path]:
+    """Remove what a killed edown run left half-made under ``output_root``; return what was removed.
+
+    Only safe while holding the output lock: then no live edown process owns any of these names.
+    """
+    removed = []
+    for dirpath, dirnames, filenames in os.walk(output_root):
+        here = Path(dirpath)
+        for name in [d for d in dirnames if _TEMPORARY.search(d)]:
+            shutil.rmtree(here / name, ignore_errors=True)
+            removed.append(here / name)
+        # Finished stores and partial downloads hold thousands of files and never a temporary of ours.
+        dirnames[:] = [
+            d for d in dirnames if not _TEMPORARY.search(d) and not d.endswith((".zarr", ".partial"))
+        ]
+        for name in filenames:
+            if _TEMPORARY.search(name):
+                (here / name).unlink(missing_ok=True)
+                removed.append(here / name)
+    return removed
+
 
 @contextlib.contextmanager
 def output_lock(output_root: Path, purpose: str) -> Iterator[None]:
-    """Hold ``output_root/.edown.lock`` for the duration; another holder means a clear refusal."""
+    """Hold ``output_root/.edown.lock`` for the duration; another holder means a clear refusal.
+
+    Taking the lock also sweeps away the temporaries of an earlier run that was killed, so a crash
+    never leaves litter that later runs would not clean.
+    """
     output_root.mkdir(parents=True, exist_ok=True)
     lock_path = output_root / ".edown.lock"
     handle = lock_path.open("a+", encoding="utf-8")
@@ -198,6 +233,7 @@ def output_lock(output_root: Path, purpose: str) -> Iterator[None]:
         handle.truncate()
         handle.write(f"pid {os.getpid()}, {purpose}")
         handle.flush()
+        sweep_temporaries(output_root)
         yield
     finally:
         with contextlib.suppress(OSError):
