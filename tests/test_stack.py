@@ -62,6 +62,12 @@ def test_values_equal_the_geotiffs_and_crs_reads_back(ee_emulator: Emulator, tmp
     assert ds["data"].dtype == np.uint16 and ds["data"].attrs["_FillValue"] == 65535
     assert list(ds.band.values) == ["B4", "B8"]
     assert ds.sizes["time"] == len(summary.results) == 4  # two tiles, two dates each
+    # Only data types with a Zarr v3 specification, so other Zarr readers (GDAL, zarrs, ...) open it.
+    types = {
+        p.parent.name: json.loads(p.read_text())["data_type"] for p in result.output_path.glob("*/zarr.json")
+    }
+    assert types["band"] == types["image_id"] == "string" and types["data"] == "uint16"
+    assert not [n for n, t in types.items() if not isinstance(t, str)], types
     # CRS and transform through rioxarray and odc-geo, from a plain xr.open_zarr.
     plain = xr.open_zarr(result.output_path)
     assert plain.rio.crs.to_epsg() == 32630
@@ -92,6 +98,48 @@ def test_values_equal_the_geotiffs_and_crs_reads_back(ee_emulator: Emulator, tmp
     assert ds["time"].encoding["units"] == "milliseconds since 1970-01-01"
     masked = open_stack(result.output_path, masked=True)
     assert masked["data"].dtype.kind == "f" and bool(masked["data"].isnull().any())
+
+
+def test_float_stack_keeps_nan_nodata_for_every_reader(ee_emulator: Emulator, tmp_path: Path) -> None:
+    summary = download(
+        ee_emulator,
+        tmp_path / "data",
+        collection_id="ECMWF/ERA5_LAND/DAILY_AGGR",
+        bands=("temperature_2m",),
+        start_date="2024-06-01",
+        end_date="2024-06-02",
+        aoi=AOI.from_bbox((-30.0, 30.0, 30.0, 60.0)),
+    )
+    [result] = stack_images(StackConfig(manifest_path=summary.manifest_path))
+    meta = json.loads((result.output_path / "data" / "zarr.json").read_text())
+    assert meta["data_type"] == "float32" and meta["fill_value"] == "NaN"
+    ds = open_stack(result.output_path)
+    for step in summary.results:
+        with rasterio.open(step.tiff_path) as src:
+            tiff = src.read()
+        t = list(ds.image_id.values).index(step.image_id)
+        assert np.isnan(tiff).any() and (~np.isnan(tiff)).any(), "the box holds land and sea"
+        np.testing.assert_array_equal(ds["data"][t].values, tiff)  # NaN where EE had no data
+    opened = xr.open_zarr(result.output_path)
+    assert opened.rio.crs.to_epsg() == 4326 and bool(opened["data"].isnull().any())
+
+
+@pytest.mark.skipif(
+    tuple(int(p) for p in rasterio.__gdal_version__.split(".")[:2]) < (3, 12),
+    reason="GDAL before 3.12 (e.g. 3.10 in rasterio 1.4 wheels) reads only a draft of Zarr v3",
+)
+def test_gdal_reads_the_store_with_grid_and_nodata(ee_emulator: Emulator, tmp_path: Path) -> None:
+    summary = download(ee_emulator, tmp_path / "data", end_date="2024-06-05")
+    [result] = stack_images(StackConfig(manifest_path=summary.manifest_path))
+    group = summary.search.alignment_groups[0]
+    ds = open_stack(result.output_path)
+    # GDAL's own Zarr driver shows time x band as bands, time-major.
+    with rasterio.open(f'ZARR:"{result.output_path}":/data') as src:
+        assert src.crs.to_epsg() == 32630 and tuple(src.transform)[:6] == group.transform
+        assert src.nodata == 65535 and src.count == ds.sizes["time"] * ds.sizes["band"]
+        np.testing.assert_array_equal(src.read(1), ds["data"][0, 0].values)
+        np.testing.assert_array_equal(src.read(2), ds["data"][0, 1].values)
+        np.testing.assert_array_equal(src.read(src.count), ds["data"][-1, -1].values)
 
 
 def test_edge_tile_is_placed_on_the_common_grid(ee_emulator: Emulator, tmp_path: Path) -> None:

@@ -2,9 +2,9 @@
 
 Layout of ``<output_root>/stacks/<collection>/<group_id>.zarr`` (documented in ``docs/zarr.md``):
 
-* ``data(time, band, y, x)`` in the group's dtype, ``_FillValue`` = the downloads' nodata; chunks of one
-  time step, all bands and ``chunk_size`` x ``chunk_size`` pixels (512 by default), compressed with
-  Blosc/lz4 + byte shuffle. One image owns its chunks, so parallel writers and later appends never share
+* ``data(time, band, y, x)`` in the group's dtype, Zarr ``fill_value`` and ``_FillValue`` = the downloads'
+  nodata; chunks of one time step, all bands and ``chunk_size`` x ``chunk_size`` pixels (512 by default),
+  compressed with Blosc/lz4 + byte shuffle. One image owns its chunks, so parallel writers and later appends never share
   a chunk; ``bench/zarr_layout.py`` measured this layout fastest for scene, window and time-series reads
   among the append-safe ones (``docs/performance.md``).
 * coordinates ``time`` (UTC acquisition, int64 milliseconds on disk), ``band`` (output names), ``y``/``x``
@@ -169,7 +169,7 @@ def _template(
     data = da.full(shape, nodata, dtype=group.dtype, chunks=chunks)
     coords: dict[str, Any] = {
         "time": pd.to_datetime([s.millis for s in steps], unit="ms"),
-        "band": list(group.band_names),
+        "band": ("band", np.array(group.band_names, dtype=object)),  # vlen strings: a spec'd Zarr v3 dtype
         "y": y,
         "x": x,
         "image_id": ("time", np.array([s.image_id for s in steps], dtype=object)),
@@ -205,6 +205,9 @@ def _encoding(ds: Any, chunk: int) -> dict[str, Any]:
     return {
         "data": {
             "chunks": ds["data"].data.chunksize,
+            # Zarr's own fill value is what every other reader (GDAL, zarr-python alone) takes as
+            # nodata and what an unwritten chunk reads as: it must be the nodata, never 0.
+            "fill_value": ds["data"].attrs["_FillValue"],
             "compressors": [BloscCodec(cname="lz4", clevel=5, shuffle=shuffle)],
         },
         "time": dict(TIME_ENCODING),
