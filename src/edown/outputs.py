@@ -29,9 +29,11 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -185,6 +187,12 @@ def covered_by(window: Window, chunks: list[StoredChunk]) -> list[StoredChunk] |
 # (``<group>.zarr.tmp-<hex>``, ``<group>.zarr.old-<hex>``). Partial-download directories are not here:
 # they are resume state.
 _TEMPORARY = re.compile(r"^\..+\.tmp$|\.zarr\.(?:tmp|old)-[0-9a-f]{8}$")
+
+
+def store_temporary(store: Path, kind: Literal["tmp", "old"]) -> Path:
+    """A unique sibling name for ``store`` while it is built (``tmp``) or swapped out (``old``); named
+    here, beside the sweep, so that whatever a killed run leaves is recognised."""
+    return store.with_name(f"{store.name}.{kind}-{uuid.uuid4().hex[:8]}")
 
 
 def sweep_temporaries(output_root: Path) -> list[Path]:

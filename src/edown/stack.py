@@ -4,9 +4,9 @@ Layout of ``<output_root>/stacks/<collection>/<group_id>.zarr`` (documented in `
 
 * ``data(time, band, y, x)`` in the group's dtype, Zarr ``fill_value`` and ``_FillValue`` = the downloads'
   nodata; chunks of one time step, all bands and ``chunk_size`` x ``chunk_size`` pixels (512 by default),
-  compressed with Blosc/lz4 + byte shuffle. One image owns its chunks, so parallel writers and later appends never share
-  a chunk; ``bench/zarr_layout.py`` measured this layout fastest for scene, window and time-series reads
-  among the append-safe ones (``docs/performance.md``).
+  compressed with Blosc/lz4 + byte shuffle. One image owns its chunks, so parallel writers and later
+  appends never share a chunk; ``bench/zarr_layout.py`` measured this layout fastest for scene, window
+  and time-series reads among the append-safe ones (``docs/performance.md``).
 * coordinates ``time`` (UTC acquisition, int64 milliseconds on disk), ``band`` (output names), ``y``/``x``
   (pixel centres), per-time ``image_id`` and the images' scalar properties (e.g.
   ``CLOUDY_PIXEL_PERCENTAGE``), and the CF grid mapping ``spatial_ref`` (``crs_wkt``, ``GeoTransform``), so
@@ -35,7 +35,6 @@ import math
 import os
 import shutil
 import time
-import uuid
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -50,7 +49,7 @@ from edown.crs import crs_wkt
 from edown.errors import DiskFullError, EdownError, StackError, is_disk_full
 from edown.grid import Transform, offset_in
 from edown.manifest import Manifest, config_to_dict, load_manifest
-from edown.outputs import output_lock, stack_path
+from edown.outputs import output_lock, stack_path, store_temporary
 from edown.progress import Counters, Reporter
 from edown.records import AlignmentGroup, DownloadResult, ImageRecord, StackResult, utc_iso
 
@@ -196,19 +195,23 @@ def _affine(transform: Transform) -> Any:
     return Affine(*transform)
 
 
-def _encoding(ds: Any, chunk: int) -> dict[str, Any]:
+def data_compressors(dtype: Any) -> list[Any]:
+    """The codec of ``data``: Blosc lz4 with byte shuffle, measured fastest among the append-safe
+    layouts (``bench/zarr_layout.py`` writes its edown row with this)."""
     from zarr.codecs import BloscCodec
 
-    shuffle: Literal["shuffle", "noshuffle"] = (
-        "shuffle" if np.dtype(ds["data"].dtype).itemsize > 1 else "noshuffle"
-    )
+    shuffle: Literal["shuffle", "noshuffle"] = "shuffle" if np.dtype(dtype).itemsize > 1 else "noshuffle"
+    return [BloscCodec(cname="lz4", clevel=5, shuffle=shuffle)]
+
+
+def _encoding(ds: Any, chunk: int) -> dict[str, Any]:
     return {
         "data": {
             "chunks": ds["data"].data.chunksize,
             # Zarr's own fill value is what every other reader (GDAL, zarr-python alone) takes as
             # nodata and what an unwritten chunk reads as: it must be the nodata, never 0.
             "fill_value": ds["data"].attrs["_FillValue"],
-            "compressors": [BloscCodec(cname="lz4", clevel=5, shuffle=shuffle)],
+            "compressors": data_compressors(ds["data"].dtype),
         },
         "time": dict(TIME_ENCODING),
     }
@@ -376,7 +379,7 @@ def _stack_group(
         "nodata": "nan" if math.isnan(nodata) else nodata,
     }
     ds = _template(group, steps, nodata, config.chunk_size, attrs)
-    tmp = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = store_temporary(target, "tmp")
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         _to_zarr(ds, tmp, config.chunk_size)
@@ -479,7 +482,7 @@ def _replace(tmp: Path, target: Path) -> None:
     """Swap ``tmp`` into ``target``: an existing store is moved aside first and deleted after."""
     old = None
     if target.exists():
-        old = target.with_name(f"{target.name}.old-{uuid.uuid4().hex[:8]}")
+        old = store_temporary(target, "old")
         target.rename(old)
     tmp.rename(target)
     if old is not None:
