@@ -1,0 +1,317 @@
+"""Request planning by a cost model: how many pixel requests a run sends, and of what size. Pure; no I/O.
+
+A pixel request costs about ``latency + body_bytes / bandwidth`` seconds (Earth Engine computes, then
+sends), at most ``concurrency`` requests run at once, and at most ``requests_per_second`` start per
+second. So many small requests pay the rate limit and the latency over and over, while few large ones
+leave the quota idle and end on one long tail. :func:`plan_requests` picks the cut of every image window
+that minimises the modelled makespan of the *whole run* (:meth:`CostModel.makespan`), within Earth
+Engine's per-request limits (48 MB counting one mask byte per band-pixel, 32768 px per side) and the image
+windows (a request never spans two images).
+
+The model's parameters start from documented defaults (:class:`CostModel`) and are re-estimated during a
+run from the responses themselves (:class:`CostLearner`); :func:`replan` then re-cuts only the chunks not
+yet sent, so nothing that arrived is fetched again.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import TypeVar
+
+from edown.grid import MAX_REQUEST_SIDE, OUTPUT_TILE, Window, request_bytes
+
+#: How many request counts per image :func:`plan_requests` considers at most (beyond that the rate limit
+#: alone makes a plan slower than a coarser one).
+MAX_PIECES_PER_IMAGE = 4096
+
+#: How many target sizes :func:`plan_requests` evaluates at most.
+MAX_CANDIDATES = 128
+
+K = TypeVar("K", bound=Hashable)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """What one pixel request costs and how many may run: the parameters of the makespan model.
+
+    The defaults describe Earth Engine's high-volume endpoint for large computePixels calls and a
+    project's default quotas; a run replaces the first two with what it measures (:class:`CostLearner`).
+    """
+
+    #: Seconds from sending a request until its body starts to flow (Earth Engine's compute time).
+    latency_seconds: float = 0.25
+    #: Bytes per second of one response body (NPY bytes, no mask byte).
+    bandwidth_bytes_per_second: float = 40e6
+    #: The project's request-rate quota; the pacer starts requests at most this often.
+    requests_per_second: float = 100.0
+    #: The project's concurrent-request quota.
+    concurrency: int = 40
+    #: Bytes per second the writer stores (decode + chunk store); each request's bytes must still be
+    #: written after it arrives, and all of them go through the writer.
+    write_bytes_per_second: float = 400e6
+
+    def request_seconds(self, body_bytes: int) -> float:
+        """The modelled service time of one request whose body is ``body_bytes``."""
+        return self.latency_seconds + body_bytes / self.bandwidth_bytes_per_second
+
+    def makespan(self, sizes: Sequence[int]) -> float:
+        """Modelled seconds from the first request to the last byte written, for bodies of ``sizes``
+        sent in this order.
+
+        Requests start one every ``1/requests_per_second`` at the earliest and only when one of the
+        ``concurrency`` slots is free; each is then written (``write_bytes_per_second``), and the writer
+        as a whole cannot go faster than that rate either. This is the issue's
+        ``max(n / rps, waves(n, c) x (latency + bytes / bandwidth))`` made exact for uneven sizes.
+        """
+        if not sizes:
+            return 0.0
+        interval = 1.0 / self.requests_per_second
+        slots: list[float] = [0.0] * max(1, self.concurrency)
+        end = 0.0
+        next_start = 0.0
+        for size in sizes:
+            free = heapq.heappop(slots)
+            start = max(free, next_start)
+            next_start = start + interval
+            finish = start + self.request_seconds(size)
+            heapq.heappush(slots, finish)
+            end = max(end, finish + size / self.write_bytes_per_second)
+        return max(end, sum(sizes) / self.write_bytes_per_second)
+
+
+@dataclass(frozen=True)
+class Area:
+    """A rectangle of one image to fetch: its window and what each pixel weighs."""
+
+    window: Window
+    band_count: int
+    itemsize: int
+
+    def body_bytes(self, window: Window) -> int:
+        """Bytes of an NPY response body for ``window`` (what the bandwidth carries)."""
+        return window.pixels * self.band_count * self.itemsize
+
+    def counted_bytes(self, window: Window) -> int:
+        """Bytes Earth Engine counts against its request limit for ``window`` (mask byte included)."""
+        return request_bytes(window.pixels, self.band_count, self.itemsize)
+
+
+def split_window(window: Window, pieces: int, tile: int = OUTPUT_TILE) -> list[Window]:
+    """Cut ``window`` into about ``pieces`` near-equal rectangles, row-major.
+
+    Full-width strips come first (the writer assembles a GeoTIFF one row of tiles at a time, so a strip
+    is read once); columns are added only when a strip would be too wide for the pieces wanted or for
+    Earth Engine (32768 px). Sides are rounded up to whole output tiles when they span more than one, so
+    chunks land on whole tiles; the count can therefore come out a little lower than asked.
+    """
+    if window.is_empty:
+        return []
+    width, height = _piece_shape(window.width, window.height, pieces, tile)
+    out = []
+    for r in range(window.row_off, window.row_off + window.height, height):
+        for c in range(window.col_off, window.col_off + window.width, width):
+            out.append(
+                Window(
+                    c,
+                    r,
+                    min(width, window.col_off + window.width - c),
+                    min(height, window.row_off + window.height - r),
+                )
+            )
+    return out
+
+
+@lru_cache(maxsize=65536)
+def _piece_shape(total_width: int, total_height: int, pieces: int, tile: int) -> tuple[int, int]:
+    """Width and height of the (top-left) pieces :func:`split_window` cuts."""
+    pieces = max(1, min(pieces, total_width * total_height))
+    cols = max(math.ceil(total_width / MAX_REQUEST_SIDE), 1)
+    rows = math.ceil(pieces / cols)
+    if rows > total_height:
+        rows = total_height
+        cols = max(cols, math.ceil(pieces / rows))
+    height = min(_round_side(math.ceil(total_height / rows), total_height, tile), MAX_REQUEST_SIDE)
+    width = min(_round_side(math.ceil(total_width / cols), total_width, tile), MAX_REQUEST_SIDE)
+    return width, height
+
+
+@lru_cache(maxsize=65536)
+def _piece_pixels(total_width: int, total_height: int, pieces: int, tile: int) -> tuple[int, ...]:
+    """Pixel counts of the pieces :func:`split_window` cuts, in its order (without building windows)."""
+    width, height = _piece_shape(total_width, total_height, pieces, tile)
+    widths = [min(width, total_width - c) for c in range(0, total_width, width)]
+    heights = [min(height, total_height - r) for r in range(0, total_height, height)]
+    return tuple(w * h for h in heights for w in widths)
+
+
+def _round_side(side: int, total: int, tile: int) -> int:
+    if side >= total or side <= tile:
+        return min(side, total)
+    return min(total, math.ceil(side / tile) * tile)
+
+
+def _fits(area: Area, chunks: Iterable[Window], byte_limit: int) -> bool:
+    return all(
+        area.counted_bytes(w) <= byte_limit and w.width <= MAX_REQUEST_SIDE and w.height <= MAX_REQUEST_SIDE
+        for w in chunks
+    )
+
+
+def min_pieces(area: Area, byte_limit: int, tile: int = OUTPUT_TILE) -> int:
+    """The fewest pieces :func:`split_window` can cut ``area`` into that Earth Engine accepts."""
+    need = math.ceil(area.counted_bytes(area.window) / byte_limit)
+    pieces = max(1, need)
+    while not _fits(area, split_window(area.window, pieces, tile), byte_limit):
+        pieces += max(1, pieces // 8)
+        if pieces > area.window.pixels:
+            raise ValueError(f"{byte_limit} bytes cannot hold one pixel of {area.band_count} band(s)")
+    return pieces
+
+
+def plan_requests(
+    areas: Mapping[K, Area], model: CostModel, byte_limit: int, tile: int = OUTPUT_TILE
+) -> dict[K, list[Window]]:
+    """The cut of every area (in the mapping's order, which is the send order) that minimises
+    :meth:`CostModel.makespan`.
+
+    All areas are cut to one common target body size (the candidates are every size that cuts some area
+    into a whole number of pieces), so pieces of different images take about the same time and the run
+    ends on no single straggler; ties go to fewer requests. Each area gets at least the pieces Earth
+    Engine's limits demand (:func:`min_pieces`).
+    """
+    if not areas:
+        return {}
+    floors = {key: min_pieces(area, byte_limit, tile) for key, area in areas.items()}
+    best: tuple[float, int, float] | None = None
+    for target in _candidate_targets(areas, floors, model):
+        sizes = [
+            pixels * area.band_count * area.itemsize
+            for key, area in areas.items()
+            for pixels in _piece_pixels(
+                area.window.width, area.window.height, _pieces_for(area, floors[key], target), tile
+            )
+        ]
+        score = (round(model.makespan(sizes), 9), len(sizes), target)
+        if best is None or score[:2] < best[:2]:
+            best = score
+    assert best is not None
+    chosen = best[2]
+    return {
+        key: split_window(area.window, _pieces_for(area, floors[key], chosen), tile)
+        for key, area in areas.items()
+    }
+
+
+def _pieces_for(area: Area, floor: int, target: float) -> int:
+    return max(floor, min(MAX_PIECES_PER_IMAGE, math.ceil(area.body_bytes(area.window) / target)))
+
+
+def _candidate_targets(areas: Mapping[K, Area], floors: Mapping[K, int], model: CostModel) -> list[float]:
+    """Body sizes worth trying: each area's bytes over 1, 2, ... pieces, thinned geometrically.
+
+    Sizes so small that the whole run would exceed a few seconds of the rate quota are never optimal
+    (the rate alone would outweigh any saving) and are left out.
+    """
+    requests_cap = max(4 * model.concurrency, int(4 * model.requests_per_second))
+    smallest = sum(a.body_bytes(a.window) for a in areas.values()) / requests_cap
+    targets: set[float] = set()
+    for key, area in areas.items():
+        body = area.body_bytes(area.window)
+        top = min(MAX_PIECES_PER_IMAGE, requests_cap, area.window.pixels)
+        k = floors[key]
+        while k <= max(top, floors[key]):
+            if body / k >= smallest or k == floors[key]:
+                targets.add(body / k)
+            k = k + 1 if k < 64 else math.ceil(k * 1.05)
+    ordered = sorted(targets, reverse=True)
+    if len(ordered) > MAX_CANDIDATES:  # thin evenly; the makespan changes smoothly with the target
+        step = len(ordered) / MAX_CANDIDATES
+        ordered = [ordered[int(i * step)] for i in range(MAX_CANDIDATES)]
+    return ordered
+
+
+def replan(
+    unsent: Mapping[K, Sequence[Window]],
+    areas: Mapping[K, Area],
+    model: CostModel,
+    byte_limit: int,
+    tile: int = OUTPUT_TILE,
+) -> dict[K, list[Window]]:
+    """Re-cut the chunks not yet sent by a (re-estimated) ``model``; chunks already sent are not touched.
+
+    An image whose unsent chunks form one rectangle is re-planned as that rectangle (merged or split);
+    otherwise each unsent chunk is re-planned on its own. ``areas`` gives each image's band count and
+    item size; the returned chunks cover exactly the unsent ones.
+    """
+    regions: dict[tuple[K, int], Area] = {}
+    for key, chunks in unsent.items():
+        if not chunks:
+            continue
+        base = areas[key]
+        for i, region in enumerate(_regions(chunks)):
+            regions[(key, i)] = Area(region, base.band_count, base.itemsize)
+    cut = plan_requests(regions, model, byte_limit, tile)
+    out: dict[K, list[Window]] = {key: [] for key in unsent}
+    for (key, _), chunks in cut.items():
+        out[key].extend(chunks)
+    return out
+
+
+def _regions(chunks: Sequence[Window]) -> list[Window]:
+    bound = chunks[0]
+    for w in chunks[1:]:
+        bound = bound.union(w)
+    if bound.pixels == sum(w.pixels for w in chunks):
+        return [bound]
+    return list(chunks)
+
+
+@dataclass
+class CostLearner:
+    """Re-estimates latency and per-request bandwidth from measured ``(body bytes, seconds)`` pairs.
+
+    A least-squares line ``seconds = latency + bytes / bandwidth`` when the sizes vary enough to separate
+    the two; otherwise the prior bandwidth is kept and only the latency is fitted. Estimates are clamped
+    to sane ranges so one odd response cannot make the planner absurd.
+    """
+
+    prior: CostModel
+    samples: list[tuple[int, float]] | None = None
+
+    def observe(self, body_bytes: int, seconds: float) -> None:
+        if self.samples is None:
+            self.samples = []
+        self.samples.append((body_bytes, seconds))
+
+    @property
+    def count(self) -> int:
+        return len(self.samples or [])
+
+    def model(self) -> CostModel:
+        """The prior with latency and bandwidth replaced by what the samples say."""
+        samples = self.samples or []
+        if not samples:
+            return self.prior
+        n = len(samples)
+        mean_b = sum(b for b, _ in samples) / n
+        mean_t = sum(t for _, t in samples) / n
+        var_b = sum((b - mean_b) ** 2 for b, _ in samples) / n
+        bandwidth = self.prior.bandwidth_bytes_per_second
+        if n >= 3 and var_b > 0 and math.sqrt(var_b) > 0.25 * mean_b:
+            slope = sum((b - mean_b) * (t - mean_t) for b, t in samples) / (n * var_b)
+            if slope > 0:
+                bandwidth = min(1e10, max(1e5, 1.0 / slope))
+        latency = mean_t - mean_b / bandwidth
+        if latency < 0.005:  # the bandwidth guess is too low for these samples: attribute time to bytes
+            latency = 0.005
+            if mean_b > 0 and mean_t > latency:
+                bandwidth = mean_b / (mean_t - latency)
+        return replace(
+            self.prior,
+            latency_seconds=min(600.0, latency),
+            bandwidth_bytes_per_second=bandwidth,
+        )

@@ -1,0 +1,188 @@
+"""The request planner's cost model: chosen cuts are the model's optimum, within Earth Engine's limits."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from edown.grid import MAX_REQUEST_SIDE, Window, request_bytes
+from edown.plan import Area, CostLearner, CostModel, plan_requests, replan, split_window
+
+LIMIT = 48 * 1024 * 1024
+#: A writer fast enough not to matter, so the cases below test the request side of the model alone.
+NO_WRITER = 1e15
+
+
+def coverage(window: Window, chunks: list[Window]) -> np.ndarray:
+    counts = np.zeros((window.height, window.width), dtype=int)
+    for c in chunks:
+        counts[
+            c.row_off - window.row_off : c.row_off - window.row_off + c.height,
+            c.col_off - window.col_off : c.col_off - window.col_off + c.width,
+        ] += 1
+    return counts
+
+
+def covers_once(window: Window, chunks: list[Window]) -> bool:
+    """Whether ``chunks`` tile ``window`` exactly (without allocating a pixel array for huge windows)."""
+    inside = all(c.intersection(window) == c for c in chunks)
+    disjoint = all(a.intersection(b).is_empty for i, a in enumerate(chunks) for b in chunks[i + 1 :])
+    return inside and disjoint and sum(c.pixels for c in chunks) == window.pixels
+
+
+def brute_force(area: Area, model: CostModel, max_pieces: int) -> tuple[float, int]:
+    """The best (makespan, request count) over every piece count :func:`split_window` can be asked for."""
+    best: tuple[float, int] | None = None
+    for pieces in range(1, max_pieces + 1):
+        chunks = split_window(area.window, pieces)
+        if any(area.counted_bytes(w) > LIMIT for w in chunks):
+            continue
+        score = (round(model.makespan([area.body_bytes(w) for w in chunks]), 9), len(chunks))
+        if best is None or score < best:
+            best = score
+    assert best is not None
+    return best
+
+
+def test_makespan_is_the_paced_wave_formula_for_equal_requests() -> None:
+    model = CostModel(0.25, 40e6, 100.0, 40, NO_WRITER)
+    # 3 requests of 4 MB: started 10 ms apart, each 0.25 s + 0.1 s.
+    assert model.makespan([4_000_000] * 3) == pytest.approx(0.02 + 0.35)
+    # 80 empty requests of 0.25 s: the rate quota binds (the last starts at 0.79 s).
+    assert model.makespan([0] * 80) == pytest.approx(0.79 + 0.25)
+    # ... of 1 s: the concurrency quota binds (two waves of 40; the second starts as the first ends).
+    assert CostModel(1.0, 40e6, 100.0, 40, NO_WRITER).makespan([0] * 80) == pytest.approx(1.39 + 1.0)
+    # 400 tiny requests cannot finish before 400 / 100 rps.
+    assert model.makespan([1] * 400) >= 3.99
+    # The writer bounds the run: 1 GB through a 100 MB/s writer takes 10 s however it is fetched.
+    assert CostModel(write_bytes_per_second=100e6).makespan([10_000_000] * 100) >= 10.0
+
+
+CASES = [
+    # (name, window, bands, itemsize, latency s, bandwidth B/s, rps, concurrency)
+    ("city week, EE-like defaults", Window(0, 0, 1086, 1154), 2, 2, 0.25, 40e6, 100.0, 40),
+    ("slow endpoint, high latency", Window(0, 0, 4096, 4096), 4, 2, 2.0, 10e6, 100.0, 40),
+    ("fast endpoint, low rate quota", Window(0, 0, 4096, 4096), 4, 2, 0.05, 200e6, 10.0, 40),
+    ("small concurrency quota", Window(0, 0, 8192, 4096), 2, 2, 0.3, 20e6, 100.0, 4),
+    ("one tile", Window(7, 9, 256, 256), 4, 2, 0.25, 40e6, 100.0, 40),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "window", "bands", "itemsize", "latency", "bandwidth", "rps", "conc"), CASES
+)
+def test_planner_chooses_the_models_optimum(
+    name: str,
+    window: Window,
+    bands: int,
+    itemsize: int,
+    latency: float,
+    bandwidth: float,
+    rps: float,
+    conc: int,
+) -> None:
+    model = CostModel(latency, bandwidth, rps, conc, NO_WRITER)
+    area = Area(window, bands, itemsize)
+    chunks = plan_requests({"a": area}, model, LIMIT)["a"]
+    chosen = (round(model.makespan([area.body_bytes(w) for w in chunks]), 9), len(chunks))
+    optimum = brute_force(area, model, max_pieces=200)
+    assert chosen == optimum, name
+    assert (coverage(window, chunks) == 1).all()
+
+
+def test_planner_count_follows_the_closed_form_on_one_wave() -> None:
+    # One image, one wave: T(n) = (n - 1) / rps + latency + bytes / (n * bandwidth), minimised near
+    # n* = sqrt(bytes * rps / bandwidth). 64 MB at 40 MB/s and 100 rps: n* = 12.6.
+    window = Window(0, 0, 4096, 4096)
+    area = Area(window, 2, 2)
+    model = CostModel(0.25, 40e6, 100.0, 40, NO_WRITER)
+    n_star = math.sqrt(area.body_bytes(window) * 100.0 / 40e6)
+    chunks = plan_requests({"a": area}, model, LIMIT)["a"]
+    # Strips of whole 256-px tiles can be 8 or 16 of them: the two cuts that bracket n*.
+    assert n_star == pytest.approx(12.95, abs=0.01)
+    assert len(chunks) in (8, 16)
+    # Sizes are even: full-width strips of whole tiles, the last one possibly shorter.
+    assert {c.width for c in chunks} == {4096}
+    assert all(c.height % 256 == 0 for c in chunks[:-1])
+
+
+def test_latency_bound_runs_send_few_requests_and_rate_bound_runs_fewer_still() -> None:
+    area = Area(Window(0, 0, 4096, 4096), 4, 2)
+    fast = plan_requests({"a": area}, CostModel(0.01, 1e9, 100.0, 40, NO_WRITER), LIMIT)["a"]
+    slow_bytes = plan_requests({"a": area}, CostModel(0.01, 5e6, 100.0, 40, NO_WRITER), LIMIT)["a"]
+    assert len(fast) < len(slow_bytes)  # slow bodies are worth spreading over the quota
+
+
+def test_every_image_is_cut_within_earth_engines_limits() -> None:
+    areas = {
+        "wide": Area(Window(0, 0, 40000, 300), 1, 1),
+        "s2 tile": Area(Window(0, 0, 10980, 10980), 4, 2),
+        "float": Area(Window(3, 5, 5000, 3000), 3, 8),
+        "tiny": Area(Window(0, 0, 17, 3), 1, 2),
+    }
+    plan = plan_requests(areas, CostModel(), LIMIT)
+    for key, area in areas.items():
+        chunks = plan[key]
+        assert covers_once(area.window, chunks), key
+        for w in chunks:
+            assert request_bytes(w.pixels, area.band_count, area.itemsize) <= LIMIT, key
+            assert w.width <= MAX_REQUEST_SIDE and w.height <= MAX_REQUEST_SIDE, key
+    # The 10980 x 10980 x 4 x uint16 tile needs at least ceil(964 MB / 48 MB) = 20 requests (mask counted).
+    assert len(plan["s2 tile"]) >= 20
+    assert plan["tiny"] == [Window(0, 0, 17, 3)]
+
+
+def test_many_small_images_are_not_split_at_all() -> None:
+    # 7 daily MODIS windows of 0.8 Mpx x 2 bands: splitting only adds paced starts and latency.
+    areas = {i: Area(Window(0, 0, 835, 961), 2, 2) for i in range(7)}
+    plan = plan_requests(areas, CostModel(), LIMIT)
+    assert [len(plan[i]) for i in range(7)] == [1] * 7
+
+
+def test_learner_recovers_latency_and_bandwidth_from_responses() -> None:
+    rng = random.Random(3)
+    learner = CostLearner(CostModel())
+    for _ in range(12):
+        size = rng.randint(1_000_000, 30_000_000)
+        learner.observe(size, 0.8 + size / 5e6)
+    learned = learner.model()
+    assert learned.latency_seconds == pytest.approx(0.8, rel=1e-6)
+    assert learned.bandwidth_bytes_per_second == pytest.approx(5e6, rel=1e-6)
+    # Equal sizes cannot separate the two: the prior bandwidth stays and the latency absorbs the rest.
+    same = CostLearner(CostModel(bandwidth_bytes_per_second=40e6))
+    for _ in range(5):
+        same.observe(4_000_000, 1.6)
+    assert same.model().latency_seconds == pytest.approx(1.5)
+    assert same.model().bandwidth_bytes_per_second == 40e6
+
+
+def test_replanning_after_slow_first_responses_changes_only_unsent_chunks() -> None:
+    areas = {i: Area(Window(0, 0, 4096, 4096), 4, 2) for i in range(6)}
+    prior = CostModel()
+    first = plan_requests(areas, prior, LIMIT)
+    sent = {0: list(first[0]), 1: first[1][:2]}  # image 0 entirely, image 1 partly
+    unsent = {k: [w for w in chunks if w not in sent.get(k, [])] for k, chunks in first.items()}
+
+    learner = CostLearner(prior)
+    for w in [*sent[0], *sent[1]]:
+        learner.observe(areas[0].body_bytes(w), 3.0 + areas[0].body_bytes(w) / 40e6)
+    slow = learner.model()
+    assert slow.latency_seconds == pytest.approx(3.0, rel=0.01)
+
+    again = replan(unsent, areas, slow, LIMIT)
+    assert again[0] == []  # nothing left of image 0: nothing re-planned, nothing re-fetched
+    for key in areas:
+        before = sent.get(key, [])
+        after = [*before, *again[key]]
+        assert (coverage(areas[key].window, after) == 1).all(), key
+        assert not set(before) & set(again[key]), key
+
+    # The unsent part is re-cut to the new model's optimum, which beats keeping the old cut.
+    def run_time(plan: dict[int, list[Window]]) -> float:
+        return slow.makespan([areas[k].body_bytes(w) for k, chunks in plan.items() for w in chunks])
+
+    assert again != unsent
+    assert run_time(again) < run_time(unsent)
