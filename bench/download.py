@@ -1,33 +1,49 @@
-"""Download throughput: edown vs the public edown 0.2.1 vs a "ceiling" client, against an emulator with
-Earth Engine-like latency and Earth Engine's quotas (40 concurrent, 100 requests/s).
+"""Download speed, side by side: edown vs a minimal client vs the ideal plan (vs edown 0.2.1 on the big job).
 
-    python bench/download.py [--bbox ...] [--start-date ...] [--end-date ...] [--base 0.3] [--bandwidth 1.0]
+    python bench/download.py [--jobs city landsat modis big] [--skip-peer] [--latency ee-model]
 
-* **edown**: ``edown download`` (this package), run twice: with the default ``max_inflight_chunks=32``
-  and with 40 (the project's concurrency quota).
-* **edown 0.2.1**: the public package in its own virtualenv, same collection, dates, AOI and bands.
-* **ceiling**: replays exactly the requests edown sent (captured by the emulator) at the full quota, 40
-  at a time and at most 100 per second, and throws the bytes away: the best any client could do.
+Four jobs, all on one emulator in its own process with the EE-like model of issue 13 (latency preset
+``ee-model``: 0.25 s + body bytes / 40 MB/s per pixel request, 0.15 s per metadata call; Earth Engine's
+quotas: 40 concurrent, 100 requests/s):
 
-Throughput is output megapixels per second (each tool's own output). CPU is user + system seconds of the
-client process tree; memory is its peak resident set. The emulator runs in its own process and memoises
-pixel responses (filled by unmeasured warm-up runs), so the measured runs pay the latency model, not the
-emulator's CPU.
+* ``city``: 1 week of Sentinel-2 over a city (3 images, B4 B8);
+* ``landsat``: 2 months of Landsat 9 (8 scenes, SR_B4 SR_B5);
+* ``modis``: 1 week of MODIS daily (7 images, 2 bands);
+* ``big``: 1 month of Sentinel-2 over London's tiles (30 images on 5 MGRS tiles, B2 B3 B4 B8).
+
+Clients, each a fresh process from start to written GeoTIFFs:
+
+* **edown**: ``edown download`` with its defaults;
+* **minimal**: ``bench/minimal_client.py``, one max-size request per image window, 40 threads, no pacing;
+* **ideal plan**: the minimal client's requests replayed with a bare HTTP client, 40 threads and at most
+  100 requests/s, bytes discarded (so its wall time is its pixel phase);
+* **edown 0.2.1** (big job only): the public package in its own virtualenv.
+
+Per run: wall time, time from process start to the first pixel request, the pixel phase (first pixel
+request sent to last answered, from the emulator's log), pixel requests, most requests in flight at once
+(emulator), peak RSS of the client's process tree, and the two targets: ``ideal/phase`` (the ideal
+replay's time over this client's pixel phase; >= 0.8 wanted) and ``minimal/wall``.
+
+The emulator memoises pixel responses (filled by unmeasured warm-up runs of every client), so measured
+runs pay the latency model rather than the emulator's pixel computation on this 2-core machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import textwrap
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness import (
+    BENCH,
     EDOWN,
     EmulatorProcess,
     offline_service_account_env,
@@ -35,6 +51,64 @@ from harness import (
     print_table,
     run_measured,
 )
+
+PIXEL_KINDS = ("computePixels", "getPixels")
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    title: str
+    collection: str
+    start: str
+    end: str
+    bbox: str
+    bands: str
+    peer: bool = False
+
+
+JOBS = {
+    job.name: job
+    for job in (
+        Job(
+            "city",
+            "1 week S2 over a city (3 images, B4 B8)",
+            "COPERNICUS/S2_SR_HARMONIZED",
+            "2024-06-02",
+            "2024-06-08",
+            "-0.20,51.45,-0.05,51.55",
+            "B4,B8",
+        ),
+        Job(
+            "landsat",
+            "2 months Landsat 9 (8 scenes, SR_B4 SR_B5)",
+            "LANDSAT/LC09/C02/T1_L2",
+            "2024-06-01",
+            "2024-07-31",
+            "-0.5,51.3,0.1,51.7",
+            "SR_B4,SR_B5",
+        ),
+        Job(
+            "modis",
+            "1 week MODIS (7 images, 2 bands)",
+            "MODIS/061/MOD09GA",
+            "2024-06-01",
+            "2024-06-07",
+            "0,46,5,50",
+            "sur_refl_b01,sur_refl_b02",
+        ),
+        Job(
+            "big",
+            "1 month S2, 5 tiles, 4 bands (30 images)",
+            "COPERNICUS/S2_SR_HARMONIZED",
+            "2024-06-01",
+            "2024-06-30",
+            "-0.30,51.40,0.10,51.60",
+            "B2,B3,B4,B8",
+            peer=True,
+        ),
+    )
+}
 
 PEER_DRIVER = textwrap.dedent(
     """
@@ -57,132 +131,129 @@ PEER_DRIVER = textwrap.dedent(
 )
 
 
-def run_edown(emu: EmulatorProcess, args: argparse.Namespace, out: Path, inflight: int) -> dict[str, Any]:
+def pixel_log(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in stats.get("log", []) if r["kind"] in PIXEL_KINDS]
+
+
+def measured(emu: EmulatorProcess, launched: float, run: dict[str, Any], pixels: int) -> dict[str, Any]:
+    """The emulator's view of the run that just ended: requests, concurrency and timing of pixel calls."""
+    stats = emu.stats()
+    log = pixel_log(stats)
+    first = min((r["started"] for r in log), default=launched)
+    last = max((r["finished"] for r in log), default=launched)
+    return {
+        "wall": run["wall"],
+        "first_pixel": first - launched,
+        "phase": last - first,
+        "requests": len(log),
+        "throttled": stats["throttled"],
+        "max_inflight": stats["max_concurrency"],
+        "rss": run["peak_rss"],
+        "pixels": pixels,
+        "bodies": [(r["path"], r["body"]) for r in log if r.get("body") is not None and r["status"] == 200],
+    }
+
+
+def run_edown(emu: EmulatorProcess, job: Job, out: Path) -> dict[str, Any]:
     argv = [
         EDOWN,
         "download",
         "-c",
-        args.collection,
+        job.collection,
         "--start-date",
-        args.start_date,
+        job.start,
         "--end-date",
-        args.end_date,
+        job.end,
         "--bbox",
-        args.bbox,
-        *(flag for b in args.bands.split(",") for flag in ("-b", b)),
+        job.bbox,
+        *(flag for b in job.bands.split(",") for flag in ("-b", b)),
         "--server-url",
         emu.url,
         "-o",
         str(out),
-        "--max-inflight-chunks",
-        str(inflight),
         "--json",
     ]
     emu.reset()
+    launched = time.time()
     run = run_measured(argv, timeout=3600)
     if run["code"] != 0:
         raise SystemExit(f"edown failed:\n{run['stderr'][-2000:]}")
     summary = json.loads(run["stdout"])
-    stats = emu.stats()
-    pixels = round(summary["stats"]["output_megapixels"] * 1e6)
-    bodies = [
-        (r["path"], r["body"])
-        for r in stats.get("log", [])
-        if r.get("body") is not None and r["status"] == 200
+    if summary["failed"]:
+        raise SystemExit(f"edown failed {summary['failed']} image(s)")
+    return measured(emu, launched, run, round(summary["stats"]["output_megapixels"] * 1e6))
+
+
+def run_minimal(emu: EmulatorProcess, job: Job, out: Path) -> dict[str, Any]:
+    argv = [
+        sys.executable,
+        str(BENCH / "minimal_client.py"),
+        emu.url,
+        str(out),
+        job.collection,
+        job.start,
+        job.end,
+        job.bbox,
+        job.bands,
     ]
-    return {
-        "run": run,
-        "pixels": pixels,
-        "requests": stats["requests"].get("computePixels", 0),
-        "throttled": stats["throttled"],
-        "bytes": stats["bytes_out"],
-        "bodies": bodies,
-        "failed": summary["failed"],
-        "max_concurrency": stats["max_concurrency"],
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GEE_", "GOOGLE_", "EE_"))}
+    emu.reset()
+    launched = time.time()
+    run = run_measured(argv, env=env, timeout=3600)
+    if run["code"] != 0:
+        raise SystemExit(f"the minimal client failed:\n{run['stderr'][-2000:]}")
+    report = json.loads(run["stdout"].strip().splitlines()[-1])
+    return measured(emu, launched, run, report["pixels"])
 
 
-def run_peer(emu: EmulatorProcess, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+def run_peer(emu: EmulatorProcess, job: Job, tmp: Path) -> dict[str, Any]:
     python = peer_python()
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "peer.py").write_text(PEER_DRIVER)
     env = offline_service_account_env(tmp, emu.url + "/token")
+    argv = [str(python), "peer.py", emu.url, str(tmp / "out"), job.collection, job.start, job.end]
     emu.reset()
-    run = run_measured(
-        [
-            str(python),
-            "peer.py",
-            emu.url,
-            str(tmp / "peer-out"),
-            args.collection,
-            args.start_date,
-            args.end_date,
-            args.bbox,
-            args.bands,
-        ],
-        env=env,
-        cwd=tmp,
-        timeout=7200,
-    )
+    launched = time.time()
+    run = run_measured([*argv, job.bbox, job.bands], env=env, cwd=tmp, timeout=7200)
     if run["code"] != 0:
         raise SystemExit(f"edown 0.2.1 failed:\n{run['stderr'][-2000:]}")
     report = json.loads(run["stdout"].strip().splitlines()[-1])
-    stats = emu.stats()
-    requests = stats["requests"].get("getPixels", 0) + stats["requests"].get("computePixels", 0)
-    return {
-        "run": run,
-        "pixels": report["pixels"],
-        "requests": requests,
-        "throttled": stats["throttled"],
-        "bytes": stats["bytes_out"],
-        "failed": report["failed"],
-        "max_concurrency": stats["max_concurrency"],
-    }
+    return measured(emu, launched, run, report["pixels"])
 
 
-def run_ceiling(
+def run_ideal(
     emu: EmulatorProcess, bodies: list[tuple[str, dict[str, Any]]], concurrency: int = 40, rate: float = 100.0
 ) -> dict[str, Any]:
     """Replay ``bodies`` with a bare HTTP client at the full quota, discarding the bytes."""
-    import os
-
     import requests
     from requests.adapters import HTTPAdapter
 
     session = requests.Session()
     session.mount("http://", HTTPAdapter(pool_maxsize=concurrency + 8, max_retries=0))
-    pending = list(enumerate(bodies))
+    pending = list(bodies)
     lock = threading.Lock()
     next_start = [time.monotonic()]
     errors: list[str] = []
-    received = [0]
 
     def worker() -> None:
         while True:
             with lock:
                 if not pending:
                     return
-                _, (path, body) = pending.pop(0)
+                path, body = pending.pop(0)
                 start = max(time.monotonic(), next_start[0])
                 next_start[0] = start + 1.0 / rate
             delay = start - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            for _attempt in range(5):
-                resp = session.post(
-                    emu.url + path, data=json.dumps(body), headers={"content-type": "application/json"}
-                )
-                if resp.status_code == 200:
-                    with lock:
-                        received[0] += len(resp.content)
-                    break
-                if resp.status_code != 429:
-                    errors.append(f"{resp.status_code}: {resp.text[:200]}")
-                    break
-                time.sleep(0.5)
+            resp = session.post(
+                emu.url + path, data=json.dumps(body), headers={"content-type": "application/json"}
+            )
+            if resp.status_code != 200:
+                errors.append(f"{resp.status_code}: {resp.text[:200]}")
 
     emu.reset()
-    cpu0 = os.times()
+    launched = time.time()
     started = time.monotonic()
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for t in threads:
@@ -190,144 +261,98 @@ def run_ceiling(
     for t in threads:
         t.join()
     wall = time.monotonic() - started
-    cpu1 = os.times()
-    stats = emu.stats()
-    return {
-        "wall": wall,
-        "cpu": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
-        "errors": errors,
-        "requests": stats["requests"].get("computePixels", 0),
-        "throttled": stats["throttled"],
-        "bytes": received[0],
-        "max_concurrency": stats["max_concurrency"],
-    }
+    if errors:
+        raise SystemExit(f"the ideal replay failed: {errors[:3]}")
+    return measured(emu, launched, {"wall": wall, "peak_rss": 0}, 0)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--collection", default="COPERNICUS/S2_SR_HARMONIZED")
-    parser.add_argument("--start-date", default="2024-06-01")
-    parser.add_argument("--end-date", default="2024-06-30")
-    parser.add_argument("--bbox", default="-0.30,51.40,0.10,51.60", help="a multi-tile AOI (T30UXC + T30UYC)")
-    parser.add_argument("--bands", default="B2,B3,B4,B8")
-    parser.add_argument("--base", type=float, default=0.3, help="emulator latency per pixel request (s)")
-    parser.add_argument("--bandwidth", type=float, default=1.0, help="emulator MB/s per pixel request")
-    parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--jobs", nargs="+", choices=sorted(JOBS), default=list(JOBS))
+    parser.add_argument("--latency", default="ee-model", help="emulator latency preset (default: ee-model)")
+    parser.add_argument("--skip-peer", action="store_true", help="do not run edown 0.2.1 on the big job")
     args = parser.parse_args()
 
-    emulator_args = [
-        "--latency",
-        "ee",
-        "--latency-base",
-        str(args.base),
-        "--bandwidth",
-        str(args.bandwidth),
-        "--capture-bodies",
-        "--cache-responses",
-        "8192",
-    ]
+    emulator_args = ["--latency", args.latency, "--capture-bodies", "--cache-responses", "8192"]
+    rows: list[list[Any]] = []
+    verdicts: list[str] = []
     with tempfile.TemporaryDirectory() as tmp_name, EmulatorProcess(*emulator_args) as emu:
         tmp = Path(tmp_name)
-        # Warm-up passes fill the emulator's response cache, so that no measured run pays for computing
-        # pixels on this 2-core machine: what remains is the latency model and the client.
-        print("warming up the emulator's response cache...", file=sys.stderr)
-        run_edown(emu, args, tmp / "warm-edown", 40)
-        if not args.skip_peer:
-            run_peer(emu, args, tmp / "warm-peer")
-        print("measuring...", file=sys.stderr)
-        default = run_edown(emu, args, tmp / "edown-32", 32)
-        at_quota = run_edown(emu, args, tmp / "edown-40", 40)
-        ceiling = run_ceiling(emu, at_quota["bodies"])
-        peer = None if args.skip_peer else run_peer(emu, args, tmp / "peer")
-
-    ceiling_rate = at_quota["pixels"] / 1e6 / ceiling["wall"]
-    rows = []
-
-    def row(
-        name: str, wall: float, cpu: float, rss: float | str, pixels: int, result: dict[str, Any]
-    ) -> list[Any]:
-        rate = pixels / 1e6 / wall
-        return [
-            name,
-            round(wall, 1),
-            round(pixels / 1e6, 1),
-            round(rate, 2),
-            round(result["bytes"] / 1e6),
-            result["requests"],
-            result["throttled"],
-            result["max_concurrency"],
-            round(cpu, 1),
-            rss,
-            round(rate / ceiling_rate, 2),
-        ]
-
-    for name, res in (
-        ("edown (max_inflight_chunks=32, default)", default),
-        ("edown (max_inflight_chunks=40)", at_quota),
-    ):
-        rows.append(
-            row(
-                name,
-                res["run"]["wall"],
-                res["run"]["cpu"],
-                round(res["run"]["peak_rss"] / 2**20),
-                res["pixels"],
-                res,
+        for name in args.jobs:
+            job = JOBS[name]
+            peer = job.peer and not args.skip_peer
+            print(f"{name}: warming up the emulator's response cache...", file=sys.stderr)
+            warm = run_minimal(emu, job, tmp / f"{name}-warm-minimal")
+            run_ideal(emu, warm["bodies"])
+            run_edown(emu, job, tmp / f"{name}-warm-edown")
+            if peer:
+                run_peer(emu, job, tmp / f"{name}-warm-peer")
+            print(f"{name}: measuring...", file=sys.stderr)
+            results = {
+                "edown": run_edown(emu, job, tmp / f"{name}-edown"),
+                "minimal client": run_minimal(emu, job, tmp / f"{name}-minimal"),
+            }
+            results["ideal plan (replay)"] = run_ideal(emu, results["minimal client"]["bodies"])
+            if peer:
+                results["edown 0.2.1"] = run_peer(emu, job, tmp / f"{name}-peer")
+            ideal = results["ideal plan (replay)"]["phase"]
+            minimal_wall = results["minimal client"]["wall"]
+            for client, res in results.items():
+                is_ideal = client.startswith("ideal")
+                rows.append(
+                    [
+                        name,
+                        client,
+                        round(res["wall"], 2),
+                        "-" if is_ideal else round(res["first_pixel"], 2),
+                        round(res["phase"], 2),
+                        res["requests"],
+                        res["max_inflight"],
+                        "-" if is_ideal else round(res["rss"] / 2**20),
+                        "-" if is_ideal else round(res["pixels"] / 1e6, 1),
+                        round(ideal / res["phase"], 2) if res["phase"] else "-",
+                        "-" if is_ideal else round(minimal_wall / res["wall"], 2),
+                    ]
+                )
+            edown = results["edown"]
+            verdicts.append(
+                f"{name}: pixel phase {ideal / edown['phase']:.2f} of the ideal plan (target >= 0.8), "
+                f"end to end {minimal_wall / edown['wall']:.2f}x the minimal client's speed (target >= 1)"
             )
-        )
-    if peer is not None:
-        rows.append(
-            row(
-                "edown 0.2.1 (public, own venv)",
-                peer["run"]["wall"],
-                peer["run"]["cpu"],
-                round(peer["run"]["peak_rss"] / 2**20),
-                peer["pixels"],
-                peer,
-            )
-        )
-    rows.append(
-        row(
-            "ceiling (same requests, full quota, bytes dropped)",
-            ceiling["wall"],
-            ceiling["cpu"],
-            "-",
-            at_quota["pixels"],
-            ceiling,
-        )
-    )
+            if peer:
+                old = results["edown 0.2.1"]
+                speed = (edown["pixels"] / edown["wall"]) / (old["pixels"] / old["wall"])
+                verdicts.append(
+                    f"{name}: {speed:.1f}x edown 0.2.1's throughput in output Mpx/s (target >= 6), "
+                    f"{old['wall'] / edown['wall']:.1f}x its wall speed; edown peak RSS "
+                    f"{edown['rss'] / 2**20:.0f} MiB (target <= 600)"
+                )
     print(
-        f"workload: {args.collection} {args.start_date}..{args.end_date} bbox {args.bbox} bands {args.bands}; "
-        f"emulator latency {args.base} s + {args.bandwidth} MB/s per pixel request, quotas 40 concurrent / 100 rps"
+        f"emulator: latency preset {args.latency} (ee-model: 0.25 s + body bytes / 40 MB/s per pixel request, "
+        "0.15 s per metadata call), quotas 40 concurrent / 100 requests/s, 48 MB per request incl. mask byte"
     )
     print()
     print_table(
         [
+            "job",
             "client",
             "wall s",
-            "output Mpx",
-            "Mpx/s",
-            "MB recv",
+            "1st px s",
+            "px phase s",
             "requests",
-            "429s",
-            "max conc",
-            "CPU s",
+            "max inflight",
             "peak RSS MiB",
-            "x ceiling",
+            "out Mpx",
+            "ideal/phase",
+            "minimal/wall",
         ],
         rows,
     )
-    if peer is not None:
-        ratio = (at_quota["pixels"] / at_quota["run"]["wall"]) / (peer["pixels"] / peer["run"]["wall"])
-        ratio_default = (default["pixels"] / default["run"]["wall"]) / (peer["pixels"] / peer["run"]["wall"])
-        print()
-        print(
-            f"edown / edown 0.2.1 throughput: {ratio:.2f}x at max_inflight_chunks=40, {ratio_default:.2f}x at the default 32"
-        )
-    if ceiling["errors"]:
-        print(f"ceiling errors: {ceiling['errors'][:3]}")
+    print()
+    for line in verdicts:
+        print(line)
     return 0
 
 

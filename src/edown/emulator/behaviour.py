@@ -35,13 +35,16 @@ class Latency:
 
     @staticmethod
     def preset(name: str) -> Latency:
-        """``none``, or ``ee``: what large getPixels/computePixels calls cost on the high-volume endpoint
-        (0.3 s plus 2 MB/s per request; ~0.15 s for metadata), per the protocol notes."""
+        """``none``; ``ee``: what large getPixels/computePixels calls cost on the high-volume endpoint
+        (0.3 s plus 2 MB/s per request; ~0.15 s for metadata), per the protocol notes; ``ee-model``: the
+        deterministic model the download benchmark plans against (0.25 s plus 40 MB/s per pixel request,
+        0.15 s for metadata, no jitter)."""
         presets = {
             "none": Latency(),
             "ee": Latency(
                 base_seconds=0.3, bandwidth_bytes_per_second=2 * MB, metadata_seconds=0.15, jitter=0.2
             ),
+            "ee-model": Latency(base_seconds=0.25, bandwidth_bytes_per_second=40e6, metadata_seconds=0.15),
             "fast": Latency(base_seconds=0.05, bandwidth_bytes_per_second=50 * MB, metadata_seconds=0.02),
         }
         try:
