@@ -13,6 +13,7 @@ pixel request).
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import math
@@ -63,12 +64,15 @@ def main() -> int:
         {
             "parent": collection,
             "startTime": f"{start}T00:00:00Z",
-            "endTime": f"{end}T23:59:59Z",
+            # listImages compares each image's *end* time: ask for two days more, keep start <= end.
+            "endTime": f"{dt.date.fromisoformat(end) + dt.timedelta(days=2)}T00:00:00Z",
             "region": json.dumps(mapping(box(*bbox))),
         }
     )
     jobs = []
     for image in listing.get("images", []):
+        if image["startTime"][:10] > end:
+            continue
         by_id = {b["id"]: b for b in image["bands"]}
         if not all(b in by_id for b in bands):
             continue
