@@ -10,6 +10,7 @@ import pytest
 
 from edown.grid import MAX_REQUEST_SIDE, Window, request_bytes
 from edown.plan import Area, CostLearner, CostModel, plan_requests, replan, split_window
+from edown.scheduler import FetchQueue
 
 LIMIT = 48 * 1024 * 1024
 #: A writer fast enough not to matter, so the cases below test the request side of the model alone.
@@ -186,3 +187,34 @@ def test_replanning_after_slow_first_responses_changes_only_unsent_chunks() -> N
 
     assert again != unsent
     assert run_time(again) < run_time(unsent)
+
+
+def test_fetch_queue_replans_only_unsent_chunks_once_slow_responses_are_measured() -> None:
+    areas = {i: Area(Window(0, 0, 4096, 4096), 4, 2) for i in range(6)}
+    prior = CostModel()
+    planned = plan_requests(areas, prior, LIMIT)
+    chunks = {k: list(v) for k, v in planned.items()}
+    changes: list[tuple[int, list[Window], list[Window]]] = []
+
+    def on_replan(index: int, removed: list[Window], added: list[Window]) -> None:
+        changes.append((index, removed, added))
+        chunks[index] = [w for w in chunks[index] if w not in removed] + added
+
+    queue = FetchQueue(areas, planned, prior, LIMIT, on_replan=on_replan)
+    sent = [queue.get() for _ in range(3)]
+    assert [s[0] for s in sent if s] == [0, 0, 0]  # oldest image first
+    for item in sent:
+        assert item is not None
+        queue.observe(areas[0].body_bytes(item[1]), 3.0 + areas[0].body_bytes(item[1]) / 40e6)
+    assert queue.replans == 1 and changes
+    sent_windows = {(i, w) for i, w, _ in (s for s in sent if s)}
+    for index, removed, added in changes:
+        assert not {(index, w) for w in removed} & sent_windows  # a sent chunk is never re-cut
+        assert not {(index, w) for w in added} & sent_windows
+    rest: dict[int, list[Window]] = {k: [] for k in areas}
+    while (item := queue.get(timeout=0)) is not None:
+        rest[item[0]].append(item[1])
+    for key, area in areas.items():
+        mine = [w for i, w in sent_windows if i == key] + rest[key]
+        assert covers_once(area.window, mine), key
+        assert sorted(mine, key=lambda w: w.as_tuple()) == sorted(chunks[key], key=lambda w: w.as_tuple())

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -64,6 +64,11 @@ def is_loopback(url: str) -> bool:
 
 
 # ---- HTTP transport ---------------------------------------------------------------------------------
+
+
+#: Per thread: a binary file that receives the body of a successful response instead of memory (see
+#: :func:`compute_pixels_to`). Error bodies are always read into memory, for the ``ee`` client's messages.
+_body_sink = threading.local()
 
 
 class _Transport:
@@ -104,9 +109,13 @@ class _Transport:
                 stream=True,
                 allow_redirects=True,
             )
+            sink = getattr(_body_sink, "file", None) if response.status_code == 200 else None
             parts = []
             for part in response.iter_content(chunk_size=1 << 20):
-                parts.append(part)
+                if sink is not None:
+                    sink.write(part)
+                else:
+                    parts.append(part)
                 if time.monotonic() > deadline:
                     response.close()
                     raise TimeoutError(f"request exceeded its {self.timeout:g} s deadline")
@@ -552,3 +561,22 @@ def compute_pixels_npy(conn: Connection, expression: Any, grid: dict[str, Any]) 
     import ee
 
     return bytes(ee.data.computePixels({"expression": expression, "fileFormat": "NPY", "grid": grid}))
+
+
+def compute_pixels_to(conn: Connection, expression: Any, grid: dict[str, Any], sink: BinaryIO) -> int:
+    """One ``computePixels`` call whose NPY body is written to ``sink`` as it arrives; returns its size.
+
+    The body never sits in memory whole, so many large requests in flight cost disk, not RAM. ``sink`` is
+    truncated first (a retry starts over). The caller validates the bytes and retries.
+    """
+    import ee
+
+    sink.seek(0)
+    sink.truncate()
+    _body_sink.file = sink
+    try:
+        ee.data.computePixels({"expression": expression, "fileFormat": "NPY", "grid": grid})
+    finally:
+        _body_sink.file = None
+    sink.flush()
+    return sink.tell()

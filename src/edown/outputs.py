@@ -30,10 +30,10 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 
@@ -109,12 +109,23 @@ class ChunkStore:
 
     def save(self, window: Window, data: np.ndarray) -> Path:
         """Store a chunk atomically (temp name, fsync, rename)."""
+        return self.save_with(
+            window,
+            lambda handle: np.save(handle, np.ascontiguousarray(data), allow_pickle=False),
+            data.nbytes,
+        )
+
+    def save_with(self, window: Window, write: Callable[[BinaryIO], None], nbytes: int) -> Path:
+        """Store a chunk atomically whose ``.npy`` bytes ``write`` produces (about ``nbytes`` of them).
+
+        For chunks converted piece by piece from a response on disk, so no chunk is ever whole in memory.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
         target = self.path_for(window)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=self.directory)
         try:
             with os.fdopen(fd, "wb") as handle:
-                np.save(handle, np.ascontiguousarray(data), allow_pickle=False)
+                write(handle)
                 handle.flush()
                 os.fsync(handle.fileno())
             Path(tmp).replace(target)
@@ -124,11 +135,19 @@ class ChunkStore:
             if (
                 isinstance(exc, OSError)
                 and exc.errno is None
-                and shutil.disk_usage(self.directory).free < data.nbytes
+                and shutil.disk_usage(self.directory).free < nbytes
             ):
                 raise OSError(errno.ENOSPC, f"No space left on device writing {target.name}") from exc
             raise
         return target
+
+    def response_file(self) -> Path:
+        """A fresh temporary file in the store for a response body to stream into (swept like any
+        ``.tmp-`` file if the run dies)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".body", dir=self.directory)
+        os.close(fd)
+        return Path(tmp)
 
     def existing(self, bands: int, dtype: str, cleanup: bool = True) -> list[StoredChunk]:
         """Chunks already on disk whose header matches the expected shape and dtype.
