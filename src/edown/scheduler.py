@@ -5,8 +5,7 @@ quota stays busy and images finish in order. Chunks Earth Engine refused as too 
 in two, ahead of everything else. As responses arrive their ``(body bytes, seconds)`` feed a
 :class:`~edown.plan.CostLearner`; when the learned latency or bandwidth differs enough from the model the
 plan was made with, the chunks not yet sent are re-cut by :func:`edown.plan.replan` (a chunk that was
-sent is never touched, so nothing is fetched twice). :class:`ByteBudget` bounds the bytes of responses in
-flight or waiting for the writer.
+sent is never touched, so nothing is fetched twice). :class:`Fetcher` runs the fetch threads.
 """
 
 from __future__ import annotations
@@ -15,10 +14,22 @@ import heapq
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edown.grid import Window
+import numpy as np
+
+from edown import earthengine
+from edown.errors import EarthEngineError, RequestTooLargeError
+from edown.grid import Window, split_in_two
 from edown.plan import Area, CostLearner, CostModel, replan
+from edown.progress import Counters
+from edown.writer import ByteBudget, ChunkWriter, check_response
+
+if TYPE_CHECKING:
+    from edown.download import ImageJob
 
 log = logging.getLogger("edown.scheduler")
 
@@ -141,26 +152,120 @@ def _moved(old: CostModel, new: CostModel) -> bool:
     return any(r > REPLAN_CHANGE or r < 1 / REPLAN_CHANGE for r in ratios)
 
 
-class ByteBudget:
-    """At most ``capacity`` bytes of responses in flight or waiting to be stored (one oversized request
-    is always let through alone, so a chunk bigger than the budget cannot deadlock the run)."""
+class Fetcher:
+    """Fetch threads: take the next chunk, stream its response to disk under the pacer, hand it to the
+    writer. As many threads as the concurrency quota, so a run with enough work keeps it full; a chunk
+    Earth Engine refuses as too large is split in two and requeued; other errors fail its image."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.used = 0
-        self.peak = 0
-        self._cond = threading.Condition()
+    def __init__(
+        self,
+        threads: int,
+        conn: earthengine.Connection,
+        policy: earthengine.RetryPolicy,
+        fetch_queue: FetchQueue,
+        budget: ByteBudget,
+        writer: ChunkWriter,
+        jobs: dict[int, ImageJob],
+        counters: Counters,
+        finish: Callable[[ImageJob, str, str | None], None],
+        stop: threading.Event,
+    ) -> None:
+        self.conn = conn
+        self.policy = policy
+        self.queue = fetch_queue
+        self.budget = budget
+        self.writer = writer
+        self.jobs = jobs
+        self.counters = counters
+        self.finish = finish
+        self.stop = stop
+        self.threads = [
+            threading.Thread(target=self._loop, name=f"edown-fetch-{i}", daemon=True) for i in range(threads)
+        ]
 
-    def acquire(self, nbytes: int, stop: threading.Event) -> None:
-        with self._cond:
-            while self.used and self.used + nbytes > self.capacity:
-                if stop.is_set():
-                    raise InterruptedError("stopping")
-                self._cond.wait(0.25)
-            self.used += nbytes
-            self.peak = max(self.peak, self.used)
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
 
-    def release(self, nbytes: int) -> None:
-        with self._cond:
-            self.used -= nbytes
-            self._cond.notify_all()
+    def join(self, timeout: float = 2) -> None:
+        for t in self.threads:
+            t.join(timeout=timeout)
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            item = self.queue.get()
+            if item is None:
+                continue
+            index, window, attempt = item
+            job = self.jobs[index]
+            if job.status is not None:
+                continue
+            nbytes = window.pixels * len(job.spec.band_names) * np.dtype(job.spec.dtype).itemsize
+            try:
+                self.budget.acquire(nbytes, self.stop)
+            except InterruptedError:
+                return
+            try:
+                response = self._fetch(job, window)
+            except BaseException as exc:
+                self.budget.release(nbytes)
+                if isinstance(exc, InterruptedError):
+                    return
+                if not isinstance(exc, Exception):
+                    raise
+                self._failed(job, window, attempt, exc)
+                continue
+            self.writer.put(job, window, response, nbytes)
+
+    def _failed(self, job: ImageJob, window: Window, attempt: int, exc: Exception) -> None:
+        if isinstance(exc, RequestTooLargeError):
+            halves = split_in_two(window)
+            if len(halves) == 1:
+                self.finish(job, "failed", f"Earth Engine refused even a 1-pixel request: {exc.message}")
+                return
+            with job.lock:
+                job.chunks = [c for c in job.chunks if c != window] + halves
+                job.outstanding += 1
+            self.counters.add(chunks_total=1)
+            log.info("split %s of %s after: %s", window, job.record.record_key, exc.message)
+            self.queue.put_split(job.index, halves, attempt + 1)
+        elif isinstance(exc, EarthEngineError):
+            self.queue.drop(job.index)
+            self.finish(job, "failed", exc.message)
+        else:  # a bug or an unexpected library error: fail this image, keep going
+            log.error("unexpected error fetching %s", job.record.record_key, exc_info=exc)
+            self.queue.drop(job.index)
+            self.finish(job, "failed", f"{type(exc).__name__}: {exc}")
+
+    def _fetch(self, job: ImageJob, window: Window) -> Path:
+        """Stream ``window``'s response into a file in the image's chunk store; the checked file's path."""
+        grid = job.record.grid.to_request(window)
+        response = job.store.response_file()
+        sizes = {"bytes": 0}
+
+        def attempt() -> None:
+            with job.lock:
+                job.requests += 1
+                if job.started is None:
+                    job.started = time.monotonic()
+            began = time.monotonic()
+            with response.open("wb") as sink:
+                sizes["bytes"] = earthengine.compute_pixels_to(self.conn, job.expression, grid, sink)
+            self.queue.observe(sizes["bytes"], time.monotonic() - began)
+            check_response(response, job.spec.band_names, job.spec.dtype, window)
+
+        def on_retry(err: EarthEngineError) -> None:
+            with job.lock:
+                job.retries += 1
+            self.counters.add(retries=1, throttled=1 if err.status == 429 else 0)
+
+        try:
+            earthengine.call(self.conn, attempt, self.policy, stop=self.stop, on_retry=on_retry)
+        except BaseException:
+            response.unlink(missing_ok=True)
+            raise
+        with job.lock:
+            job.bytes += sizes["bytes"]
+            job.fetched += 1
+        self.counters.add(bytes=sizes["bytes"])
+        return response

@@ -9,15 +9,30 @@ when its last chunk is stored.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import queue
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
-from edown.errors import EarthEngineError
+from edown.bands import fill_value
+from edown.errors import EarthEngineError, is_disk_full
+from edown.geotiff import write_geotiff
 from edown.grid import Window
-from edown.outputs import ChunkStore
+from edown.manifest import atomic_write_text
+from edown.outputs import ChunkStore, StoredChunk, covered_by, sidecar_path
+from edown.progress import Counters
+from edown.records import utc_iso
+
+if TYPE_CHECKING:
+    from edown.download import ImageJob
+
+log = logging.getLogger("edown.writer")
 
 #: Bytes of a response converted at a time.
 BLOCK_BYTES = 4 * 1024 * 1024
@@ -117,3 +132,147 @@ def store_response(
                     handle.write(values.tobytes())
 
     return store.save_with(window, write, plane * len(names))
+
+
+class ByteBudget:
+    """At most ``capacity`` bytes of responses in flight or waiting to be stored (one oversized request
+    is always let through alone, so a chunk bigger than the budget cannot deadlock the run)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, nbytes: int, stop: threading.Event) -> None:
+        with self._cond:
+            while self.used and self.used + nbytes > self.capacity:
+                if stop.is_set():
+                    raise InterruptedError("stopping")
+                self._cond.wait(0.25)
+            self.used += nbytes
+            self.peak = max(self.peak, self.used)
+
+    def release(self, nbytes: int) -> None:
+        with self._cond:
+            self.used -= nbytes
+            self._cond.notify_all()
+
+
+class ChunkWriter:
+    """Writer threads: store each arrived response as its chunk; assemble an image after its last one.
+
+    Owns the write queue, the chunk store writes, assembly and the disk-full stop. ``finish(job, status,
+    error)`` records an image's outcome; ``budget`` is released as each response is stored.
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        counters: Counters,
+        budget: ByteBudget,
+        finish: Callable[[ImageJob, str, str | None], None],
+        on_disk_full: Callable[[], None],
+    ) -> None:
+        self.counters = counters
+        self.budget = budget
+        self.finish = finish
+        self.on_disk_full = on_disk_full
+        self.queue: queue.Queue[tuple[ImageJob, Window, Path | None, int] | None] = queue.Queue()
+        self.threads = [
+            threading.Thread(target=self._loop, name=f"edown-write-{i}", daemon=True) for i in range(workers)
+        ]
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def stop(self, timeout: float = 60) -> None:
+        for _ in self.threads:
+            self.queue.put(None)
+        for t in self.threads:
+            t.join(timeout=timeout)
+
+    def put(self, job: ImageJob, window: Window, response: Path, nbytes: int) -> None:
+        """Queue a response on disk (``nbytes`` of the budget) to be stored as ``window``'s chunk."""
+        self.queue.put((job, window, response, nbytes))
+
+    def assemble_later(self, job: ImageJob) -> None:
+        """Queue the assembly of an image whose chunks are all stored already (a resumed run)."""
+        self.queue.put((job, Window(0, 0, 0, 0), None, 0))
+
+    def _loop(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            job, window, response, nbytes = item
+            try:
+                if job.status is not None:
+                    continue
+                complete = True
+                if response is not None:
+                    path = store_response(
+                        job.store, window, response, job.spec.band_names, job.spec.dtype, nan_fill(job)
+                    )
+                    with job.lock:
+                        job.stored.append(StoredChunk(window, path))
+                        job.outstanding -= 1
+                        complete = job.outstanding == 0
+                    self.counters.add(chunks_done=1)
+                if complete:
+                    self._assemble(job)
+            except Exception as exc:
+                if is_disk_full(exc):
+                    self.on_disk_full()
+                    self.finish(job, "failed", "no space left on device (run again to resume)")
+                    continue
+                log.exception("writing %s failed", job.record.record_key)
+                self.finish(job, "failed", f"writing the output failed: {type(exc).__name__}: {exc}")
+            finally:
+                if response is not None:
+                    response.unlink(missing_ok=True)
+                    self.budget.release(nbytes)
+
+    def _assemble(self, job: ImageJob) -> None:
+        pieces: list[StoredChunk] = []
+        for window in job.chunks:
+            cover = covered_by(window, job.stored)
+            if cover is None:
+                raise RuntimeError(f"chunk {window} of {job.record.record_key} is missing at assembly")
+            pieces.extend(cover)
+        write_sidecar(job)
+        write_geotiff(job.tiff, job.spec, job.store, pieces, job.record.aoi_window)
+        job.store.remove()
+        self.finish(job, "downloaded", None)
+
+
+def nan_fill(job: ImageJob) -> float | None:
+    """The value Earth Engine sends for "no data" when the output's nodata is NaN (else None)."""
+    return fill_value(job.spec.dtype, job.nodata) if job.nodata != job.nodata else None
+
+
+def write_sidecar(job: ImageJob) -> None:
+    """The GeoTIFF's JSON sidecar: the record's facts, so the file explains itself without the manifest."""
+    record = job.record
+    doc = {
+        "image_id": record.image_id,
+        "collection_id": record.collection_id,
+        "version": record.version,
+        "acquisition_time_utc": utc_iso(record.acquisition_time_utc),
+        "band_names": list(job.spec.band_names),
+        "source_bands": [b for b in record.selected_band_ids if b not in record.missing_bands],
+        "dtype": job.spec.dtype,
+        "nodata": "nan" if job.nodata != job.nodata else job.nodata,
+        "crs": record.native_crs,
+        "transform": list(job.spec.transform),
+        "width": job.spec.width,
+        "height": job.spec.height,
+        "native_window": list(record.window),
+        "alignment_signature": record.alignment_signature,
+        "grid_label": record.grid_label,
+        "properties": record.properties,
+        "footprint": record.footprint,
+        "chunks": len(job.chunks),
+    }
+    atomic_write_text(sidecar_path(job.tiff), json.dumps(doc, indent=1, default=str) + "\n")
