@@ -32,13 +32,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 
-from edown.errors import AuthenticationError, CollectionNotFoundError, EarthEngineError, RequestTooLargeError
+from edown.errors import (
+    AuthenticationError,
+    CollectionNotFoundError,
+    EarthEngineError,
+    RequestTooLargeError,
+    is_disk_full,
+)
 
 log = logging.getLogger("edown.earthengine")
 
@@ -66,7 +72,13 @@ def is_loopback(url: str) -> bool:
 # ---- HTTP transport ---------------------------------------------------------------------------------
 
 
-#: Per thread: a binary file that receives the body of a successful response instead of memory (see
+class BodySink(Protocol):
+    """Where :func:`compute_pixels_to` sends a response body, piece by piece."""
+
+    def write(self, data: bytes) -> Any: ...
+
+
+#: Per thread: a :class:`BodySink` that receives the body of a successful response instead of memory (see
 #: :func:`compute_pixels_to`). Error bodies are always read into memory, for the ``ee`` client's messages.
 _body_sink = threading.local()
 
@@ -482,6 +494,9 @@ def call(
         try:
             result = fn()
         except BaseException as exc:
+            if is_disk_full(exc):  # our own disk, not Earth Engine: no retry can help
+                conn.pacer.release("error")
+                raise
             err = translate_error(exc)
             conn.pacer.release("throttled" if err.status == 429 else "error")
             if err.status == 429:
@@ -563,20 +578,17 @@ def compute_pixels_npy(conn: Connection, expression: Any, grid: dict[str, Any]) 
     return bytes(ee.data.computePixels({"expression": expression, "fileFormat": "NPY", "grid": grid}))
 
 
-def compute_pixels_to(conn: Connection, expression: Any, grid: dict[str, Any], sink: BinaryIO) -> int:
-    """One ``computePixels`` call whose NPY body is written to ``sink`` as it arrives; returns its size.
+def compute_pixels_to(conn: Connection, expression: Any, grid: dict[str, Any], sink: BodySink) -> None:
+    """One ``computePixels`` call whose NPY body is handed to ``sink`` piece by piece as it arrives.
 
-    The body never sits in memory whole, so many large requests in flight cost disk, not RAM. ``sink`` is
-    truncated first (a retry starts over). The caller validates the bytes and retries.
+    The body never sits in memory whole, so many large requests in flight cost little RAM. A retry needs
+    a fresh sink. The sink may raise (e.g. :class:`EarthEngineError` for a body that is not what was
+    asked); that ends the request.
     """
     import ee
 
-    sink.seek(0)
-    sink.truncate()
     _body_sink.file = sink
     try:
         ee.data.computePixels({"expression": expression, "fileFormat": "NPY", "grid": grid})
     finally:
         _body_sink.file = None
-    sink.flush()
-    return sink.tell()

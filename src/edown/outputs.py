@@ -30,7 +30,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -94,6 +94,32 @@ class StoredChunk:
     path: Path
 
 
+class PendingChunk:
+    """A chunk file under construction: written through ``handle``, then committed (fsync, rename) or
+    aborted (deleted)."""
+
+    def __init__(self, handle: BinaryIO, tmp: Path, target: Path) -> None:
+        self.handle = handle
+        self.tmp = tmp
+        self.target = target
+
+    def commit(self) -> Path:
+        try:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+            self.tmp.replace(self.target)
+        except BaseException:
+            self.abort()
+            raise
+        return self.target
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.handle.close()
+        self.tmp.unlink(missing_ok=True)
+
+
 class ChunkStore:
     """Finished chunks of one image, one ``.npy`` each, named by their window."""
 
@@ -109,45 +135,26 @@ class ChunkStore:
 
     def save(self, window: Window, data: np.ndarray) -> Path:
         """Store a chunk atomically (temp name, fsync, rename)."""
-        return self.save_with(
-            window,
-            lambda handle: np.save(handle, np.ascontiguousarray(data), allow_pickle=False),
-            data.nbytes,
-        )
-
-    def save_with(self, window: Window, write: Callable[[BinaryIO], None], nbytes: int) -> Path:
-        """Store a chunk atomically whose ``.npy`` bytes ``write`` produces (about ``nbytes`` of them).
-
-        For chunks converted piece by piece from a response on disk, so no chunk is ever whole in memory.
-        """
-        self.directory.mkdir(parents=True, exist_ok=True)
-        target = self.path_for(window)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=self.directory)
+        pending = self.begin(window)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                write(handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            Path(tmp).replace(target)
+            np.save(pending.handle, np.ascontiguousarray(data), allow_pickle=False)
         except BaseException as exc:
-            Path(tmp).unlink(missing_ok=True)
+            pending.abort()
             # numpy reports a short write as a bare OSError ("N requested and M written"), without errno.
             if (
                 isinstance(exc, OSError)
                 and exc.errno is None
-                and shutil.disk_usage(self.directory).free < nbytes
+                and shutil.disk_usage(self.directory).free < data.nbytes
             ):
-                raise OSError(errno.ENOSPC, f"No space left on device writing {target.name}") from exc
+                raise OSError(errno.ENOSPC, f"No space left on device writing {pending.target.name}") from exc
             raise
-        return target
+        return pending.commit()
 
-    def response_file(self) -> Path:
-        """A fresh temporary file in the store for a response body to stream into (swept like any
-        ``.tmp-`` file if the run dies)."""
+    def begin(self, window: Window) -> PendingChunk:
+        """A chunk file being written under a temporary name; it appears as ``window``'s chunk on commit."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".body", dir=self.directory)
-        os.close(fd)
-        return Path(tmp)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=self.directory)
+        return PendingChunk(os.fdopen(fd, "w+b"), Path(tmp), self.path_for(window))
 
     def existing(self, bands: int, dtype: str, cleanup: bool = True) -> list[StoredChunk]:
         """Chunks already on disk whose header matches the expected shape and dtype.

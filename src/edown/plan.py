@@ -129,11 +129,18 @@ def split_window(window: Window, pieces: int, tile: int = OUTPUT_TILE) -> list[W
 def _piece_shape(total_width: int, total_height: int, pieces: int, tile: int) -> tuple[int, int]:
     """Width and height of the (top-left) pieces :func:`split_window` cuts."""
     pieces = max(1, min(pieces, total_width * total_height))
+    per_piece = math.ceil(total_width * total_height / pieces)
+    if total_width * min(total_height, tile) > per_piece and total_width > tile:
+        # Not even one full-width row of tiles per piece: blocks of whole tiles (squares of a power of
+        # two below one tile), so every chunk still lands on whole output tiles.
+        if per_piece < tile * tile:
+            side = 1 << (max(1, math.isqrt(per_piece)).bit_length() - 1)
+            return side, side
+        height = tile * max(1, math.isqrt(per_piece) // tile)
+        width = tile * max(1, per_piece // height // tile)
+        return min(width, total_width, MAX_REQUEST_SIDE), min(height, total_height, MAX_REQUEST_SIDE)
     cols = max(math.ceil(total_width / MAX_REQUEST_SIDE), 1)
-    rows = math.ceil(pieces / cols)
-    if rows > total_height:
-        rows = total_height
-        cols = max(cols, math.ceil(pieces / rows))
+    rows = min(math.ceil(pieces / cols), total_height)
     height = min(_round_side(math.ceil(total_height / rows), total_height, tile), MAX_REQUEST_SIDE)
     width = min(_round_side(math.ceil(total_width / cols), total_width, tile), MAX_REQUEST_SIDE)
     return width, height

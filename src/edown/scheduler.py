@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edown import earthengine
-from edown.errors import EarthEngineError, RequestTooLargeError
+from edown.errors import EarthEngineError, RequestTooLargeError, is_disk_full
 from edown.grid import Window, split_in_two
 from edown.plan import Area, CostLearner, CostModel, replan
 from edown.progress import Counters
-from edown.writer import ByteBudget, ChunkWriter, check_response
+from edown.writer import ByteBudget, ChunkSink, ChunkWriter, nan_fill
 
 if TYPE_CHECKING:
     from edown.download import ImageJob
@@ -153,8 +153,8 @@ def _moved(old: CostModel, new: CostModel) -> bool:
 
 
 class Fetcher:
-    """Fetch threads: take the next chunk, stream its response to disk under the pacer, hand it to the
-    writer. As many threads as the concurrency quota, so a run with enough work keeps it full; a chunk
+    """Fetch threads: take the next chunk, stream its response into its chunk file under the pacer, hand
+    it to the writer. As many threads as the concurrency quota, so a run with enough work keeps it full; a chunk
     Earth Engine refuses as too large is split in two and requeued; other errors fail its image."""
 
     def __init__(
@@ -206,7 +206,7 @@ class Fetcher:
             except InterruptedError:
                 return
             try:
-                response = self._fetch(job, window)
+                chunk = self._fetch(job, window)
             except BaseException as exc:
                 self.budget.release(nbytes)
                 if isinstance(exc, InterruptedError):
@@ -215,10 +215,13 @@ class Fetcher:
                     raise
                 self._failed(job, window, attempt, exc)
                 continue
-            self.writer.put(job, window, response, nbytes)
+            self.writer.put(job, window, chunk, nbytes)
 
     def _failed(self, job: ImageJob, window: Window, attempt: int, exc: Exception) -> None:
-        if isinstance(exc, RequestTooLargeError):
+        if is_disk_full(exc):
+            self.writer.on_disk_full()
+            self.finish(job, "failed", "no space left on device (run again to resume)")
+        elif isinstance(exc, RequestTooLargeError):
             halves = split_in_two(window)
             if len(halves) == 1:
                 self.finish(job, "failed", f"Earth Engine refused even a 1-pixel request: {exc.message}")
@@ -238,34 +241,35 @@ class Fetcher:
             self.finish(job, "failed", f"{type(exc).__name__}: {exc}")
 
     def _fetch(self, job: ImageJob, window: Window) -> Path:
-        """Stream ``window``'s response into a file in the image's chunk store; the checked file's path."""
+        """Stream ``window``'s response into its chunk file (retrying what is transient); the chunk's path."""
         grid = job.record.grid.to_request(window)
-        response = job.store.response_file()
         sizes = {"bytes": 0}
 
-        def attempt() -> None:
+        def attempt() -> Path:
             with job.lock:
                 job.requests += 1
                 if job.started is None:
                     job.started = time.monotonic()
+            sink = ChunkSink(job.store, window, job.spec.band_names, job.spec.dtype, nan_fill(job))
             began = time.monotonic()
-            with response.open("wb") as sink:
-                sizes["bytes"] = earthengine.compute_pixels_to(self.conn, job.expression, grid, sink)
-            self.queue.observe(sizes["bytes"], time.monotonic() - began)
-            check_response(response, job.spec.band_names, job.spec.dtype, window)
+            try:
+                earthengine.compute_pixels_to(self.conn, job.expression, grid, sink)
+                self.queue.observe(sink.received, time.monotonic() - began)
+                path = sink.commit()
+            except BaseException:
+                sink.abort()
+                raise
+            sizes["bytes"] = sink.received
+            return path
 
         def on_retry(err: EarthEngineError) -> None:
             with job.lock:
                 job.retries += 1
             self.counters.add(retries=1, throttled=1 if err.status == 429 else 0)
 
-        try:
-            earthengine.call(self.conn, attempt, self.policy, stop=self.stop, on_retry=on_retry)
-        except BaseException:
-            response.unlink(missing_ok=True)
-            raise
+        path = earthengine.call(self.conn, attempt, self.policy, stop=self.stop, on_retry=on_retry)
         with job.lock:
             job.bytes += sizes["bytes"]
             job.fetched += 1
         self.counters.add(bytes=sizes["bytes"])
-        return response
+        return path

@@ -1,22 +1,21 @@
-"""The writer side of a download: responses on disk become chunks; finished images become GeoTIFFs.
+"""The writer side of a download: response bodies become chunks; finished images become GeoTIFFs.
 
-A pixel response is streamed to a temporary file in the image's chunk store as it arrives
-(:func:`edown.earthengine.compute_pixels_to`); :func:`store_response` then checks it and rewrites it
-band-major as the chunk file, a few megabytes at a time, so no chunk is ever whole in memory however
-many requests are in flight. :class:`ChunkWriter` runs that on its own threads and assembles each image
-when its last chunk is stored.
+A pixel response is streamed into its chunk file as it arrives (:func:`edown.earthengine.compute_pixels_to`
+feeding a :class:`ChunkSink`), converted to band-major rows a block at a time, so no chunk is ever
+whole in memory however many requests are in flight, and no body is written twice. :class:`ChunkWriter`
+records stored chunks and assembles each image, on its own threads, when its last chunk is stored.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import math
 import queue
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,104 +33,133 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edown.writer")
 
-#: Bytes of a response converted at a time.
-BLOCK_BYTES = 4 * 1024 * 1024
+#: Bytes of a response converted at a time (per request in flight, so memory stays bounded).
+BLOCK_BYTES = 2 * 1024 * 1024
+#: The most an NPY header may take before the data starts.
+MAX_HEADER = 65536
 
 
-def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
-    """``(shape, record dtype, data offset)`` of an NPY file; a malformed header is a transient error."""
-    try:
-        with path.open("rb") as handle:
-            version = np.lib.format.read_magic(handle)
+class ChunkSink:
+    """Receives one computePixels NPY body as it arrives and writes it band-major into ``window``'s chunk.
+
+    The body is Earth Engine's pixel-interleaved record array ``(height, width)`` with one field per band;
+    the chunk is ``(bands, height, width)`` in ``dtype``. Whole rows are converted as soon as they arrive
+    (``nan_fill`` values become NaN), so at most one block of a body is ever in memory. Nothing appears
+    under the chunk's name until :meth:`commit`; a short, malformed or unexpected body raises
+    :class:`EarthEngineError` (transient when a retry can help) and leaves nothing behind.
+    """
+
+    def __init__(
+        self,
+        store: ChunkStore,
+        window: Window,
+        names: tuple[str, ...],
+        dtype: str,
+        nan_fill: float | None,
+    ) -> None:
+        self.window = window
+        self.names = names
+        self.dtype = np.dtype(dtype)
+        self.nan_fill = nan_fill
+        self.received = 0
+        self._pending = store.begin(window)
+        self._buffer = bytearray()
+        self._records: np.dtype | None = None
+        self._row = 0
+        self._start = 0
+
+    def write(self, data: bytes) -> int:
+        self.received += len(data)
+        self._buffer += data
+        if self._records is None and not self._parse_header():
+            return len(data)
+        self._convert(final=False)
+        return len(data)
+
+    def commit(self) -> Path:
+        """Check the body was complete and make the chunk appear; returns its path."""
+        if self._records is None:
+            self._parse_header(final=True)  # raises when the body is too short to hold one
+        self._convert(final=True)
+        if self._row != self.window.height or self._buffer:
+            expected = self.window.height * self.window.width
+            got = self._row * self.window.width
+            self.abort()
+            raise EarthEngineError(
+                f"truncated or corrupt NPY response ({self.received} bytes): {got} of {expected} pixels",
+                transient=True,
+            )
+        return self._pending.commit()
+
+    def abort(self) -> None:
+        self._pending.abort()
+
+    def _parse_header(self, final: bool = False) -> bool:
+        head = bytes(self._buffer[:MAX_HEADER])
+        try:
+            stream = io.BytesIO(head)
+            version = np.lib.format.read_magic(stream)
             reader = (
                 np.lib.format.read_array_header_1_0
                 if version == (1, 0)
                 else np.lib.format.read_array_header_2_0
             )
-            shape, _, dtype = reader(handle)
-            return tuple(shape), dtype, handle.tell()
-    except (ValueError, EOFError, OSError) as exc:
-        raise EarthEngineError(
-            f"truncated or corrupt NPY response ({_size(path)} bytes): {exc}", transient=True
-        ) from None
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def check_response(path: Path, names: tuple[str, ...], dtype: str, window: Window) -> tuple[np.dtype, int]:
-    """Validate a computePixels NPY response on disk against what was asked; ``(record dtype, offset)``.
-
-    A short or malformed body, or one of the wrong shape, is transient (retry); a missing band or an
-    unexpected data type is not (Earth Engine would answer the same again).
-    """
-    shape, records, offset = read_npy_header(path)
-    if shape != (window.height, window.width) or records.names is None:
-        raise EarthEngineError(
-            f"NPY response has shape {shape}, expected {(window.height, window.width)}", transient=True
+            shape, _, records = reader(stream)
+        except (ValueError, EOFError, OSError) as exc:
+            if not final and len(self._buffer) < MAX_HEADER:
+                return False  # wait for more bytes
+            raise EarthEngineError(
+                f"truncated or corrupt NPY response ({self.received} bytes): {exc}", transient=True
+            ) from None
+        window = self.window
+        if tuple(shape) != (window.height, window.width) or records.names is None:
+            raise EarthEngineError(
+                f"NPY response has shape {tuple(shape)}, expected {(window.height, window.width)}",
+                transient=True,
+            )
+        missing = [n for n in self.names if n not in records.names]
+        if missing:
+            raise EarthEngineError(f"NPY response lacks band(s) {missing}; got {list(records.names)}")
+        for name in self.names:
+            if records[name] != self.dtype:
+                raise EarthEngineError(
+                    f"Earth Engine returned band {name} as {records[name]}, expected {self.dtype}"
+                )
+        self._records = records
+        del self._buffer[: stream.tell()]
+        handle = self._pending.handle
+        np.lib.format.write_array_header_1_0(
+            handle,
+            {
+                "descr": np.lib.format.dtype_to_descr(self.dtype),
+                "fortran_order": False,
+                "shape": (len(self.names), window.height, window.width),
+            },
         )
-    have = _size(path) - offset
-    need = math.prod(shape) * records.itemsize
-    if have < need:
-        raise EarthEngineError(
-            f"truncated or corrupt NPY response ({_size(path)} bytes): {have} data bytes for "
-            f"{math.prod(shape)} x {records.itemsize}",
-            transient=True,
-        )
-    missing = [n for n in names if n not in records.names]
-    if missing:
-        raise EarthEngineError(f"NPY response lacks band(s) {missing}; got {list(records.names)}")
-    for name in names:
-        if records[name] != np.dtype(dtype):
-            raise EarthEngineError(f"Earth Engine returned band {name} as {records[name]}, expected {dtype}")
-    return records, offset
+        self._start = handle.tell()
+        return True
 
-
-def store_response(
-    store: ChunkStore,
-    window: Window,
-    response: Path,
-    names: tuple[str, ...],
-    dtype: str,
-    nan_fill: float | None,
-) -> Path:
-    """Check ``response`` and store it as ``window``'s chunk: ``(bands, height, width)`` in ``dtype``,
-    with ``nan_fill`` values turned into NaN when given. Converted block by block; the response file is
-    left for the caller to delete."""
-    records, offset = check_response(response, names, dtype, window)
-    out_dtype = np.dtype(dtype)
-    plane = window.height * window.width * out_dtype.itemsize
-    rows_per_block = max(1, BLOCK_BYTES // max(1, window.width * records.itemsize))
-
-    def write(handle: BinaryIO) -> None:
-        header = {
-            "descr": np.lib.format.dtype_to_descr(out_dtype),
-            "fortran_order": False,
-            "shape": (len(names), window.height, window.width),
-        }
-        np.lib.format.write_array_header_1_0(handle, header)
-        start = handle.tell()
-        handle.truncate(start + plane * len(names))
-        with response.open("rb") as src:
-            src.seek(offset)
-            for row in range(0, window.height, rows_per_block):
-                rows = min(rows_per_block, window.height - row)
-                count = rows * window.width
-                block = np.fromfile(src, dtype=records, count=count)
-                if block.size != count:
-                    raise EarthEngineError("NPY response shrank while it was read", transient=True)
-                for band, name in enumerate(names):
-                    values = np.ascontiguousarray(block[name])
-                    if nan_fill is not None:
-                        values[values == nan_fill] = np.nan
-                    handle.seek(start + band * plane + row * window.width * out_dtype.itemsize)
-                    handle.write(values.tobytes())
-
-    return store.save_with(window, write, plane * len(names))
+    def _convert(self, final: bool) -> None:
+        assert self._records is not None
+        width = self.window.width
+        row_bytes = width * self._records.itemsize
+        block_rows = max(1, BLOCK_BYTES // max(1, row_bytes))
+        plane = self.window.height * width * self.dtype.itemsize
+        handle = self._pending.handle
+        while True:
+            rows = min(len(self._buffer) // row_bytes, self.window.height - self._row)
+            if rows <= 0 or (rows < block_rows and not final and self._row + rows < self.window.height):
+                return
+            block = np.frombuffer(self._buffer, dtype=self._records, count=rows * width)
+            for band, name in enumerate(self.names):
+                values = np.array(block[name], dtype=self.dtype)
+                if self.nan_fill is not None:
+                    values[values == self.nan_fill] = np.nan
+                handle.seek(self._start + band * plane + self._row * width * self.dtype.itemsize)
+                handle.write(values.tobytes())
+            del block
+            del self._buffer[: rows * row_bytes]
+            self._row += rows
 
 
 class ByteBudget:
@@ -193,9 +221,9 @@ class ChunkWriter:
         for t in self.threads:
             t.join(timeout=timeout)
 
-    def put(self, job: ImageJob, window: Window, response: Path, nbytes: int) -> None:
-        """Queue a response on disk (``nbytes`` of the budget) to be stored as ``window``'s chunk."""
-        self.queue.put((job, window, response, nbytes))
+    def put(self, job: ImageJob, window: Window, chunk: Path, nbytes: int) -> None:
+        """Record ``window``'s stored chunk (``nbytes`` of the budget); assemble the image if it was the last."""
+        self.queue.put((job, window, chunk, nbytes))
 
     def assemble_later(self, job: ImageJob) -> None:
         """Queue the assembly of an image whose chunks are all stored already (a resumed run)."""
@@ -206,17 +234,14 @@ class ChunkWriter:
             item = self.queue.get()
             if item is None:
                 return
-            job, window, response, nbytes = item
+            job, window, chunk, nbytes = item
             try:
                 if job.status is not None:
                     continue
                 complete = True
-                if response is not None:
-                    path = store_response(
-                        job.store, window, response, job.spec.band_names, job.spec.dtype, nan_fill(job)
-                    )
+                if chunk is not None:
                     with job.lock:
-                        job.stored.append(StoredChunk(window, path))
+                        job.stored.append(StoredChunk(window, chunk))
                         job.outstanding -= 1
                         complete = job.outstanding == 0
                     self.counters.add(chunks_done=1)
@@ -230,8 +255,7 @@ class ChunkWriter:
                 log.exception("writing %s failed", job.record.record_key)
                 self.finish(job, "failed", f"writing the output failed: {type(exc).__name__}: {exc}")
             finally:
-                if response is not None:
-                    response.unlink(missing_ok=True)
+                if chunk is not None:
                     self.budget.release(nbytes)
 
     def _assemble(self, job: ImageJob) -> None:
