@@ -181,7 +181,9 @@ def run_edown(emu: EmulatorProcess, job: Job, out: Path) -> dict[str, Any]:
     summary = json.loads(run["stdout"])
     if summary["failed"]:
         raise SystemExit(f"edown failed {summary['failed']} image(s)")
-    return measured(emu, launched, run, round(summary["stats"]["output_megapixels"] * 1e6))
+    result = measured(emu, launched, run, round(summary["stats"]["output_megapixels"] * 1e6))
+    result["planner"] = summary["stats"].get("planner")
+    return result
 
 
 def run_minimal(emu: EmulatorProcess, job: Job, out: Path) -> dict[str, Any]:

@@ -36,7 +36,7 @@ log = logging.getLogger("edown.scheduler")
 #: Re-plan when this many responses have been measured (then the model is trusted as it stands).
 REPLAN_AFTER = (3, 12, 40, 120)
 #: ... and only if latency or bandwidth moved by more than this factor since the last plan.
-REPLAN_CHANGE = 1.25
+REPLAN_CHANGE = 1.5
 
 #: Called under the queue's lock with ``(image index, removed windows, added windows)`` when unsent chunks
 #: of an image are re-cut, so the caller's own bookkeeping changes before any new chunk can be sent.
@@ -112,6 +112,11 @@ class FetchQueue:
     def empty(self) -> bool:
         with self._cond:
             return not self._urgent and not any(self._unsent.values())
+
+    def learned(self) -> CostModel:
+        """The cost model all responses so far imply (the plan may have been made with an earlier one)."""
+        with self._cond:
+            return self.learner.model()
 
     def observe(self, body_bytes: int, seconds: float) -> None:
         """Learn from one answered request; re-cut the unsent chunks when the model has moved enough."""
@@ -254,7 +259,7 @@ class Fetcher:
             began = time.monotonic()
             try:
                 earthengine.compute_pixels_to(self.conn, job.expression, grid, sink)
-                self.queue.observe(sink.received, time.monotonic() - began)
+                self.queue.observe(sink.received, time.monotonic() - began - sink.busy_seconds)
                 path = sink.commit()
             except BaseException:
                 sink.abort()

@@ -13,9 +13,10 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
@@ -62,19 +63,27 @@ class ChunkSink:
         self.dtype = np.dtype(dtype)
         self.nan_fill = nan_fill
         self.received = 0
+        #: Seconds spent here converting and writing (not waiting for Earth Engine): a request's measured
+        #: time minus this is what the endpoint cost, which is what the planner learns.
+        self.busy_seconds = 0.0
         self._pending = store.begin(window)
         self._buffer = bytearray()
         self._records: np.dtype | None = None
         self._row = 0
         self._start = 0
+        self._fortran = False
 
     def write(self, data: bytes) -> int:
-        self.received += len(data)
-        self._buffer += data
-        if self._records is None and not self._parse_header():
+        began = time.monotonic()
+        try:
+            self.received += len(data)
+            self._buffer += data
+            if self._records is None and not self._parse_header():
+                return len(data)
+            self._convert(final=False)
             return len(data)
-        self._convert(final=False)
-        return len(data)
+        finally:
+            self.busy_seconds += time.monotonic() - began
 
     def commit(self) -> Path:
         """Check the body was complete and make the chunk appear; returns its path."""
@@ -104,7 +113,7 @@ class ChunkSink:
                 if version == (1, 0)
                 else np.lib.format.read_array_header_2_0
             )
-            shape, _, records = reader(stream)
+            shape, fortran_order, records = reader(stream)
         except (ValueError, EOFError, OSError) as exc:
             if not final and len(self._buffer) < MAX_HEADER:
                 return False  # wait for more bytes
@@ -126,6 +135,9 @@ class ChunkSink:
                     f"Earth Engine returned band {name} as {records[name]}, expected {self.dtype}"
                 )
         self._records = records
+        # Earth Engine sends C order, converted row block by row block; a Fortran-ordered body is valid
+        # NPY too, but column-major, so it is converted whole when complete.
+        self._fortran = bool(fortran_order) and window.height > 1 and window.width > 1
         del self._buffer[: stream.tell()]
         handle = self._pending.handle
         np.lib.format.write_array_header_1_0(
@@ -146,20 +158,34 @@ class ChunkSink:
         block_rows = max(1, BLOCK_BYTES // max(1, row_bytes))
         plane = self.window.height * width * self.dtype.itemsize
         handle = self._pending.handle
+        if self._fortran:
+            if final and len(self._buffer) >= self.window.height * row_bytes:
+                count = self.window.height * width
+                columns = np.frombuffer(self._buffer, dtype=self._records, count=count)
+                grid = columns.reshape((self.window.height, width), order="F")
+                for band, name in enumerate(self.names):
+                    self._write_band(handle, band, plane, np.array(grid[name], dtype=self.dtype, order="C"))
+                del columns, grid
+                del self._buffer[: count * self._records.itemsize]
+                self._row = self.window.height
+            return
         while True:
             rows = min(len(self._buffer) // row_bytes, self.window.height - self._row)
             if rows <= 0 or (rows < block_rows and not final and self._row + rows < self.window.height):
                 return
-            block = np.frombuffer(self._buffer, dtype=self._records, count=rows * width)
+            rows_block = np.frombuffer(self._buffer, dtype=self._records, count=rows * width)
             for band, name in enumerate(self.names):
-                values = np.array(block[name], dtype=self.dtype)
-                if self.nan_fill is not None:
-                    values[values == self.nan_fill] = np.nan
-                handle.seek(self._start + band * plane + self._row * width * self.dtype.itemsize)
-                handle.write(values.tobytes())
-            del block
+                self._write_band(handle, band, plane, np.array(rows_block[name], dtype=self.dtype))
+            del rows_block
             del self._buffer[: rows * row_bytes]
             self._row += rows
+
+    def _write_band(self, handle: BinaryIO, band: int, plane: int, values: np.ndarray) -> None:
+        """Write rows ``values`` of one band at the current row (``values`` is ours to modify)."""
+        if self.nan_fill is not None:
+            values[values == self.nan_fill] = np.nan
+        handle.seek(self._start + band * plane + self._row * self.window.width * self.dtype.itemsize)
+        handle.write(values.tobytes())
 
 
 class ByteBudget:
@@ -207,6 +233,12 @@ class ChunkWriter:
         self.finish = finish
         self.on_disk_full = on_disk_full
         self.queue: queue.Queue[tuple[ImageJob, Window, Path | None, int] | None] = queue.Queue()
+        self.workers = workers
+        #: GeoTIFFs assembled at once: one while responses still arrive (compressing competes with
+        #: receiving them for the CPU, and the quota is the scarce resource), every worker after.
+        self.assembly_limit = 1
+        self._assembling = 0
+        self._assembly = threading.Condition()
         self.threads = [
             threading.Thread(target=self._loop, name=f"edown-write-{i}", daemon=True) for i in range(workers)
         ]
@@ -224,6 +256,12 @@ class ChunkWriter:
     def put(self, job: ImageJob, window: Window, chunk: Path, nbytes: int) -> None:
         """Record ``window``'s stored chunk (``nbytes`` of the budget); assemble the image if it was the last."""
         self.queue.put((job, window, chunk, nbytes))
+
+    def fetching_done(self) -> None:
+        """Every response has arrived: assemble with all workers from now on."""
+        with self._assembly:
+            self.assembly_limit = self.workers
+            self._assembly.notify_all()
 
     def assemble_later(self, job: ImageJob) -> None:
         """Queue the assembly of an image whose chunks are all stored already (a resumed run)."""
@@ -259,6 +297,18 @@ class ChunkWriter:
                     self.budget.release(nbytes)
 
     def _assemble(self, job: ImageJob) -> None:
+        with self._assembly:
+            while self._assembling >= self.assembly_limit:
+                self._assembly.wait(0.5)
+            self._assembling += 1
+        try:
+            self._assemble_now(job)
+        finally:
+            with self._assembly:
+                self._assembling -= 1
+                self._assembly.notify_all()
+
+    def _assemble_now(self, job: ImageJob) -> None:
         pieces: list[StoredChunk] = []
         for window in job.chunks:
             cover = covered_by(window, job.stored)
