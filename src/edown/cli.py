@@ -627,7 +627,7 @@ def demo(output_root: str, latency: str, as_json: bool) -> None:
     Writes GeoTIFFs, a Zarr datacube, a manifest and quicklook PNGs under OUTPUT_ROOT, then prints how to
     open them. Nothing leaves the machine.
     """
-    from edown.demo import run_demo
+    from edown.demo import open_snippet, run_demo
 
     root = Path(output_root)
     console = _stderr_console()
@@ -659,10 +659,7 @@ def demo(output_root: str, latency: str, as_json: bool) -> None:
         out.print(f"  quicklook:  {picture}")
     if stores:
         out.print("\nopen the datacube in Python:", markup=False)
-        out.print(
-            f'  import edown\n  ds = edown.open_stack("{stores[0]}")\n  ds.data.sel(band="B4").isel(time=0).plot()',
-            markup=False,
-        )
+        out.print(open_snippet(Path(stores[0])), markup=False, emoji=False, soft_wrap=True, end="")
 
 
 @cli.command()
