@@ -653,10 +653,11 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
     started = time.monotonic()
     search = resolve_search(config)
     manifest_path = _manifest_path(config, started_wall)
-    plan = plan_download(config, search)
     if config.dry_run:
+        plan = plan_download(config, search)
         return _dry_run_summary(config, search, plan, manifest_path, time.monotonic() - started)
 
+    # Before planning: the plan builds ee expressions, and a saved search has not initialised the client.
     conn = earthengine.connect(
         config.server_url,
         config.project,
@@ -665,6 +666,7 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
         requests_per_second=config.max_requests_per_second,
         timeout=config.request_timeout_seconds,
     )
+    plan = plan_download(config, search)
     before = conn.pacer.snapshot()
     with output_lock(config.output_root, f"download to {config.output_root}"):
         manifest = new_manifest(manifest_path, config.output_root)
