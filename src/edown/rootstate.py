@@ -56,8 +56,10 @@ def check_no_links(root: Path, path: Path) -> None:
     """Refuse ``path`` if any existing component below ``root`` (itself included) is a symbolic link.
 
     ``root`` itself may be a link: the user named it. Inside it edown never follows links, so a link
-    planted in its folders cannot redirect a write or a delete elsewhere.
+    planted in its folders cannot redirect a write or a delete elsewhere. Relative paths are taken from
+    the working directory, as the user's relative output root is.
     """
+    root, path = root.absolute(), path.absolute()
     try:
         relative = path.relative_to(root)
     except ValueError:
