@@ -285,6 +285,8 @@ def doc_runs(
     pool.shutdown(wait=True, cancel_futures=True)
 
 
+# A block's test may wait for the blocks before it (each bounded by BLOCK_TIMEOUT), the demo among them.
+@pytest.mark.timeout(3 * BLOCK_TIMEOUT)
 @pytest.mark.parametrize("block", RUN_BLOCKS, ids=[block.id for block in RUN_BLOCKS])
 def test_block_runs(block: Block, doc_runs: dict[Path, DocRun]) -> None:
     if block.skip is not None:
@@ -310,6 +312,7 @@ def test_every_fence_names_a_known_language() -> None:
     assert not unknown, f"say what these blocks are (python, bash, console, or text for output): {unknown}"
 
 
+@pytest.mark.timeout(3 * BLOCK_TIMEOUT)
 def test_the_demo_prints_the_readme_snippet_and_it_draws(doc_runs: dict[Path, DocRun]) -> None:
     readme = doc_runs[REPO / "README.md"]
     demo, snippet = readme_demo_and_snippet()
