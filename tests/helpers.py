@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +81,26 @@ def check_all_exact(emu: Emulator, summary: Any, scale: dict[str, float] | None 
     for result in summary.results:
         assert result.status == "downloaded", result
         assert_tiff_exact(emu, records[result.record_key], result.tiff_path, result.nodata, scale)
+
+
+EDOWN = Path(sys.executable).with_name("edown")
+
+
+def run_edown(
+    *args: str, cwd: Path, umask: int | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``edown`` entry point in a subprocess, as a user at a shell would.
+
+    ``umask`` is set in the child only (``os.umask`` in this process would race with other threads).
+    """
+    command = [str(EDOWN), *args]
+    if umask is not None:
+        command = ["bash", "-c", f'umask {umask:03o} && exec "$@"', "edown", *command]
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")} | {"NO_COLOR": "1"},
+    )

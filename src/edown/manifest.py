@@ -20,7 +20,7 @@ import datetime as dt
 import json
 import os
 import re
-import tempfile
+import uuid
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -39,9 +39,14 @@ def now_utc() -> dt.datetime:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    The temporary file is created with mode 0666 for the kernel to apply the umask, as for the GeoTIFFs
+    (``mkstemp`` would make it 0600 and collaborators on shared storage could not read it).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
