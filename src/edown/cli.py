@@ -91,7 +91,7 @@ def cli(verbose: bool) -> None:
       edown search   -c COPERNICUS/S2_SR_HARMONIZED --start-date 2024-06-01 --end-date 2024-06-30 \\
                      --bbox -0.15,51.48,0.02,51.56 --band B4 --band B8
       edown download ...same options... --output-root data
-      edown stack    --manifest-path data/manifests/run-*.json
+      edown stack    -m data/manifests/run-*.json
     """
     import logging
 
@@ -545,12 +545,17 @@ def _print_summary(summary: Any) -> None:
 @click.option(
     "-m",
     "--manifest-path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Download manifest (OUTPUT_ROOT/manifests/run-*.json).",
+    "manifest_paths",
+    multiple=True,
+    help="Download manifest(s): files (a shell glob such as OUTPUT_ROOT/manifests/run-*.json), "
+    "a manifests folder, or 'latest' (the newest run under --output-root, default data). Repeatable.",
 )
+@click.argument("more_manifests", nargs=-1, type=click.Path())
 @click.option(
-    "-o", "--output-root", type=click.Path(file_okay=False), help="Override the manifest's output root."
+    "-o",
+    "--output-root",
+    type=click.Path(file_okay=False),
+    help="Where the datacubes go (default: the manifests' output root).",
 )
 @click.option(
     "--backend",
@@ -574,20 +579,39 @@ def _print_summary(summary: Any) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @handle_errors
-def stack(as_json: bool, **params: Any) -> None:
-    """Build one Zarr datacube per alignment group of a download manifest (appends new dates).
+def stack(
+    manifest_paths: tuple[str, ...], more_manifests: tuple[str, ...], as_json: bool, **params: Any
+) -> None:
+    """Build one Zarr datacube per alignment group of download manifests (appends new dates).
+
+    Several manifests (e.g. one per month downloaded into the same root) are stacked together; an image
+    found in several is taken once, from the newest run.
 
     \b
     Examples:
-      edown stack -m data/manifests/run-20240602T143022Z.json
+      edown stack -m data/manifests/run-*.json
+      edown stack -m data/manifests
+      edown stack -m latest -o data
       edown stack -m run.json --backend dask-slurm --slurm-queue normal --n-workers 8
     Open a result with: edown.open_stack("data/stacks/<collection>/<group>.zarr")
     """
     from edown.config import StackConfig
-    from edown.stack import stack_images
+    from edown.stack import manifest_files, stack_images
 
-    config = StackConfig(**{k: v for k, v in params.items() if v is not None}, progress=True)
+    paths = manifest_files(_stack_manifests((*manifest_paths, *more_manifests), params.get("output_root")))
+    config = StackConfig(
+        manifest_path=paths[0],
+        manifest_paths=tuple(paths[1:]),
+        **{k: v for k, v in params.items() if v is not None},
+        progress=True,
+    )
     results = stack_images(config)
+    _stderr_console().print(
+        f"manifests: {', '.join(str(_relative(p)) for p in paths)}"
+        + (" (an image in several is taken from the newest)" if len(paths) > 1 else ""),
+        markup=False,
+        soft_wrap=True,
+    )
     if as_json:
         _echo_json([r.to_dict() for r in results])
     else:
@@ -606,6 +630,32 @@ def stack(as_json: bool, **params: Any) -> None:
         _stdout_console().print(table)
     if any(r.error for r in results):
         sys.exit(1)
+
+
+def _stack_manifests(given: tuple[str, ...], output_root: str | None) -> list[Path]:
+    """``-m`` values as paths: ``latest`` is the newest run under the output root (unless a file of that
+    name exists)."""
+    from edown.stack import latest_manifest
+
+    if not given:
+        raise ConfigError(
+            "manifest_path",
+            "give at least one download manifest",
+            "e.g. -m data/manifests/run-*.json, -m data/manifests or -m latest",
+        )
+    return [
+        latest_manifest(Path(output_root or "data"))
+        if value == "latest" and not Path(value).exists()
+        else Path(value)
+        for value in given
+    ]
+
+
+def _relative(path: Path) -> Path:
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 # ---- demo and quicklook ------------------------------------------------------------------------------------

@@ -553,7 +553,10 @@ BACKENDS = ("threads", "dask-local", "dask-slurm")
 class StackConfig:
     """Build one Zarr datacube per alignment group of a download manifest.
 
-    Extensions: ``threads`` (worker threads for the ``threads`` backend; default = cores), ``walltime``
+    ``manifest_path`` may also be a folder (all its ``run-*.json``). Extensions: ``manifest_paths``
+    (further manifests or folders stacked together with ``manifest_path``, e.g. the runs that downloaded
+    successive months into one output root; an image in several manifests is taken once, from the newest
+    run), ``threads`` (worker threads for the ``threads`` backend; default = cores), ``walltime``
     (SLURM job walltime), ``scheduler_host`` (address SLURM workers use to reach the Dask scheduler;
     default: dask-jobqueue's choice), ``worker_timeout_seconds`` (how long to wait for the first SLURM
     worker), ``chunk_size`` (spatial chunk side, default 512), ``progress``.
@@ -574,9 +577,14 @@ class StackConfig:
     worker_timeout_seconds: float = 300.0
     chunk_size: int = 512
     progress: bool = False
+    manifest_paths: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         _set(self, "manifest_path", Path(self.manifest_path).expanduser())
+        extra: Any = self.manifest_paths
+        if isinstance(extra, str | Path):
+            extra = (extra,)
+        _set(self, "manifest_paths", tuple(Path(p).expanduser() for p in extra))
         if self.output_root is not None:
             _set(self, "output_root", Path(self.output_root).expanduser())
         if self.backend not in BACKENDS:

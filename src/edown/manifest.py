@@ -96,7 +96,7 @@ def config_to_dict(config: SearchConfig | StackConfig) -> dict[str, Any]:
         elif isinstance(value, Path):
             value = str(value)
         elif isinstance(value, tuple):
-            value = list(value)
+            value = [str(v) if isinstance(v, Path) else v for v in value]
         out[f.name] = value
     return out
 

@@ -51,7 +51,7 @@ def search_images(config: SearchConfig) -> SearchResult:
     records, warnings = _build_records(
         config, assets, band_lists, transformed=plugin is not None or bool(config.scale_map)
     )
-    groups = _alignment_groups(records)
+    groups = alignment_groups(records)
     selected = list(OrderedDict.fromkeys(b for r in records for b in r.selected_band_ids))
     names = list(OrderedDict.fromkeys(n for r in records for n in r.output_band_names))
     return SearchResult(
@@ -247,7 +247,9 @@ def _version(asset: dict[str, Any]) -> int | None:
     return round(parse_utc(stamp).timestamp() * 1_000_000) if stamp else None
 
 
-def _alignment_groups(records: list[ImageRecord]) -> list[AlignmentGroup]:
+def alignment_groups(records: list[ImageRecord]) -> list[AlignmentGroup]:
+    """Records on one grid with the same bands and dtype, each group on the common grid of its members'
+    AOI windows; also used to regroup the records of several manifests stacked together."""
     by_sig: OrderedDict[str, list[ImageRecord]] = OrderedDict()
     for record in records:
         if record.outside_aoi or record.missing_bands:
