@@ -1,15 +1,25 @@
-"""What edown leaves on disk for others: file modes that follow the umask, as GeoTIFFs always did."""
+"""Where edown writes: file modes that follow the umask, and folders the OS refuses as bad input (exit 2).
+
+Read-only folders are made read-only for real: the tests run as root in CI and root ignores permission
+bits, so as root the folder is made immutable (``chattr +i``, refused even to root); as another user its
+write bits are removed.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import stat
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from edown import download_images
 from edown.emulator.server import Emulator
-from tests.helpers import run_edown
+from tests.helpers import config, run_edown
 
 AREA = "-0.60,51.48,-0.43,51.56"
 
@@ -72,3 +82,90 @@ def test_manifests_sidecars_and_geotiffs_follow_the_umask(
     assert {what: oct(mode(path)) for what, path in written.items()} == {
         what: oct(expected) for what in written
     }
+
+
+@contextlib.contextmanager
+def read_only(*paths: Path) -> Iterator[None]:
+    """Make ``paths`` unwritable even for root; put them back afterwards."""
+    as_root = os.geteuid() == 0
+    done: list[tuple[Path, int]] = []
+    try:
+        for path in paths:
+            if as_root:
+                flagged = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+                if flagged.returncode != 0:
+                    pytest.skip(f"running as root and chattr +i fails here ({flagged.stderr.strip()})")
+            else:
+                path.chmod(0o555 if path.is_dir() else 0o444)
+            done.append((path, stat.S_IMODE(path.stat().st_mode)))
+        yield
+    finally:
+        for path, original in reversed(done):
+            if as_root:
+                subprocess.run(["chattr", "-i", str(path)], check=True)
+            else:
+                path.chmod(original | 0o200)
+
+
+def first_line(done: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.stderr.splitlines()[0]
+
+
+def test_an_output_root_under_a_file_is_bad_input(ee_emulator: Emulator, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("a file, not a folder\n")
+    done = run_edown(*download_args(ee_emulator, Path("notes.txt/data")), cwd=tmp_path)
+    assert done.returncode == 2
+    assert first_line(done) == "error: output root notes.txt/data: notes.txt is a file, not a folder"
+    assert done.stderr.splitlines()[1] == "hint: move it away or choose another --output-root / output_root"
+
+
+def test_a_read_only_output_root_is_bad_input(ee_emulator: Emulator, tmp_path: Path) -> None:
+    (tmp_path / "shared").mkdir()
+    with read_only(tmp_path / "shared"):
+        done = run_edown(*download_args(ee_emulator, Path("shared")), cwd=tmp_path)
+    assert done.returncode == 2
+    assert first_line(done).startswith("error: output root shared is not writable (")
+    assert first_line(done).endswith(": shared/.edown.lock)")
+    assert (
+        done.stderr.splitlines()[1] == "hint: make it writable or choose another --output-root / output_root"
+    )
+
+
+def test_stacking_into_a_read_only_root_is_bad_input(ee_emulator: Emulator, tmp_path: Path) -> None:
+    summary = download_images(config(ee_emulator, tmp_path, end_date="2024-06-05", bands=("B4",)))
+    root = tmp_path / "data"
+    with read_only(root / ".edown.lock", root):
+        done = run_edown("stack", "-m", str(summary.manifest_path), cwd=tmp_path)
+    assert done.returncode == 2
+    assert first_line(done).startswith(f"error: output root {root} is not writable (")
+    assert not (root / "stacks").exists()
+    (tmp_path / "archive").mkdir()
+    with read_only(tmp_path / "archive"):
+        elsewhere = run_edown("stack", "-m", str(summary.manifest_path), "-o", "archive", cwd=tmp_path)
+    assert elsewhere.returncode == 2
+    assert first_line(elsewhere).startswith("error: output root archive is not writable (")
+
+
+def test_a_manifest_path_in_a_missing_or_read_only_folder_is_bad_input(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    root = Path("data")
+    download = run_edown(*download_args(ee_emulator, root, "--manifest-path", "runs/june.json"), cwd=tmp_path)
+    assert download.returncode == 2
+    assert first_line(download) == "error: manifest_path: folder runs does not exist"
+    assert not (tmp_path / "data").exists(), "refused before anything was fetched"
+    search = download_args(ee_emulator, root)[1:-3]
+    missing = run_edown("search", *search, "--manifest-path", "runs/june.json", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert first_line(missing) == "error: manifest_path: folder runs does not exist"
+    (tmp_path / "runs").mkdir()
+    with read_only(tmp_path / "runs"):
+        refused = run_edown("search", *search, "--manifest-path", "runs/june.json", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert first_line(refused).startswith("error: manifest folder runs is not writable (")
+    inside = run_edown(
+        *download_args(ee_emulator, root, "--manifest-path", "data/runs/june.json"), cwd=tmp_path
+    )
+    assert inside.returncode == 0, "folders under the output root are edown's own to make"
+    assert (tmp_path / "data/runs/june.json").is_file()

@@ -229,16 +229,20 @@ def search(manifest_path: str | None, as_json: bool, **params: Any) -> None:
       edown search -c COPERNICUS/S2_SR_HARMONIZED --start-date 2024-06-01 --end-date 2024-06-30 \\
         --bbox -0.15,51.48,0.02,51.56 --band B4 --band B8 --filter 'CLOUDY_PIXEL_PERCENTAGE < 20'
     """
-    from edown.config import SearchConfig
+    from edown.config import SearchConfig, check_parent_folder
+    from edown.errors import user_folder
     from edown.manifest import new_manifest, set_search
     from edown.search import search_images
 
     config = SearchConfig(**_search_kwargs(params))
+    if manifest_path:
+        check_parent_folder(Path(manifest_path), "manifest_path")
     result = search_images(config)
     if manifest_path:
         manifest = new_manifest(Path(manifest_path), None)
         set_search(manifest, config, result)
-        manifest.write()
+        with user_folder(Path(manifest_path).parent, "manifest folder", "--manifest-path"):
+            manifest.write()
     if as_json:
         _echo_json(result.to_dict())
         return

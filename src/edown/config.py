@@ -343,6 +343,24 @@ def _check_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def check_parent_folder(path: Path, field_name: str, root: Path | None = None) -> None:
+    """Refuse a file path whose folder does not exist (a typo, most likely) unless it lies under ``root``,
+    the output root whose folders edown makes itself."""
+    parent = path.parent
+    if parent.is_dir():
+        return
+    if root is not None and (
+        root.resolve() == parent.resolve() or root.resolve() in parent.resolve().parents
+    ):
+        return
+    option = "--" + field_name.replace("_", "-")
+    if parent.exists():
+        raise ConfigError(field_name, f"{parent} is not a folder", f"choose another {option}")
+    raise ConfigError(
+        field_name, f"folder {parent} does not exist", f"create it first, or choose another {option}"
+    )
+
+
 def _check_positive_int(value: Any, name: str, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(name, f"must be an integer >= {minimum}, got {value!r}")
@@ -508,6 +526,7 @@ class DownloadConfig(SearchConfig):
         _set(self, "output_root", Path(self.output_root).expanduser())
         if self.manifest_path is not None:
             _set(self, "manifest_path", Path(self.manifest_path).expanduser())
+            check_parent_folder(self.manifest_path, "manifest_path", self.output_root)
         if self.search_manifest is not None:
             _set(self, "search_manifest", Path(self.search_manifest).expanduser())
         if self.chunk_size_mode not in CHUNK_MODES:

@@ -37,7 +37,7 @@ from typing import Literal
 
 import numpy as np
 
-from edown.errors import OutputLockedError
+from edown.errors import OutputLockedError, user_folder
 from edown.grid import Window
 
 MAX_NAME = 120
@@ -224,9 +224,10 @@ def output_lock(output_root: Path, purpose: str) -> Iterator[None]:
     Taking the lock also sweeps away the temporaries of an earlier run that was killed, so a crash
     never leaves litter that later runs would not clean.
     """
-    output_root.mkdir(parents=True, exist_ok=True)
     lock_path = output_root / ".edown.lock"
-    handle = lock_path.open("a+", encoding="utf-8")
+    with user_folder(output_root, "output root", "--output-root / output_root"):
+        output_root.mkdir(parents=True, exist_ok=True)
+        handle = lock_path.open("a+", encoding="utf-8")
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
