@@ -721,12 +721,27 @@ def demo(output_root: str, latency: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("path", type=click.Path(exists=True))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="PNG to write (default: next to PATH).")
-@click.option("-b", "--band", "bands", multiple=True, help="Bands to show as R, G, B (default: true colour).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="PNG to write, in an existing folder (default: next to PATH).",
+)
+@click.option(
+    "-b",
+    "--band",
+    "bands",
+    multiple=True,
+    help="One band to draw in grey, or three as R, G, B (default: true colour, or the first three; of two "
+    "bands the first in grey).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the PNG's path as JSON.")
 @handle_errors
 def quicklook(path: str, output: str | None, bands: tuple[str, ...], as_json: bool) -> None:
-    """Render a PNG of a GeoTIFF, or a dated time strip of a Zarr datacube.
+    """Render a PNG of a GeoTIFF, or a dated time strip of a Zarr datacube (nodata transparent).
+
+    One band is drawn in grey, three as red, green, blue; when bands are left out a note says which are
+    drawn and how to choose.
 
     \b
     Examples:
@@ -735,7 +750,10 @@ def quicklook(path: str, output: str | None, bands: tuple[str, ...], as_json: bo
     """
     from edown.quicklook import render
 
-    out = render(Path(path), Path(output) if output else None, bands or None)
+    def notify(notice: str) -> None:
+        _stderr_console().print(f"note: {notice}", markup=False, soft_wrap=True)
+
+    out = render(Path(path), Path(output) if output else None, bands or None, notify=notify)
     if as_json:
         _echo_json({"png": str(out)})
     else:
