@@ -133,7 +133,8 @@ def search_options(func: F) -> F:
             "--filter",
             "property_filters",
             multiple=True,
-            help="Metadata filter, e.g. 'CLOUDY_PIXEL_PERCENTAGE < 20' (repeatable).",
+            help="Metadata filter NAME OP VALUE, OP one of < <= > >= = != (repeatable), "
+            "e.g. 'CLOUDY_PIXEL_PERCENTAGE < 20'.",
         ),
         click.option(
             "--resample",

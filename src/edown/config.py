@@ -217,7 +217,10 @@ def parse_date(value: Any, field_name: str) -> dt.date:
         raise ConfigError(field_name, f"{value!r} is not a valid date ({exc})", "use YYYY-MM-DD") from None
 
 
-_PROPERTY_FILTER = re.compile(r"^\s*([A-Za-z_][\w.:-]*)\s*(<=|>=|!=|==|=|<|>)\s*(.+?)\s*$")
+#: What Earth Engine's listImages filter compares with (``==`` is read as ``=``).
+OPERATORS = ("<", "<=", ">", ">=", "=", "==", "!=")
+_LOOKALIKES = {"=<": "<=", "=>": ">=", "=!": "!=", "<>": "!=", "≤": "<=", "≥": ">=", "≠": "!=", "===": "=="}
+_PROPERTY_FILTER = re.compile(r"^\s*([A-Za-z_][\w.:-]*)\s*([<>=!≤≥≠]+)\s*(.*?)\s*$")
 
 
 @dataclass(frozen=True)
@@ -231,13 +234,26 @@ class PropertyFilter:
     @staticmethod
     def parse(text: str, field_name: str = "property_filters") -> PropertyFilter:
         m = _PROPERTY_FILTER.match(text)
-        if not m:
+        if not m or not m.group(3):
             raise ConfigError(
                 field_name,
                 f"cannot parse {text!r}",
-                "write NAME OP VALUE, e.g. 'CLOUDY_PIXEL_PERCENTAGE < 20'",
+                f"write NAME OP VALUE with OP one of {' '.join(OPERATORS)}, e.g. 'CLOUDY_PIXEL_PERCENTAGE < 20'",
             )
         name, op, raw = m.groups()
+        if op not in OPERATORS:
+            meant = _LOOKALIKES.get(op)
+            raise ConfigError(
+                field_name,
+                f"{text!r}: {op!r} is not an operator" + (f" (did you mean {meant!r}?)" if meant else ""),
+                f"use one of {' '.join(OPERATORS)}",
+            )
+        if raw[:1] in "<>=!≤≥≠":
+            raise ConfigError(
+                field_name,
+                f"{text!r}: the value {raw!r} starts with an operator",
+                f"use one operator of {' '.join(OPERATORS)}, or quote a text value that starts with one",
+            )
         op = "=" if op == "==" else op
         value: float | str | bool
         if raw.lower() in ("true", "false"):
