@@ -169,3 +169,35 @@ def test_a_manifest_path_in_a_missing_or_read_only_folder_is_bad_input(
     )
     assert inside.returncode == 0, "folders under the output root are edown's own to make"
     assert (tmp_path / "data/runs/june.json").is_file()
+
+
+def test_another_selection_in_the_same_root_says_what_differs_and_both_ways_out(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    root = Path("data")
+    first = run_edown(*download_args(ee_emulator, root), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    tiff = "data/images/COPERNICUS_S2_SR_HARMONIZED/20240603T104058_20240603T104237_T30UXC.tif"
+    hint = "hint: replace it with --overwrite (overwrite=True), or keep both with another --output-root"
+    why = "(a file's name comes from its image only, not from the bands, AOI or nodata)"
+
+    bands = run_edown(*download_args(ee_emulator, root, "-b", "B8"), cwd=tmp_path)
+    assert bands.returncode == 2
+    assert bands.stderr.splitlines() == [
+        f"error: {tiff} exists but with bands B4; this run makes bands B4, B8 {why}",
+        hint,
+    ]
+    args = download_args(ee_emulator, root, "--nodata", "0")
+    args[args.index("--bbox") + 1] = "-0.61,51.48,-0.44,51.56"
+    moved = run_edown(*args, cwd=tmp_path)
+    assert moved.returncode == 2
+    assert moved.stderr.splitlines() == [
+        f"error: {tiff} exists but with size 1210x931 px, nodata 65535, grid origin 666360,5715240 step 10;"
+        f" this run makes size 1211x930 px, nodata 0, grid origin 665660,5715210 step 10 {why}",
+        hint,
+    ]
+    other_root = run_edown(*download_args(ee_emulator, Path("data-b8"), "-b", "B8"), cwd=tmp_path)
+    assert other_root.returncode == 0, other_root.stderr
+    replaced = run_edown(*download_args(ee_emulator, root, "-b", "B8", "--overwrite"), cwd=tmp_path)
+    assert replaced.returncode == 0, replaced.stderr
+    assert json.loads(replaced.stdout)["downloaded"] == 1

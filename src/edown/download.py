@@ -234,7 +234,8 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
                 problem = _existing_mismatch(tiff, spec)
                 if problem:
                     raise OutputExistsError(
-                        f"{tiff} exists but {problem}", hint="pass overwrite=True / --overwrite to replace it"
+                        f"{tiff} exists but {problem}",
+                        hint="replace it with --overwrite (overwrite=True), or keep both with another --output-root",
                     )
                 return _skipped(record, "skipped_existing", tiff, nodata=nodata)
             else:
@@ -287,23 +288,47 @@ def metadata_from_record(record: ImageRecord) -> dict[str, Any]:
 
 
 def _existing_mismatch(tiff: Path, spec: OutputSpec) -> str | None:
+    """What differs between an existing output and this run's (None when it is the same output).
+
+    Names depend only on the collection and the image (and its grid label), so another selection of
+    bands, another AOI or another nodata in the same output root meets the earlier file.
+    """
     try:
         found = describe(tiff)
     except Exception as exc:
         return f"cannot be read ({type(exc).__name__})"
-    if (found["width"], found["height"], found["count"]) != (spec.width, spec.height, len(spec.band_names)):
-        return f"has a different size ({found['width']}x{found['height']}x{found['count']})"
-    if found["dtype"] != spec.dtype:
-        return f"has dtype {found['dtype']}, not {spec.dtype}"
+    there: list[str] = []
+    here: list[str] = []
+
+    def differ(what: str, old: str, new: str) -> None:
+        there.append(f"{what} {old}")
+        here.append(f"{what} {new}")
+
     if tuple(found["band_names"]) != spec.band_names:
-        return f"has bands {found['band_names']}"
+        differ("bands", ", ".join(map(str, found["band_names"])), ", ".join(spec.band_names))
+    if (found["width"], found["height"]) != (spec.width, spec.height):
+        differ("size", f"{found['width']}x{found['height']} px", f"{spec.width}x{spec.height} px")
+    if found["dtype"] != spec.dtype:
+        differ("dtype", found["dtype"], spec.dtype)
     nodata = found["nodata"]
     same_nodata = nodata == spec.nodata or (
         nodata is not None and math.isnan(nodata) and math.isnan(spec.nodata)
     )
     if not same_nodata:
-        return f"has nodata {nodata}, not {spec.nodata}"
-    return None
+        differ("nodata", "none" if nodata is None else f"{nodata:g}", f"{spec.nodata:g}")
+    old, new = found["transform"], spec.transform
+    if not all(math.isclose(a, b, abs_tol=1e-6 * abs(new[0])) for a, b in zip(old, new, strict=True)):
+        differ(
+            "grid",
+            f"origin {old[2]:.10g},{old[5]:.10g} step {abs(old[0]):g}",
+            f"origin {new[2]:.10g},{new[5]:.10g} step {abs(new[0]):g}",
+        )
+    if not there:
+        return None
+    return (
+        f"with {', '.join(there)}; this run makes {', '.join(here)} (a file's name comes from its image only,"
+        " not from the bands, AOI or nodata)"
+    )
 
 
 # ---- fetch + write ------------------------------------------------------------------------------------
