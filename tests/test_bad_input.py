@@ -126,6 +126,15 @@ SEARCH_CASES: list[tuple[str, dict[str, str], int, str, dict[str, Any], type[Exc
         "",
     ),
     (
+        "bbox across the antimeridian",
+        {"--bbox": "170,-20,-170,-10"},
+        2,
+        "error: bbox: xmin=170 > xmax=-170: a box across the antimeridian (180°) cannot be one bbox",
+        {},
+        ConfigError,
+        "",
+    ),
+    (
         "unknown collection",
         {"-c": "COPERNICUS/S2_NOPE"},
         2,

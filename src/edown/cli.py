@@ -9,14 +9,17 @@ failed), 2 bad input. Errors are one line plus a hint; ``--verbose`` adds the tr
 from __future__ import annotations
 
 import functools
+import io
 import json
+import logging
 import os
+import re
 import sys
 import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 
 import click
 
@@ -27,17 +30,44 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _stderr_console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
+    return _console(sys.stderr)
 
 
 def _stdout_console() -> Any:
+    return _console(sys.stdout)
+
+
+def _console(stream: Any) -> Any:
+    """Rich output on ``stream``: on a terminal as wide as the terminal; elsewhere (pipes, CI and SLURM
+    logs) lines are never wrapped at 80 columns nor padded with spaces, and tables get 200 columns to lay
+    out in (rich would assume 80 and squeeze the ids away)."""
     from rich.console import Console
 
-    # Off a terminal (pipes, CI logs) rich would assume 80 columns and squeeze the ids away.
-    width = None if sys.stdout.isatty() else 200
-    return Console(no_color=bool(os.environ.get("NO_COLOR")), highlight=False, width=width)
+    terminal = stream.isatty()
+    return Console(
+        file=stream if terminal else cast(IO[str], _Unpadded(stream)),
+        no_color=bool(os.environ.get("NO_COLOR")),
+        highlight=False,
+        width=None if terminal else 200,
+        soft_wrap=not terminal,
+    )
+
+
+class _Unpadded(io.TextIOBase):
+    """A text stream that drops the spaces rich pads lines with (table titles, justified cells)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(_TRAILING_SPACES.sub("\n", text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+_TRAILING_SPACES = re.compile(r"[ \t]+\n")
 
 
 def handle_errors(func: F) -> F:
@@ -45,7 +75,7 @@ def handle_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        verbose = bool(click.get_current_context().find_root().params.get("verbose"))
+        verbose = bool(click.get_current_context().meta.get(VERBOSE))
         try:
             return func(*args, **kwargs)
         except EdownError as exc:
@@ -63,7 +93,12 @@ def handle_errors(func: F) -> F:
         except Exception as exc:  # unexpected: still one line, the traceback only with --verbose
             if verbose:
                 traceback.print_exc()
-            _print_error(f"{type(exc).__name__}: {exc}", "run with --verbose for the traceback and report it")
+            _print_error(
+                f"{type(exc).__name__}: {exc}",
+                "please report it with the traceback above"
+                if verbose
+                else "run with --verbose for the traceback and report it",
+            )
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
@@ -82,8 +117,15 @@ def _echo_json(obj: Any) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="edown")
-@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks and debug logs.")
-def cli(verbose: bool) -> None:
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    expose_value=False,
+    callback=lambda ctx, _param, value: _set_verbose(ctx, value),
+    help="Show tracebacks and debug logs (also accepted after the command).",
+)
+def cli() -> None:
     """Native-grid Earth Engine downloads, Zarr datacubes, and a local Earth Engine emulator.
 
     \b
@@ -93,11 +135,38 @@ def cli(verbose: bool) -> None:
       edown download ...same options... --output-root data
       edown stack    -m data/manifests/run-*.json
     """
-    import logging
-
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if click.get_current_context().meta.get(VERBOSE) else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
     )
+
+
+#: Key in the click context's ``meta`` (shared by the group and its command) set by ``-v``.
+VERBOSE = "edown.verbose"
+
+
+def _set_verbose(ctx: click.Context, value: bool) -> None:
+    if value:
+        ctx.meta[VERBOSE] = True
+        logging.getLogger().setLevel(logging.DEBUG)
+
+
+def _finish_commands(group: click.Group) -> None:
+    """Accept ``edown download ... -v`` as well as ``edown -v download ...``, and show docstrings as help
+    without the reStructuredText literals (double backticks) that the API docs need."""
+    for command in (group, *group.commands.values()):
+        if command.help:
+            command.help = command.help.replace("``", "")
+    for command in group.commands.values():
+        command.params.append(
+            click.Option(
+                ["-v", "--verbose"],
+                is_flag=True,
+                expose_value=False,
+                callback=lambda ctx, _param, value: _set_verbose(ctx, value),
+                help="Show tracebacks and debug logs.",
+            )
+        )
 
 
 # ---- shared options -----------------------------------------------------------------------------------
@@ -309,7 +378,7 @@ def download_options(func: F) -> F:
         click.option(
             "--from-manifest",
             "search_manifest",
-            type=click.Path(dir_okay=False, exists=True),
+            type=click.Path(),
             help="Download the images of a saved search manifest instead of searching again.",
         ),
         click.option(
@@ -430,9 +499,9 @@ def _download_config(params: dict[str, Any]) -> Any:
     extra = {name: params[name] for name in DOWNLOAD_FIELDS if params.get(name) is not None}
     extra["progress"] = True  # a live display on a terminal, a plain line every 10 s otherwise
     if params.get("search_manifest"):
-        saved = load_manifest(Path(params["search_manifest"])).search_config
+        saved = load_manifest(Path(params["search_manifest"]), "--from-manifest").search_config
         if saved is None:
-            raise ConfigError("from_manifest", f"{params['search_manifest']} has no search section")
+            raise ConfigError("--from-manifest", f"{params['search_manifest']} has no search section")
         base = search_config_from_dict(saved)
         values = {**{k: getattr(base, k) for k in saved if hasattr(base, k)}, **extra}
         if params.get("server_url"):
@@ -963,6 +1032,9 @@ def _latency(preset: str, base: float | None, bandwidth_mb: float | None) -> Any
     if bandwidth_mb is not None:
         latency = replace(latency, bandwidth_bytes_per_second=bandwidth_mb * 1024 * 1024)
     return latency
+
+
+_finish_commands(cli)
 
 
 def main() -> None:

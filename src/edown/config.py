@@ -76,6 +76,14 @@ class AOI:
                     f"{name}={value:g} is outside [{lo}, {hi}]",
                     "bbox is longitude/latitude in degrees (EPSG:4326), ordered xmin,ymin,xmax,ymax",
                 )
+        if xmin > xmax and ymin < ymax:
+            halves = f"{xmin:g},{ymin:g},180,{ymax:g} and -180,{ymin:g},{xmax:g},{ymax:g}"
+            raise ConfigError(
+                field_name,
+                f"xmin={xmin:g} > xmax={xmax:g}: a box across the antimeridian (180°) cannot be one bbox",
+                f"split it at 180°: run once per half ({halves}), or give both halves as one GeoJSON"
+                " MultiPolygon (--geojson / AOI.from_geojson)",
+            )
         if xmin >= xmax or ymin >= ymax:
             raise ConfigError(
                 field_name,

@@ -639,6 +639,7 @@ def _download_section(
     stats: dict[str, Any],
     finished: dt.datetime | None,
     base: Path,
+    interrupted: bool = False,
 ) -> dict[str, Any]:
     search_fields = {f.name for f in fields(SearchConfig)}
     downloaded, skipped, failed = DownloadSummary.tally(tuple(results))
@@ -648,7 +649,7 @@ def _download_section(
         },
         "started_utc": utc_iso(started),
         "finished_utc": utc_iso(finished) if finished else None,
-        "state": "finished" if finished else "running",
+        "state": "interrupted" if interrupted else "finished" if finished else "running",
         "counts": {"downloaded": downloaded, "skipped": skipped, "failed": failed, "total": len(results)},
         "results": [r.to_dict(base) for r in results],
         "stats": stats,
@@ -658,7 +659,7 @@ def _download_section(
 def resolve_search(config: DownloadConfig) -> SearchResult:
     """The search to download: a saved search manifest when given, else a fresh search."""
     if config.search_manifest is not None:
-        manifest = load_manifest(config.search_manifest)
+        manifest = load_manifest(config.search_manifest, "search_manifest")
         result = manifest.search
         if result is None:
             raise ConfigError("search_manifest", f"{config.search_manifest} has no search section")
@@ -707,7 +708,7 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
                 )
             return [by_key[k] for k in plan.order if k in by_key]
 
-        def write_manifest(final: bool = False) -> None:
+        def write_manifest(final: bool = False, interrupted: bool = False) -> None:
             with write_lock:
                 now = time.monotonic()
                 if not final and now - last_write[0] < MANIFEST_EVERY_S:
@@ -715,7 +716,13 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
                 last_write[0] = now
                 stats = _stats(conn, before, counters, plan, time.monotonic() - started)
                 manifest.doc["download"] = _download_section(
-                    config, started_wall, results_now(), stats, now_utc() if final else None, base
+                    config,
+                    started_wall,
+                    results_now(),
+                    stats,
+                    now_utc() if final else None,
+                    base,
+                    interrupted,
                 )
                 manifest.write()
 
@@ -735,15 +742,19 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
                 raise DiskFullError(str(config.output_root)) from None
             raise
         run = _Run(config, conn, plan.jobs, counters, progress_manifest)
+        interrupted = False
         try:
             with Reporter(counters, "download", enabled=config.progress):
                 run.run()
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
             for job in plan.jobs:
                 if job.status is None:
                     job.status, job.error = "failed", "interrupted before completion (run again to resume)"
             try:
-                write_manifest(final=True)
+                write_manifest(final=True, interrupted=interrupted)
             except OSError as exc:
                 if not (is_disk_full(exc) and run.fatal is not None):
                     raise
