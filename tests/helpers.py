@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import rasterio
 from pyproj import CRS
 
@@ -104,3 +108,31 @@ def run_edown(
         timeout=timeout,
         env={k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")} | {"NO_COLOR": "1"},
     )
+
+
+@contextlib.contextmanager
+def read_only(*paths: Path) -> Iterator[None]:
+    """Make ``paths`` unwritable for real; put them back afterwards.
+
+    The tests run as root in CI and root ignores permission bits, so as root a path is made immutable
+    (``chattr +i``, refused even to root); as another user its write bits are removed.
+    """
+    as_root = os.geteuid() == 0
+    done: list[tuple[Path, int]] = []
+    try:
+        for path in paths:
+            original = stat.S_IMODE(path.stat().st_mode)
+            if as_root:
+                flagged = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+                if flagged.returncode != 0:
+                    pytest.skip(f"running as root and chattr +i fails here ({flagged.stderr.strip()})")
+            else:
+                path.chmod(original & ~0o222)
+            done.append((path, original))
+        yield
+    finally:
+        for path, original in reversed(done):
+            if as_root:
+                subprocess.run(["chattr", "-i", str(path)], check=True)
+            else:
+                path.chmod(original)

@@ -1,25 +1,20 @@
 """Where edown writes: file modes that follow the umask, and folders the OS refuses as bad input (exit 2).
 
-Read-only folders are made read-only for real: the tests run as root in CI and root ignores permission
-bits, so as root the folder is made immutable (``chattr +i``, refused even to root); as another user its
-write bits are removed.
+Read-only folders are read-only for real (see ``tests.helpers.read_only``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edown import download_images
 from edown.emulator.server import Emulator
-from tests.helpers import config, run_edown
+from tests.helpers import config, read_only, run_edown
 
 AREA = "-0.60,51.48,-0.43,51.56"
 
@@ -82,29 +77,6 @@ def test_manifests_sidecars_and_geotiffs_follow_the_umask(
     assert {what: oct(mode(path)) for what, path in written.items()} == {
         what: oct(expected) for what in written
     }
-
-
-@contextlib.contextmanager
-def read_only(*paths: Path) -> Iterator[None]:
-    """Make ``paths`` unwritable even for root; put them back afterwards."""
-    as_root = os.geteuid() == 0
-    done: list[tuple[Path, int]] = []
-    try:
-        for path in paths:
-            if as_root:
-                flagged = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
-                if flagged.returncode != 0:
-                    pytest.skip(f"running as root and chattr +i fails here ({flagged.stderr.strip()})")
-            else:
-                path.chmod(0o555 if path.is_dir() else 0o444)
-            done.append((path, stat.S_IMODE(path.stat().st_mode)))
-        yield
-    finally:
-        for path, original in reversed(done):
-            if as_root:
-                subprocess.run(["chattr", "-i", str(path)], check=True)
-            else:
-                path.chmod(original | 0o200)
 
 
 def first_line(done: subprocess.CompletedProcess[str]) -> str:

@@ -12,7 +12,7 @@ from rasterio.transform import from_origin
 
 from edown import StackConfig, download_images, stack_images
 from edown.emulator.server import Emulator
-from tests.helpers import config, run_edown
+from tests.helpers import config, read_only, run_edown
 
 NODATA = 65535
 UP = np.arange(1, 401, dtype=np.uint16).reshape(20, 20) * 10  # rises along each row, then down the rows
@@ -136,3 +136,12 @@ def test_a_b4_b8_datacube_strip_is_grey_b4_and_says_so(ee_emulator: Emulator, tm
     assert done.stderr.strip() == f"note: B4 drawn in grey (of B4, B8); {CHOOSE}"
     mode, la = pixels(tmp_path / "strip.png")
     assert mode == "LA" and la[..., 0].std() > 10
+
+
+def test_an_output_in_a_read_only_folder_is_bad_input(tmp_path: Path) -> None:
+    tif = geotiff(tmp_path / "one.tif", {"B4": UP})
+    (tmp_path / "shared").mkdir()
+    with read_only(tmp_path / "shared"):
+        done = run_edown("quicklook", str(tif), "-o", "shared/q.png", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[0].startswith("error: quicklook folder shared is not writable (")

@@ -115,6 +115,16 @@ def _echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=1, default=str))
 
 
+#: Key in the click context's ``meta`` (shared by the group and its command) set by ``-v``.
+VERBOSE = "edown.verbose"
+
+
+def _set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.meta[VERBOSE] = True
+        logging.getLogger().setLevel(logging.DEBUG)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="edown")
 @click.option(
@@ -122,7 +132,7 @@ def _echo_json(obj: Any) -> None:
     "--verbose",
     is_flag=True,
     expose_value=False,
-    callback=lambda ctx, _param, value: _set_verbose(ctx, value),
+    callback=_set_verbose,
     help="Show tracebacks and debug logs (also accepted after the command).",
 )
 def cli() -> None:
@@ -141,16 +151,6 @@ def cli() -> None:
     )
 
 
-#: Key in the click context's ``meta`` (shared by the group and its command) set by ``-v``.
-VERBOSE = "edown.verbose"
-
-
-def _set_verbose(ctx: click.Context, value: bool) -> None:
-    if value:
-        ctx.meta[VERBOSE] = True
-        logging.getLogger().setLevel(logging.DEBUG)
-
-
 def _finish_commands(group: click.Group) -> None:
     """Accept ``edown download ... -v`` as well as ``edown -v download ...``, and show docstrings as help
     without the reStructuredText literals (double backticks) that the API docs need."""
@@ -163,7 +163,7 @@ def _finish_commands(group: click.Group) -> None:
                 ["-v", "--verbose"],
                 is_flag=True,
                 expose_value=False,
-                callback=lambda ctx, _param, value: _set_verbose(ctx, value),
+                callback=_set_verbose,
                 help="Show tracebacks and debug logs.",
             )
         )

@@ -144,7 +144,11 @@ def _load_geojson(source: str | Path | Mapping[str, Any], field_name: str) -> An
                 f"{path} is {size / 1e6:.0f} MB; Earth Engine request bodies are limited to about 10 MB",
                 "simplify the polygon (e.g. ogr2ogr -simplify) or use its bounding box",
             )
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(field_name, f"cannot read {path} ({reason or exc})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

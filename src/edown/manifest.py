@@ -179,6 +179,8 @@ def load_manifest(path: Path, field: str = "manifest_path") -> Manifest:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{field}: {path} is not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise ManifestError(f"{field}: {path} cannot be read ({exc.strerror or exc})") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise ManifestError(
             f'{field}: {path} is not an edown manifest (no "schema": "{SCHEMA}")',

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edown.config import check_parent_folder
-from edown.errors import ConfigError
+from edown.errors import ConfigError, user_folder
 
 log = logging.getLogger("edown.quicklook")
 
@@ -130,8 +130,7 @@ def render_geotiff(
         nodata = src.nodata
     _tell(notice, notify)
     image = to_image(data, _valid(data, nodata))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out)
+    _save(image, out)
     return out
 
 
@@ -174,9 +173,16 @@ def render_stack(
         x = 4 + i * (width + 4)
         strip.paste(tile, (x, 4), tile)
         draw.text((x, height + 6), _date(stamp), fill="black")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    strip.save(out)
+    _save(strip, out)
     return out
+
+
+def _save(image: Any, out: Path) -> None:
+    """Write the PNG (:func:`render` has refused a missing folder the user named; the demo's own
+    ``quicklooks`` folder is made here)."""
+    with user_folder(out.parent, "quicklook folder", "--output"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        image.save(out)
 
 
 def _tell(notice: str | None, notify: Callable[[str], None] | None) -> None:
