@@ -76,7 +76,8 @@ class AOI:
                     f"{name}={value:g} is outside [{lo}, {hi}]",
                     "bbox is longitude/latitude in degrees (EPSG:4326), ordered xmin,ymin,xmax,ymax",
                 )
-        if xmin > xmax and ymin < ymax:
+        # xmin > xmax is a box across the antimeridian when that box is the narrower reading of the two.
+        if xmin - xmax > 180 and ymin < ymax:
             halves = f"{xmin:g},{ymin:g},180,{ymax:g} and -180,{ymin:g},{xmax:g},{ymax:g}"
             raise ConfigError(
                 field_name,
@@ -88,7 +89,10 @@ class AOI:
             raise ConfigError(
                 field_name,
                 f"inverted or empty box ({xmin:g},{ymin:g},{xmax:g},{ymax:g})",
-                "order is xmin,ymin,xmax,ymax with xmin < xmax and ymin < ymax",
+                "order is xmin,ymin,xmax,ymax with xmin < xmax and ymin < ymax"
+                + (
+                    "; a box across the antimeridian (180°) is two boxes, one per side" if xmin > xmax else ""
+                ),
             )
         return cls(json.dumps(mapping(box(xmin, ymin, xmax, ymax))))
 
