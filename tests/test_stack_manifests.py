@@ -33,46 +33,50 @@ def download(emu: Emulator, cwd: Path, end_date: str, manifest: str) -> dict:
 
 
 @pytest.fixture
-def two_runs(ee_emulator: Emulator, tmp_path: Path) -> Path:
-    """June 1-5 (one image), then June 1-10 into the same root (that image skipped, a new one)."""
+def runs(ee_emulator: Emulator, tmp_path: Path) -> Path:
+    """June 1-5 (one image), June 1-10 (that image skipped, a new one), June 1-10 again (all skipped),
+    all into the same root."""
     first = download(ee_emulator, tmp_path, "2024-06-05", "run-20240601T000000Z.json")
     second = download(ee_emulator, tmp_path, "2024-06-10", "run-20240602T000000Z.json")
+    third = download(ee_emulator, tmp_path, "2024-06-10", "run-20240603T000000Z.json")
     assert (first["downloaded"], second["downloaded"], second["skipped"]) == (1, 1, 1)
+    assert (third["downloaded"], third["skipped"]) == (0, 2)
     return tmp_path
 
 
-def test_a_shell_glob_of_runs_into_one_root_stacks_every_image_once(two_runs: Path) -> None:
+MANIFESTS = "manifests: " + ", ".join(f"data/manifests/run-2024060{d}T000000Z.json" for d in (1, 2, 3))
+
+
+def test_a_shell_glob_of_runs_into_one_root_stacks_every_image_once(runs: Path) -> None:
     command = f"{shlex.quote(str(EDOWN))} stack -m data/manifests/run-*.json --json"
-    done = subprocess.run(["bash", "-c", command], cwd=two_runs, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(["bash", "-c", command], cwd=runs, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     [result] = json.loads(done.stdout)
     assert (result["image_count"], result["appended"]) == (2, 2)
     assert result["shape"] == [2, 2, 931, 1210]
-    assert (
-        "manifests: data/manifests/run-20240601T000000Z.json, data/manifests/run-20240602T000000Z.json"
-        " (an image in several is taken from the newest)"
-    ) in done.stderr.splitlines()
-    ds = open_stack(two_runs / "data" / result["output_path"])
+    assert f"{MANIFESTS} (an image in several is taken from the newest)" in done.stderr.splitlines()
+    ds = open_stack(runs / "data" / result["output_path"])
     assert [v.split("/")[-1] for v in ds.image_id.values] == [T1, T2]
     assert list(ds.band.values) == ["B4", "B8"]
     assert not np.all(ds.data.isel(time=1).values == ds.data.attrs["_FillValue"])
-    newest = json.loads((two_runs / "data/manifests/run-20240602T000000Z.json").read_text())
+    newest = json.loads((runs / "data/manifests/run-20240603T000000Z.json").read_text())
     assert [Path(p).name for p in newest["stack"]["manifests"]] == [
         "run-20240601T000000Z.json",
         "run-20240602T000000Z.json",
+        "run-20240603T000000Z.json",
     ]
 
 
-def test_a_manifests_folder_and_latest_name_the_runs_they_used(two_runs: Path) -> None:
-    folder = run_edown("stack", "-m", "data/manifests", "--json", cwd=two_runs)
+def test_a_manifests_folder_and_latest_name_the_runs_they_used(runs: Path) -> None:
+    folder = run_edown("stack", "-m", "data/manifests", "--json", cwd=runs)
     assert folder.returncode == 0, folder.stderr
     assert json.loads(folder.stdout)[0]["image_count"] == 2
-    assert "run-20240601T000000Z.json, data/manifests/run-20240602T000000Z.json" in folder.stderr
-    latest = run_edown("stack", "-m", "latest", "--json", cwd=two_runs)
+    assert f"{MANIFESTS} (an image in several is taken from the newest)" in folder.stderr.splitlines()
+    latest = run_edown("stack", "-m", "latest", "--json", cwd=runs)
     assert latest.returncode == 0, latest.stderr
     [again] = json.loads(latest.stdout)
     assert (again["image_count"], again["appended"]) == (2, 0), "the newest run lists both images"
-    assert "manifests: data/manifests/run-20240602T000000Z.json" in latest.stderr.splitlines()
+    assert "manifests: data/manifests/run-20240603T000000Z.json" in latest.stderr.splitlines()
 
 
 def test_latest_without_runs_and_no_manifest_are_bad_input(tmp_path: Path) -> None:
