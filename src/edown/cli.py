@@ -621,6 +621,7 @@ def _print_summary(summary: Any) -> None:
     "--manifest-path",
     "manifest_paths",
     multiple=True,
+    metavar="PATH",
     help="Download manifest(s): files (a shell glob such as OUTPUT_ROOT/manifests/run-*.json), "
     "a manifests folder, or 'latest' (the newest run under --output-root, default data). Repeatable.",
 )
