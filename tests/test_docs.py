@@ -324,3 +324,24 @@ def test_the_demo_prints_the_readme_snippet_and_it_draws(doc_runs: dict[Path, Do
     with Image.open(readme.folder / "B4.png") as picture:
         pixels = np.asarray(picture.convert("L"))
     assert picture.size[0] >= 400 and pixels.std() > 10
+
+
+def test_blocks_not_run_still_parse_and_name_files_that_exist() -> None:
+    """A skipped block is still checked: its syntax, and the repository files it runs."""
+    problems = []
+    for block in RUN_BLOCKS:
+        if block.skip is None:
+            continue
+        if RUN[block.language] == "python":
+            try:
+                compile(block.code, block.id, "exec")
+            except SyntaxError as exc:
+                problems.append(f"{block.id}: {exc}")
+            continue
+        parsed = subprocess.run(["bash", "-n"], input=block.code, capture_output=True, text=True)
+        if parsed.returncode != 0:
+            problems.append(f"{block.id}: {parsed.stderr.strip()}")
+        for name in re.findall(r"(?:\./)?((?:scripts|bench)/[\w./-]+)", block.code):
+            if not (REPO / name).is_file():
+                problems.append(f"{block.id}: {name} does not exist")
+    assert not problems, problems
