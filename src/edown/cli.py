@@ -22,6 +22,7 @@ import click
 
 from edown._version import __version__
 from edown.errors import ConfigError, EdownError
+from edown.redaction import RedactingFilter, redact
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,7 +51,7 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except EdownError as exc:
             if verbose:
-                traceback.print_exc()
+                _print_traceback()
             _print_error(exc.message, exc.hint)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
@@ -62,7 +63,7 @@ def handle_errors(func: F) -> F:
             raise
         except Exception as exc:  # unexpected: still one line, the traceback only with --verbose
             if verbose:
-                traceback.print_exc()
+                _print_traceback()
             _print_error(f"{type(exc).__name__}: {exc}", "run with --verbose for the traceback and report it")
             sys.exit(1)
 
@@ -70,14 +71,21 @@ def handle_errors(func: F) -> F:
 
 
 def _print_error(message: str, hint: str | None) -> None:
+    from rich.markup import escape
+
     console = _stderr_console()
-    console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(redact(message))}", markup=True, soft_wrap=True)
     if hint:
-        console.print(f"[dim]hint:[/] {hint}", markup=True, soft_wrap=True)
+        console.print(f"[dim]hint:[/] {escape(redact(hint))}", markup=True, soft_wrap=True)
+
+
+def _print_traceback() -> None:
+    """The current exception's traceback (``--verbose``), with any secret it quotes removed."""
+    sys.stderr.write(redact(traceback.format_exc()))
 
 
 def _echo_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=1, default=str))
+    click.echo(redact(json.dumps(obj, indent=1, default=str)))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -98,6 +106,8 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
 
 
 # ---- shared options -----------------------------------------------------------------------------------
@@ -705,7 +715,7 @@ def _doctor(server_url: str | None, project: str | None, as_json: bool) -> None:
         "edown": __version__,
         "python": platform.python_version(),
         "earthengine-api": ee.__version__,
-        "server_url": url,
+        "server_url": redact(url),
     }
     ok = True
     try:
@@ -731,6 +741,7 @@ def _doctor(server_url: str | None, project: str | None, as_json: bool) -> None:
             report["endpoint"] = f"failed: {exc}"
             ok = False
     report["ok"] = ok
+    report = {key: redact(value) if isinstance(value, str) else value for key, value in report.items()}
     if as_json:
         _echo_json(report)
     else:

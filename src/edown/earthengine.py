@@ -21,11 +21,15 @@ Everything else in edown calls Earth Engine through this module, so the rules li
 
 from __future__ import annotations
 
+import base64
+import binascii
+import errno
 import functools
 import json
 import logging
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -38,6 +42,7 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
+from edown import redaction
 from edown.errors import AuthenticationError, CollectionNotFoundError, EarthEngineError, RequestTooLargeError
 
 log = logging.getLogger("edown.earthengine")
@@ -123,7 +128,8 @@ class _Transport:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc)
+    """A foreign exception's message, redacted (it may quote a URL, a token or the key) and cut short."""
+    text = redaction.redact(str(exc))
     return text if len(text) < 300 else text[:300] + "..."
 
 
@@ -174,7 +180,9 @@ def connect(
             server_url, resolved_project, method, RequestPacer(max_concurrent, requests_per_second)
         )
         _current = (key, conn)
-        log.info("Earth Engine at %s as project %s (%s)", server_url, resolved_project, method)
+        log.info(
+            "Earth Engine at %s as project %s (%s)", redaction.redact(server_url), resolved_project, method
+        )
         return conn
 
 
@@ -191,6 +199,7 @@ def _initialize(url: str, creds: Any, project: str, pool: int, timeout: float) -
     # Take control of retries: ee's hidden ones would stack under ours (and sleep up to a minute).
     ee.data.setMaxRetries(0)
     transport = _Transport(pool_size=pool + 8, timeout=timeout)
+    shown = redaction.redact(url)
     last: BaseException | None = None
     for attempt in range(3):
         try:
@@ -201,20 +210,51 @@ def _initialize(url: str, creds: Any, project: str, pool: int, timeout: float) -
         except ee.EEException as exc:
             err = translate_error(exc)
             if not err.transient:
-                raise _initialize_error(url, project, err) from None
+                raise _initialize_error(shown, project, err) from None
             last = exc
         except Exception as exc:  # googleapiclient raises its own types for a broken discovery document
-            raise EarthEngineError(
-                f"cannot initialise Earth Engine at {url}: {type(exc).__name__}: {_short(exc)}",
-                hint="check --server-url",
-            ) from None
+            token_err = _token_error(exc)
+            if token_err is None:
+                raise EarthEngineError(
+                    f"cannot initialise Earth Engine at {shown}: {type(exc).__name__}: {_short(exc)}",
+                    hint="check --server-url",
+                ) from None
+            if not token_err.transient:
+                raise AuthenticationError(token_err.message, hint=token_err.hint) from None
+            last = exc
         if attempt < 2:
             time.sleep(0.5 * 2**attempt)
     raise EarthEngineError(
-        f"cannot reach Earth Engine at {url}: {_short(last) if last else 'no answer'}",
+        f"cannot reach Earth Engine at {shown}: {_short(last) if last else 'no answer'}",
         transient=True,
         hint="check the network and --server-url",
     )
+
+
+def _token_error(exc: BaseException) -> EarthEngineError | None:
+    """What a failed token request means, without the endpoint's echo of our signed request.
+
+    google-auth raises ``RefreshError`` with the token endpoint's whole answer; only its OAuth ``error``
+    code and the start of its description are kept (redacted: an endpoint may echo the signed JWT).
+    """
+    from google.auth import exceptions
+
+    if isinstance(exc, exceptions.RefreshError):
+        answer = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], dict) else {}
+        code = str(answer.get("error") or "refused")
+        detail = str(answer.get("error_description") or "")
+        reason = redaction.redact(f"{code}: {detail}" if detail else code)
+        reason = " ".join(reason.split())
+        return EarthEngineError(
+            "the token endpoint refused the service account key "
+            f"({reason if len(reason) <= 160 else reason[:160] + '...'})",
+            status=401,
+            hint="the key may be deleted or disabled, or this machine's clock is off; "
+            "create a new JSON key in the Cloud console",
+        )
+    if isinstance(exc, exceptions.TransportError):
+        return EarthEngineError(f"cannot reach the token endpoint: {_short(exc)}", transient=True)
+    return None
 
 
 def _initialize_error(url: str, project: str, err: EarthEngineError) -> EarthEngineError:
@@ -292,26 +332,161 @@ def resolve_credentials(server_url: str, project: str | None, credentials: Any) 
 
 def _service_account(account: str, key: str) -> tuple[Any, str | None]:
     import ee
+    from google.oauth2 import service_account
 
+    info = load_service_account_key(key)
     try:
-        if key.lstrip().startswith("{"):
-            data = json.loads(key)
-            creds = ee.ServiceAccountCredentials(account, key_data=key)
-        else:
-            key_path = Path(key).expanduser()
-            data = json.loads(key_path.read_text(encoding="utf-8"))
-            creds = ee.ServiceAccountCredentials(account, key_file=str(key_path))
+        creds = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+            info, scopes=list(ee.oauth.SCOPES)
+        )
+    except Exception as exc:  # google-auth's messages may quote the key: keep only the exception's type
+        raise _key_error(
+            f"holds a private key that cannot be read ({type(exc).__name__})",
+            "download a new JSON key for the service account from the Cloud console",
+        ) from None
+    project = info.get("project_id")
+    return creds, project if isinstance(project, str) and project else None
+
+
+KEY_VARIABLE = "GEE_SERVICE_ACCOUNT_KEY"
+#: A service account's JSON key is about 2.4 kB; anything this large is not one.
+MAX_KEY_BYTES = 1 << 20
+_BASE64 = re.compile(r"[A-Za-z0-9+/_\-]{64,}={0,2}")
+_REQUIRED_KEY_FIELDS = ("client_email", "private_key", "token_uri")
+
+
+def load_service_account_key(value: str) -> dict[str, Any]:
+    """The JSON key that ``GEE_SERVICE_ACCOUNT_KEY`` holds, as a mapping.
+
+    The variable may hold the JSON itself, its base64 (standard or URL-safe, padded or not, wrapped or not:
+    CI secret stores often keep it so), or a path to a file holding either. Whatever is wrong becomes one
+    :class:`AuthenticationError` line naming the variable: never its value, which is the key, nor a
+    library's message, which may quote it. Inline values are registered with :mod:`edown.redaction` first,
+    so that nothing edown prints later can carry a fragment of them either.
+    """
+    text = value.strip()
+    if text.startswith("{"):
+        return _key_from_text(text, "holds")
+    try:
+        path = Path(value).expanduser()
+        is_path = os.path.lexists(path)
+    except (OSError, ValueError):  # a name too long for the OS, or a NUL byte: not a path
+        is_path = False
+    if is_path:
+        return _key_from_text(_read_key_file(path), "names a file that")
+    redaction.register_secret(value)
+    if "PRIVATE KEY" in value:
+        raise _key_error(
+            "holds a bare PEM private key",
+            "give the service account's JSON key (its text, its base64, or a path to the file)",
+        )
+    if _BASE64.fullmatch("".join(text.split())):
+        return _key_from_text(_decode_base64(text), "holds base64 of something that")
+    return _missing_key_file(path if len(value) < 4096 else None)
+
+
+def _read_key_file(path: Path) -> str:
+    try:
+        if path.is_dir():
+            raise _key_error("names a directory, not a key file", "give the path of the JSON key file")
+        if not path.is_file():
+            raise _key_error("names something that is not a regular file", "give the path of the JSON key")
+        if path.stat().st_size > MAX_KEY_BYTES:
+            raise _key_error(
+                f"names a file that is too large to be a key (over {MAX_KEY_BYTES >> 20} MiB)",
+                "give the path of the service account's JSON key",
+            )
+        data = path.read_bytes()
+    except PermissionError:
+        raise _key_error("names a file edown may not read", "check the file's permissions") from None
+    except OSError as exc:
+        raise _key_error(
+            f"names a file that cannot be read ({errno.errorcode.get(exc.errno or 0, type(exc).__name__)})",
+            "give the path of the service account's JSON key",
+        ) from None
+    try:
+        text = data.decode("utf-8-sig").strip()
+    except UnicodeDecodeError:
+        raise _key_error("names a file that is not JSON (not UTF-8 text)", _NEW_KEY_HINT) from None
+    if not text.startswith("{") and _BASE64.fullmatch("".join(text.split())):
+        redaction.register_secret(text)
+        return _decode_base64(text)
+    return text
+
+
+def _decode_base64(text: str) -> str:
+    compact = "".join(text.split()).replace("-", "+").replace("_", "/").rstrip("=")
+    try:
+        raw = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+        return raw.decode("utf-8-sig").strip()
+    except (binascii.Error, ValueError):
+        raise _key_error(
+            "holds base64 of something that is not JSON text", "encode the JSON key file: base64 -w0 key.json"
+        ) from None
+
+
+def _key_from_text(text: str, what: str) -> dict[str, Any]:
+    """Parse and check the key's JSON; ``what`` says where it came from (for the message)."""
+    try:
+        info = json.loads(text)
+    except json.JSONDecodeError:
+        message = "holds text that is not valid JSON" if what == "holds" else f"{what} is not JSON"
+        raise _key_error(message, _NEW_KEY_HINT) from None
+    if not isinstance(info, dict):
+        raise _key_error(f"holds a JSON {type(info).__name__}, not a JSON object", _NEW_KEY_HINT)
+    if "private_key" in info and isinstance(info["private_key"], str):
+        redaction.register_secret(info["private_key"])
+    kind = info.get("type", "service_account")
+    if kind != "service_account":
+        shown = (
+            repr(kind) if isinstance(kind, str) and re.fullmatch(r"[a-z_]{1,40}", kind) else "another kind"
+        )
+        raise _key_error(
+            f"holds credentials of type {shown}, not a service account key",
+            "give a service account's JSON key (user credentials are found by `earthengine authenticate`)",
+        )
+    missing = [name for name in _REQUIRED_KEY_FIELDS if info.get(name) in (None, "")]
+    if missing:
+        raise _key_error(f"is a JSON key without {', '.join(missing)}", _NEW_KEY_HINT)
+    for name in _REQUIRED_KEY_FIELDS:
+        if not isinstance(info[name], str):
+            raise _key_error(f"has {name} as a JSON {type(info[name]).__name__}, not text", _NEW_KEY_HINT)
+    return info
+
+
+_NEW_KEY_HINT = "download a JSON key for the service account from the Cloud console"
+
+
+def _missing_key_file(path: Path | None) -> dict[str, Any]:
+    """Why a value that is neither JSON, base64 nor an existing path was not found as a file."""
+    if path is None:
+        raise _key_error(
+            "is neither a key file, nor JSON, nor base64",
+            "set it to the JSON key, its base64, or the path of the key file",
+        )
+    try:
+        path.stat()
     except FileNotFoundError:
-        raise AuthenticationError(
-            "GEE_SERVICE_ACCOUNT_KEY points to a file that does not exist",
-            hint="set it to the path of the service account's JSON key (or the JSON itself)",
+        raise _key_error(
+            "points to a file that does not exist",
+            "set it to the path of the service account's JSON key (or the JSON itself, or its base64)",
         ) from None
-    except (ValueError, KeyError, json.JSONDecodeError) as exc:
-        raise AuthenticationError(
-            f"GEE_SERVICE_ACCOUNT_KEY is not a usable service account key ({type(exc).__name__})",
-            hint="download a JSON key for the service account from the Cloud console",
+    except NotADirectoryError:
+        raise _key_error("points below a file that is not a folder", "check the path") from None
+    except PermissionError:
+        raise _key_error(
+            "points into a folder edown may not read", "check the folder's permissions"
         ) from None
-    return creds, data.get("project_id") if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        pass
+    raise _key_error(
+        "is neither a key file, nor JSON, nor base64",
+        "set it to the JSON key, its base64, or the path of the key file",
+    )
+
+
+def _key_error(problem: str, hint: str) -> AuthenticationError:
+    return AuthenticationError(f"{KEY_VARIABLE} {problem}", hint=hint)
 
 
 def _credentials_project(creds: Any) -> str | None:
@@ -326,7 +501,7 @@ def _require_project(project: str | None, url: str, method: str) -> str:
     if project:
         return project
     raise AuthenticationError(
-        f"no Google Cloud project for Earth Engine at {url} (credentials: {method})",
+        f"no Google Cloud project for Earth Engine at {redaction.redact(url)} (credentials: {method})",
         hint="pass --project / project=, or set GOOGLE_CLOUD_PROJECT",
     )
 
@@ -340,11 +515,14 @@ def translate_error(exc: BaseException) -> EarthEngineError:
         return exc
     import ee
 
+    token_err = _token_error(exc)
+    if token_err is not None:
+        return token_err
     if isinstance(exc, ee.EEException):
         ctx = exc.__context__
         resp = getattr(ctx, "resp", None)
         status = int(getattr(resp, "status", 0) or 0) or None
-        message = str(exc)
+        message = redaction.redact(str(exc))
         retry_after = None
         if resp is not None:
             try:
