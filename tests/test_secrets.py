@@ -309,3 +309,93 @@ def test_token_endpoint_refusing_the_key_is_reported_without_the_key(
         " ".join(output.split())
     )
     assert run.returncode == (1 if command == "doctor" else 2), output[-2000:]
+
+
+# ---- finding 11: credentials in --server-url are never shown or stored ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shown", "expected"),
+    [
+        ("http://user:pass@host:8080/v1", "http://***@host:8080/v1"),
+        ("https://token@example.com", "https://***@example.com"),
+        ("at http://a:b@127.0.0.1:9: refused", "at http://***@127.0.0.1:9: refused"),
+        ("https://h/x?key=AIzaSyA-123&alt=json", "https://h/x?key=***&alt=json"),
+        ("https://h/x?alt=json&access_token=ya29.abc", "https://h/x?alt=json&access_token=***"),
+        ("https://h/o?X-Goog-Signature=00ff&b=1", "https://h/o?X-Goog-Signature=***&b=1"),
+        ("Authorization: Bearer ya29.a0AfB_byC", "Authorization: Bearer ***"),
+        ("https://earthengine-highvolume.googleapis.com", "https://earthengine-highvolume.googleapis.com"),
+        ("user@example.com is not a URL", "user@example.com is not a URL"),
+    ],
+)
+def test_redact_hides_url_credentials_key_like_query_values_and_tokens(shown: str, expected: str) -> None:
+    from edown.redaction import redact
+
+    assert redact(shown) == expected
+
+
+USERINFO_SECRET = "s3cret-Pa55word"
+
+
+def _with_userinfo(url: str) -> str:
+    return url.replace("http://", f"http://robot:{USERINFO_SECRET}@")
+
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
+def test_doctor_never_shows_url_credentials(verbose: bool, ee_emulator: Emulator, tmp_path: Path) -> None:
+    env = clean_env(tmp_path)
+    url = _with_userinfo(ee_emulator.url)
+    flag = ["-v"] if verbose else []
+    as_json = edown(env, *flag, "doctor", "--server-url", url, "--json")
+    table = edown(env, *flag, "doctor", "--server-url", url)
+    by_env = edown({**env, "EDOWN_SERVER_URL": url + "/?key=AIzaSy-not-a-real-key"}, *flag, "doctor")
+    for run in (as_json, table, by_env):
+        output = run.stdout + run.stderr
+        assert USERINFO_SECRET not in output and "robot:" not in output and "AIzaSy" not in output
+    assert as_json.returncode == 0 and table.returncode == 0, as_json.stderr[-2000:]
+    report = json.loads(as_json.stdout)
+    assert report["server_url"] == "http://***@" + ee_emulator.url.removeprefix("http://")
+    assert report["ok"] is True
+    assert "http://***@127.0.0.1" in table.stdout
+    assert "key=***" in by_env.stdout
+
+
+def test_unreachable_server_error_never_shows_url_credentials(tmp_path: Path) -> None:
+    env = clean_env(tmp_path)
+    url = f"http://robot:{USERINFO_SECRET}@127.0.0.1:9"
+    for flag in ([], ["-v"]):
+        run = edown(env, *flag, "search", *SEARCH, "--server-url", url, timeout=120)
+        output = run.stdout + run.stderr
+        assert USERINFO_SECRET not in output, output[-2000:]
+        assert run.returncode == 1 and "cannot reach Earth Engine at http://***@127.0.0.1:9" in output
+    bad = edown(env, "search", *SEARCH, "--server-url", f"ftp://robot:{USERINFO_SECRET}@host")
+    assert bad.returncode == 2 and USERINFO_SECRET not in bad.stdout + bad.stderr
+    assert "server_url: 'ftp://***@host' is not an http(s) URL" in bad.stderr
+
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
+def test_download_manifest_and_output_never_hold_url_credentials(
+    verbose: bool, ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    env = clean_env(tmp_path)
+    url = _with_userinfo(ee_emulator.url)
+    root = tmp_path / "data"
+    flag = ["-v"] if verbose else []
+    search = edown(
+        env, *flag, "search", *SEARCH, "--server-url", url, "--manifest-path", str(root / "s.json")
+    )
+    run = edown(env, *flag, "download", *SEARCH, "--server-url", url, "-o", str(root), "--json")
+    assert search.returncode == 0 and run.returncode == 0, run.stderr[-2000:]
+    for output in (search.stdout + search.stderr, run.stdout + run.stderr):
+        assert USERINFO_SECRET not in output and "robot:" not in output
+    manifests = sorted(root.rglob("*.json"))
+    assert len(manifests) >= 2
+    for path in manifests:
+        text = path.read_text()
+        assert USERINFO_SECRET not in text and "robot:" not in text, path
+    doc = json.loads(Path(json.loads(run.stdout)["manifest_path"]).read_text())
+    redacted = "http://***@" + ee_emulator.url.removeprefix("http://")
+    assert doc["search"]["config"]["server_url"] == redacted
+    assert doc["download"]["config"]["server_url"] == redacted
+    assert json.loads((root / "s.json").read_text())["search"]["config"]["server_url"] == redacted
+    assert json.loads(run.stdout)["downloaded"] >= 1

@@ -24,6 +24,7 @@ from shapely.geometry.base import BaseGeometry
 from shapely.validation import explain_validity
 
 from edown.errors import ConfigError
+from edown.redaction import redact
 
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
 STANDARD_URL = "https://earthengine.googleapis.com"
@@ -339,7 +340,9 @@ def _check_plugin_spec(spec: str | None) -> None:
 
 def _check_url(url: str) -> str:
     if not re.match(r"^https?://[^/\s]+", url or ""):
-        raise ConfigError("server_url", f"{url!r} is not an http(s) URL", f"default is {HIGH_VOLUME_URL}")
+        raise ConfigError(
+            "server_url", f"{redact(str(url))!r} is not an http(s) URL", f"default is {HIGH_VOLUME_URL}"
+        )
     return url.rstrip("/")
 
 
