@@ -2,6 +2,9 @@
 # Create (or update) the project's virtualenv in .venv with edown installed editable plus dev tools.
 # Prefers python3.12 (newest zarr/rasterio wheels need >= 3.12), then 3.13, then python3 (>= 3.10).
 # Uses uv when it can be had (seconds), plain pip otherwise.
+# The dev tools come from requirements/dev.lock (exact versions, hash-checked; scripts/lock.sh makes it),
+# so every checkout and CI test the same packages. EDOWN_UNLOCKED=1 resolves pyproject.toml's ranges instead
+# (the newest allowed versions, as a user gets); other EDOWN_EXTRAS are always resolved that way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,7 +37,17 @@ if command -v uv >/dev/null 2>&1; then UV=uv; elif "$PY" -m uv --version >/dev/n
 if [ ! -x .venv/bin/python ]; then
   if [ -n "$UV" ]; then $UV venv --quiet -p "$PY" .venv; else "$PY" -m venv .venv; fi
 fi
-if [ -n "$UV" ]; then
+LOCK=requirements/dev.lock
+if [ "$EXTRAS" = dev ] && [ -f "$LOCK" ] && [ "${EDOWN_UNLOCKED:-0}" != 1 ]; then
+  # The lock first (every package pinned and hashed), then edown itself on top without resolving again.
+  if [ -n "$UV" ]; then
+    $UV pip install --quiet -p .venv/bin/python --require-hashes -r "$LOCK"
+    $UV pip install --quiet -p .venv/bin/python --no-deps -e .
+  else
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r "$LOCK"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+  fi
+elif [ -n "$UV" ]; then
   $UV pip install --quiet -p .venv/bin/python -e ".[${EXTRAS}]"
 else
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[${EXTRAS}]"
