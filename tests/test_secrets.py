@@ -186,6 +186,10 @@ def _bad_keys(tmp_path: Path) -> dict[str, tuple[str, str]]:
             json.dumps({**key, "type": "authorized_user"}),
             "'authorized_user', not a service account key",
         ),
+        "token uri in clear": (
+            json.dumps({**key, "token_uri": "http://tokens.example.com/token"}),
+            "has a token_uri that is not https",
+        ),
         "mangled private key": (
             json.dumps({**key, "private_key": pem.replace("\n", "\n@", 3)}),
             "private key that cannot be read",
@@ -208,6 +212,7 @@ BAD_KEY_NAMES = [
     "no token uri",
     "private key a number",
     "user credentials",
+    "token uri in clear",
     "mangled private key",
 ]
 
@@ -228,6 +233,28 @@ def test_every_bad_key_is_one_line_naming_the_variable_never_its_content(
     pem = json.loads((tmp_path / "key.json").read_text())["private_key"]
     assert_no_fragment(message, value if len(value) > 200 else "", pem)
     assert info.value.exit_code == 2
+
+
+def test_key_pasted_into_the_account_variable_is_not_echoed(
+    no_ambient_credentials: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _, pem, b64 = make_key(tmp_path, "https://oauth2.googleapis.com/token")
+    monkeypatch.setenv("GEE_SERVICE_ACCOUNT", b64)
+    monkeypatch.setenv("GEE_SERVICE_ACCOUNT_KEY", b64)
+    with pytest.raises(AuthenticationError) as info:
+        earthengine.resolve_credentials(REMOTE, None, None)
+    assert str(info.value).startswith("GEE_SERVICE_ACCOUNT is not a service account's e-mail address")
+    assert_no_fragment(str(info.value), b64, pem)
+
+
+def test_account_and_key_of_different_service_accounts_are_refused(
+    no_ambient_credentials: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _, _, b64 = make_key(tmp_path, "https://oauth2.googleapis.com/token")
+    monkeypatch.setenv("GEE_SERVICE_ACCOUNT", "other@sa-project.iam.gserviceaccount.com")
+    monkeypatch.setenv("GEE_SERVICE_ACCOUNT_KEY", b64)
+    with pytest.raises(AuthenticationError, match=f"GEE_SERVICE_ACCOUNT_KEY is a key of {ACCOUNT}"):
+        earthengine.resolve_credentials(REMOTE, None, None)
 
 
 # ---- finding 4: doctor, search and download in a fresh process never print the key ---------------------------
@@ -319,6 +346,7 @@ def test_token_endpoint_refusing_the_key_is_reported_without_the_key(
     [
         ("http://user:pass@host:8080/v1", "http://***@host:8080/v1"),
         ("https://token@example.com", "https://***@example.com"),
+        ("http://u:p@ss@host/x@y", "http://***@host/x@y"),
         ("at http://a:b@127.0.0.1:9: refused", "at http://***@127.0.0.1:9: refused"),
         ("https://h/x?key=AIzaSyA-123&alt=json", "https://h/x?key=***&alt=json"),
         ("https://h/x?alt=json&access_token=ya29.abc", "https://h/x?alt=json&access_token=***"),

@@ -282,6 +282,7 @@ def resolve_credentials(server_url: str, project: str | None, credentials: Any) 
     account = os.environ.get("GEE_SERVICE_ACCOUNT")
     key = os.environ.get("GEE_SERVICE_ACCOUNT_KEY")
     if account and key:
+        account = account.strip()
         creds, key_project = _service_account(account, key)
         chosen = project or env_project or key_project
         return creds, _require_project(chosen, server_url, "service account"), f"service account {account}"
@@ -334,7 +335,18 @@ def _service_account(account: str, key: str) -> tuple[Any, str | None]:
     import ee
     from google.oauth2 import service_account
 
+    if not _EMAIL.fullmatch(account):
+        redaction.register_secret(account)  # a key pasted into the wrong variable is still a key
+        raise AuthenticationError(
+            "GEE_SERVICE_ACCOUNT is not a service account's e-mail address",
+            hint="set it to NAME@PROJECT.iam.gserviceaccount.com; the key goes in GEE_SERVICE_ACCOUNT_KEY",
+        )
     info = load_service_account_key(key)
+    if info["client_email"] != account:
+        raise AuthenticationError(
+            f"GEE_SERVICE_ACCOUNT is {account} but GEE_SERVICE_ACCOUNT_KEY is a key of {info['client_email']}",
+            hint="set both for the same service account",
+        )
     try:
         creds = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
             info, scopes=list(ee.oauth.SCOPES)
@@ -346,6 +358,9 @@ def _service_account(account: str, key: str) -> tuple[Any, str | None]:
         ) from None
     project = info.get("project_id")
     return creds, project if isinstance(project, str) and project else None
+
+
+_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9.\-]{1,190}")
 
 
 KEY_VARIABLE = "GEE_SERVICE_ACCOUNT_KEY"
@@ -451,6 +466,12 @@ def _key_from_text(text: str, what: str) -> dict[str, Any]:
     for name in _REQUIRED_KEY_FIELDS:
         if not isinstance(info[name], str):
             raise _key_error(f"has {name} as a JSON {type(info[name]).__name__}, not text", _NEW_KEY_HINT)
+    if not _EMAIL.fullmatch(info["client_email"]):
+        raise _key_error("has a client_email that is not an e-mail address", _NEW_KEY_HINT)
+    token_uri = urlsplit(info["token_uri"])
+    if token_uri.scheme != "https" and not (token_uri.scheme == "http" and is_loopback(info["token_uri"])):
+        # The signed token request is a credential for an hour: it never travels in clear.
+        raise _key_error("has a token_uri that is not https", _NEW_KEY_HINT)
     return info
 
 

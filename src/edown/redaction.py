@@ -21,7 +21,8 @@ import threading
 MIN_SECRET_RUN = 20
 MASK = "***"
 
-_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/?#@\s\"'<>]*@")
+# Greedy up to the last "@" before the host, as URL parsers read it (a password may hold an "@").
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/?#\s\"'<>]*@")
 _KEYISH_QUERY = re.compile(
     r"(?i)([?&;][\w.\-]*(?:key|token|secret|password|passwd|signature|credential|auth)[\w.\-]*=)[^&#\s\"'<>]+"
 )
