@@ -388,6 +388,25 @@ def test_doctor_never_shows_url_credentials(verbose: bool, ee_emulator: Emulator
     assert "key=***" in by_env.stdout
 
 
+def test_library_debug_logs_never_show_url_credentials(
+    ee_emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    from edown import AOI, SearchConfig, search_images
+
+    config = SearchConfig(
+        collection_id="COPERNICUS/S2_SR_HARMONIZED",
+        start_date="2024-06-01",
+        end_date="2024-06-04",
+        aoi=AOI.from_bbox((-0.60, 51.48, -0.43, 51.56)),
+        server_url=_with_userinfo(ee_emulator.url),
+    )
+    with caplog.at_level("DEBUG"):
+        assert search_images(config).images
+    assert "URL being requested" in caplog.text and "http://***@127.0.0.1" in caplog.text
+    assert USERINFO_SECRET not in caplog.text
+    assert USERINFO_SECRET not in repr([r.getMessage() for r in caplog.records])
+
+
 def test_unreachable_server_error_never_shows_url_credentials(tmp_path: Path) -> None:
     env = clean_env(tmp_path)
     url = f"http://robot:{USERINFO_SECRET}@127.0.0.1:9"

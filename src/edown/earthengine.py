@@ -174,6 +174,7 @@ def connect(
         )
         if _current is not None and _current[0] == key:
             return _current[1]
+        redaction.guard_loggers()
         creds, resolved_project, method = resolve_credentials(server_url, project, credentials)
         _initialize(server_url, creds, resolved_project, max_concurrent, timeout)
         conn = Connection(
@@ -376,28 +377,36 @@ def load_service_account_key(value: str) -> dict[str, Any]:
     The variable may hold the JSON itself, its base64 (standard or URL-safe, padded or not, wrapped or not:
     CI secret stores often keep it so), or a path to a file holding either. Whatever is wrong becomes one
     :class:`AuthenticationError` line naming the variable: never its value, which is the key, nor a
-    library's message, which may quote it. Inline values are registered with :mod:`edown.redaction` first,
-    so that nothing edown prints later can carry a fragment of them either.
+    library's message, which may quote it. A value that looks like key material (base64, a PEM key, anything
+    too long for a path) and every private key read are registered with :mod:`edown.redaction` before they
+    are parsed, so that nothing edown prints later can carry a fragment of them either (a path is not
+    registered: masking it would mask every path that shares its folder).
     """
     text = value.strip()
     if text.startswith("{"):
         return _key_from_text(text, "holds")
+    path: Path | None
     try:
         path = Path(value).expanduser()
         is_path = os.path.lexists(path)
-    except (OSError, ValueError):  # a name too long for the OS, or a NUL byte: not a path
-        is_path = False
-    if is_path:
+    except (OSError, ValueError, RuntimeError):  # too long for the OS, a NUL byte, an unknown ~user
+        path, is_path = None, False
+    if path is not None and is_path:
         return _key_from_text(_read_key_file(path), "names a file that")
-    redaction.register_secret(value)
+    compact = "".join(text.split())
     if "PRIVATE KEY" in value:
+        redaction.register_secret(value)
         raise _key_error(
             "holds a bare PEM private key",
             "give the service account's JSON key (its text, its base64, or a path to the file)",
         )
-    if _BASE64.fullmatch("".join(text.split())):
+    if _BASE64.fullmatch(compact):
+        redaction.register_secret(value)
         return _key_from_text(_decode_base64(text), "holds base64 of something that")
-    return _missing_key_file(path if len(value) < 4096 else None)
+    if len(value) >= 4096:  # no file name is this long: most likely a mangled key
+        redaction.register_secret(value)
+        path = None
+    return _missing_key_file(path)
 
 
 def _read_key_file(path: Path) -> str:
@@ -435,6 +444,11 @@ def _decode_base64(text: str) -> str:
         raw = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
         return raw.decode("utf-8-sig").strip()
     except (binascii.Error, ValueError):
+        if "/" in text:  # base64's alphabet includes "/": it may as well be a path that does not exist
+            raise _key_error(
+                "is neither a key file that exists nor base64 of a JSON key",
+                "set it to the path of the service account's JSON key, the JSON itself, or its base64",
+            ) from None
         raise _key_error(
             "holds base64 of something that is not JSON text", "encode the JSON key file: base64 -w0 key.json"
         ) from None

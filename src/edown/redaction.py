@@ -91,3 +91,23 @@ class RedactingFilter(logging.Filter):
         if record.exc_info and not record.exc_text:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         return True
+
+
+_FILTER = RedactingFilter()
+#: Libraries that log request URLs (with any credentials in them) or headers at DEBUG level.
+CLIENT_LOGGERS = (
+    "googleapiclient.discovery",
+    "googleapiclient.http",
+    "googleapiclient.model",
+    "google_auth_httplib2",
+    "urllib3.connectionpool",
+)
+
+
+def guard_loggers(names: tuple[str, ...] = CLIENT_LOGGERS) -> None:
+    """Attach the redacting filter to these loggers, so that whatever handlers an application configures
+    (edown's API does not configure logging) never receive their records unredacted."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
