@@ -332,7 +332,7 @@ def test_token_endpoint_refusing_the_key_is_reported_without_the_key(
     output = run.stdout + run.stderr
     assert_no_fragment(output, b64, pem)
     assert "eyJ" not in output  # nor the signed request (a JWT good for an hour) the endpoint echoed
-    assert "the token endpoint refused the service account key (invalid_grant: Invalid JWT Signature." in (
+    assert "the token endpoint refused the credentials (invalid_grant: Invalid JWT Signature." in (
         " ".join(output.split())
     )
     assert run.returncode == (1 if command == "doctor" else 2), output[-2000:]
