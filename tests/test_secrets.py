@@ -172,6 +172,7 @@ def _bad_keys(tmp_path: Path) -> dict[str, tuple[str, str]]:
         "below a file": (str(key_file / "key.json"), "not a folder"),
         "missing file": (str(tmp_path / "nope.json"), "points to a file that does not exist"),
         "too large": (str(tmp_path / "big.json"), "is too large"),
+        "too long inline": ("A" * (100 * 1024), "is too long to be a key"),
         "file not json": (str(tmp_path / "notjson.json"), "is not JSON"),
         "json text broken": (json.dumps(key)[:-40], "is not valid JSON"),
         "base64 of non-json": (base64.b64encode(b"\x89PNG" + pem.encode()).decode(), "not JSON"),
@@ -204,6 +205,7 @@ BAD_KEY_NAMES = [
     "below a file",
     "missing file",
     "too large",
+    "too long inline",
     "file not json",
     "json text broken",
     "base64 of non-json",
@@ -366,6 +368,21 @@ def test_redact_hides_url_credentials_key_like_query_values_and_tokens(shown: st
     from edown.redaction import redact
 
     assert redact(shown) == expected
+
+
+def test_redact_masks_any_run_of_a_registered_secret_however_it_was_wrapped() -> None:
+    import secrets
+
+    from edown.redaction import MIN_SECRET_RUN, redact, register_secret
+
+    lines = [secrets.token_hex(32) for _ in range(3)]
+    register_secret("-----BEGIN TEST KEY-----\n" + "\n".join(lines) + "\n-----END TEST KEY-----\n")
+    quoted = f"bad key {{'private_key': '{lines[0]}\\n{lines[1][:30]}'}} in /tmp/x.json"
+    assert redact(quoted) == "bad key {'private_key': '***'} in /tmp/x.json"
+    short = lines[2][: MIN_SECRET_RUN - 1]
+    assert redact(f"id {short} ok") == f"id {short} ok"  # shorter runs recur in ordinary text
+    with pytest.raises(ValueError, match="too long to register"):
+        register_secret("x" * (1 << 18))
 
 
 USERINFO_SECRET = "s3cret-Pa55word"

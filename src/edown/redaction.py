@@ -20,6 +20,8 @@ import threading
 #: Runs shorter than this are not treated as copied from a secret (short runs recur in ordinary text).
 MIN_SECRET_RUN = 20
 MASK = "***"
+#: Longer than any key edown reads (a service account's JSON key is about 2.4 kB, its base64 3.2 kB).
+MAX_SECRET_CHARS = 1 << 17
 
 # Greedy up to the last "@" before the host, as URL parsers read it (a password may hold an "@").
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/?#\s\"'<>]*@")
@@ -37,10 +39,14 @@ def register_secret(value: str) -> None:
     """Remember ``value`` so that no run of :data:`MIN_SECRET_RUN` characters of it is ever shown.
 
     Each line of a multi-line secret (a PEM key) is registered too, so a fragment is caught however a
-    message re-wrapped or escaped its newlines.
+    message re-wrapped or escaped its newlines. Secrets are a few kB; a value past :data:`MAX_SECRET_CHARS`
+    (whose runs would take memory in proportion) is refused with ``ValueError``.
     """
     global _runs
-    parts = {value, *value.splitlines(), *value.replace("\\n", "\n").splitlines()}
+    if len(value) > MAX_SECRET_CHARS:
+        raise ValueError(f"a secret of {len(value)} characters is too long to register")
+    # As given, line by line, and with newlines escaped as JSON and repr() write them.
+    parts = {value, value.replace("\n", "\\n"), *value.splitlines(), *value.replace("\\n", "\n").splitlines()}
     windows = {
         part[i : i + MIN_SECRET_RUN]
         for part in parts

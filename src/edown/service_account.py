@@ -27,8 +27,8 @@ from edown.earthengine import is_loopback
 from edown.errors import AuthenticationError
 
 KEY_VARIABLE = "GEE_SERVICE_ACCOUNT_KEY"
-#: A service account's JSON key is about 2.4 kB; anything this large is not one.
-MAX_KEY_BYTES = 1 << 20
+#: A service account's JSON key is about 2.4 kB (3.2 kB in base64); anything this large is not one.
+MAX_KEY_BYTES = 64 * 1024
 _BASE64 = re.compile(r"[A-Za-z0-9+/_\-]{64,}={0,2}")
 _REQUIRED_KEY_FIELDS = ("client_email", "private_key", "token_uri")
 _NEW_KEY_HINT = "download a JSON key for the service account from the Cloud console"
@@ -41,7 +41,8 @@ def credentials(account: str, key: str) -> tuple[Any, str | None]:
     from google.oauth2 import service_account
 
     if not _EMAIL.fullmatch(account):
-        redaction.register_secret(account)  # a key pasted into the wrong variable is still a key
+        if len(account) <= MAX_KEY_BYTES:
+            redaction.register_secret(account)  # a key pasted into the wrong variable is still a key
         raise AuthenticationError(
             "GEE_SERVICE_ACCOUNT is not a service account's e-mail address",
             hint="set it to NAME@PROJECT.iam.gserviceaccount.com; the key goes in GEE_SERVICE_ACCOUNT_KEY",
@@ -75,6 +76,8 @@ def load_key(value: str) -> dict[str, Any]:
     anything too long for a path) are registered for redaction: masking a mistyped path would mask every
     path that shares its folder.
     """
+    if len(value) > MAX_KEY_BYTES:
+        raise _key_error(f"is too long to be a key (over {MAX_KEY_BYTES // 1024} KiB)", _NEW_KEY_HINT)
     text = value.strip()
     if text.startswith("{"):
         return _key_from_text(text, "holds")
@@ -110,7 +113,7 @@ def _read_key_file(path: Path) -> str:
             raise _key_error("names something that is not a regular file", "give the path of the JSON key")
         if path.stat().st_size > MAX_KEY_BYTES:
             raise _key_error(
-                f"names a file that is too large to be a key (over {MAX_KEY_BYTES >> 20} MiB)",
+                f"names a file that is too large to be a key (over {MAX_KEY_BYTES // 1024} KiB)",
                 "give the path of the service account's JSON key",
             )
         data = path.read_bytes()
