@@ -38,6 +38,11 @@ if [ ! -x .venv/bin/python ]; then
   if [ -n "$UV" ]; then $UV venv --quiet -p "$PY" .venv; else "$PY" -m venv .venv; fi
 fi
 LOCK=requirements/dev.lock
+if [ "$EXTRAS" = dev ] && [ -f "$LOCK" ] && [ "${EDOWN_UNLOCKED:-0}" != 1 ] &&
+   ! .venv/bin/python -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)'; then
+  echo "the lock is for Python >= 3.12; this is $(.venv/bin/python --version): resolving pyproject.toml instead" >&2
+  EDOWN_UNLOCKED=1
+fi
 if [ "$EXTRAS" = dev ] && [ -f "$LOCK" ] && [ "${EDOWN_UNLOCKED:-0}" != 1 ]; then
   # The lock first (every package pinned and hashed), then edown itself on top without resolving again.
   if [ -n "$UV" ]; then
