@@ -5,7 +5,8 @@ removes, wherever they occur in the text:
 
 * credentials in a URL (``http://user:pass@host`` becomes ``http://***@host``);
 * values of query parameters that look like keys (``?key=``, ``access_token=``, ``X-Goog-Signature=``...);
-* bearer tokens and signed JWTs (a service account's token request is a JWT good for an hour);
+* bearer tokens, basic-auth headers, token and key fields of JSON (``"access_token": "..."``) and signed
+  JWTs (a service account's token request is a JWT good for an hour);
 * any run of :data:`MIN_SECRET_RUN` or more characters copied from a secret edown has loaded (the service
   account key and its private key, registered with :func:`register_secret` before anything parses them),
   so that even a library's error message quoting the key loses it.
@@ -28,7 +29,11 @@ _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/?#\s\"'<>]*@")
 _KEYISH_QUERY = re.compile(
     r"(?i)([?&;][\w.\-]*(?:key|token|secret|password|passwd|signature|credential|auth)[\w.\-]*=)[^&#\s\"'<>]+"
 )
-_BEARER = re.compile(r"(?i)\b(bearer\s+)[\w.~+/\-]+=*")
+_AUTH_HEADER = re.compile(r"(?i)\b((?:bearer|basic)\s+)[\w.~+/\-]+=*")
+_SECRET_JSON_FIELD = re.compile(
+    r"(?i)([\"']?(?:access_token|refresh_token|id_token|private_key|client_secret|password)[\"']?\s*[:=]\s*[\"'])"
+    r"[^\"']+"
+)
 _JWT = re.compile(r"\beyJ[\w\-]{8,}\.[\w\-]{8,}\.[\w\-]*")
 
 _lock = threading.Lock()
@@ -62,7 +67,8 @@ def redact(text: str) -> str:
     """``text`` without URL credentials, key-like query values, tokens or fragments of loaded secrets."""
     text = _URL_USERINFO.sub(lambda m: m.group(1) + MASK + "@", text)
     text = _KEYISH_QUERY.sub(lambda m: m.group(1) + MASK, text)
-    text = _BEARER.sub(lambda m: m.group(1) + MASK, text)
+    text = _AUTH_HEADER.sub(lambda m: m.group(1) + MASK, text)
+    text = _SECRET_JSON_FIELD.sub(lambda m: m.group(1) + MASK, text)
     text = _JWT.sub(MASK, text)
     return _mask_secret_runs(text)
 
