@@ -152,7 +152,7 @@ def test_two_processes_on_one_output_root(tmp_path: Path) -> None:
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and "pid" not in (
-            (root / ".edown.lock").read_text() if (root / ".edown.lock").exists() else ""
+            (root / ".edown" / "lock").read_text() if (root / ".edown" / "lock").exists() else ""
         ):
             time.sleep(0.05)
         with pytest.raises(

@@ -54,7 +54,7 @@ def test_values_equal_the_geotiffs_and_crs_reads_back(ee_emulator: Emulator, tmp
     [result] = stack_images(StackConfig(manifest_path=summary.manifest_path))
     assert (
         result.output_path
-        == tmp_path / "data" / "stacks" / "COPERNICUS_S2_SR_HARMONIZED" / f"{result.group_id}.zarr"
+        == tmp_path / "data" / "stacks" / "COPERNICUS.S2_SR_HARMONIZED" / f"{result.group_id}.zarr"
     )
     ds = open_stack(result.output_path)
     group = summary.search.alignment_groups[0]

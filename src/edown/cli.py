@@ -435,17 +435,40 @@ def _download_config(params: dict[str, Any]) -> Any:
     extra = {name: params[name] for name in DOWNLOAD_FIELDS if params.get(name) is not None}
     extra["progress"] = True  # a live display on a terminal, a plain line every 10 s otherwise
     if params.get("search_manifest"):
-        saved = load_manifest(Path(params["search_manifest"])).search_config
+        source = params["search_manifest"]
+        saved = load_manifest(Path(source)).search_config
         if saved is None:
-            raise ConfigError("from_manifest", f"{params['search_manifest']} has no search section")
-        base = search_config_from_dict(saved)
-        values = {**{k: getattr(base, k) for k in saved if hasattr(base, k)}, **extra}
-        if params.get("server_url"):
-            values["server_url"] = params["server_url"]
-        if params.get("project"):
-            values["project"] = params["project"]
+            raise ConfigError("--from-manifest", f"{source} has no search section")
+        mine = {
+            k: params[k] for k in ("server_url", "project", "transform_plugin") if params.get(k) is not None
+        }
+        base = search_config_from_dict(saved, **mine)
+        _check_saved_user_fields(source, saved, base)
+        values = {**{k: getattr(base, k) for k in saved if hasattr(base, k)}, **mine, **extra}
         return DownloadConfig(**values)
     return DownloadConfig(**_search_kwargs(params), **extra)
+
+
+def _check_saved_user_fields(source: str, saved: dict[str, Any], config: Any) -> None:
+    """A manifest never picks the endpoint, the project or code to run: say so where it tried."""
+    from urllib.parse import urlsplit
+
+    plugin = saved.get("transform_plugin")
+    if plugin and plugin != config.transform_plugin:
+        raise ConfigError(
+            "--from-manifest",
+            f"{source} was made with the transform plugin {plugin!r}, and edown runs code only when you name it",
+            hint=f"pass --transform-plugin {plugin} if you trust it",
+        )
+    url = saved.get("server_url")
+    if isinstance(url, str) and url.rstrip("/") != config.server_url.rstrip("/"):
+        made = urlsplit(url).hostname or "another endpoint"
+        using = urlsplit(config.server_url).hostname or config.server_url
+        _stderr_console().print(
+            f"note: {source} was made against {made}; using {using} (your --server-url or "
+            "$EDOWN_SERVER_URL; a manifest never chooses where your credentials go)",
+            markup=False,
+        )
 
 
 @cli.command()
@@ -686,8 +709,8 @@ def quicklook(path: str, output: str | None, bands: tuple[str, ...], as_json: bo
 
     \b
     Examples:
-      edown quicklook data/images/COPERNICUS_S2_SR_HARMONIZED/20240603T104058_20240603T104237_T30UXC.tif
-      edown quicklook data/stacks/COPERNICUS_S2_SR_HARMONIZED/<group>.zarr -b B8 -b B4 -b B3
+      edown quicklook data/images/COPERNICUS.S2_SR_HARMONIZED/20240603T104058_20240603T104237_T30UXC.tif
+      edown quicklook data/stacks/COPERNICUS.S2_SR_HARMONIZED/<group>.zarr -b B8 -b B4 -b B3
     """
     from edown.quicklook import render
 

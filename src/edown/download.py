@@ -65,13 +65,13 @@ from edown.outputs import (
     StoredChunk,
     covered_by,
     image_tiff_path,
-    output_lock,
     partial_dir,
     sidecar_path,
 )
 from edown.plugins import bind, load_plugin
 from edown.progress import Counters, Reporter
 from edown.records import DownloadResult, DownloadSummary, ImageRecord, SearchResult, utc_iso
+from edown.rootstate import check_no_links, locked_root
 from edown.search import search_images
 
 log = logging.getLogger("edown.download")
@@ -192,6 +192,7 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
     concurrency = min(config.max_inflight_chunks, config.max_concurrent_requests)
     target = target_chunk_bytes(run_bytes, concurrency, config.request_byte_limit)
     existing_conflicts: list[Path] = []
+    root = config.output_root.absolute()
 
     def prepare(item: tuple[int, ImageRecord]) -> ImageJob | DownloadResult:
         index, record = item
@@ -226,7 +227,9 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
                 record.image_id, record.version, record.properties, utc_iso(record.acquisition_time_utc)
             ),
         )
-        store = ChunkStore(partial_dir(tiff))
+        check_no_links(root, tiff.absolute())
+        store = ChunkStore(partial_dir(tiff), root)
+        store.check()
         if tiff.exists():
             if config.overwrite:
                 pass  # replaced atomically when the new file is ready
@@ -323,12 +326,15 @@ def decode_npy(
         reader = (
             np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         )
-        shape, _, field_types = reader(header)
+        shape, fortran_order, field_types = reader(header)
         count = math.prod(shape)
         offset = header.tell()
         if len(data) - offset < count * field_types.itemsize:
             raise ValueError(f"{len(data) - offset} data bytes for {count} x {field_types.itemsize}")
-        arr = np.frombuffer(data, dtype=field_types, count=count, offset=offset).reshape(shape)
+        # Earth Engine sends C order; a Fortran-ordered body is still valid NPY and must not be transposed.
+        arr = np.frombuffer(data, dtype=field_types, count=count, offset=offset).reshape(
+            shape, order="F" if fortran_order else "C"
+        )
     except (ValueError, EOFError, OSError) as exc:
         raise EarthEngineError(
             f"truncated or corrupt NPY response ({len(data)} bytes): {exc}", transient=True
@@ -653,10 +659,13 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
     started = time.monotonic()
     search = resolve_search(config)
     manifest_path = _manifest_path(config, started_wall)
-    plan = plan_download(config, search)
     if config.dry_run:
+        # Read-only: no lock, nothing cleaned, nothing sent to Earth Engine.
+        plan = plan_download(config, search)
         return _dry_run_summary(config, search, plan, manifest_path, time.monotonic() - started)
 
+    # Connect before planning: the plan builds Earth Engine expressions, which need an initialised client
+    # (a saved search means no search ran in this process).
     conn = earthengine.connect(
         config.server_url,
         config.project,
@@ -666,8 +675,11 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
         timeout=config.request_timeout_seconds,
     )
     before = conn.pacer.snapshot()
-    with output_lock(config.output_root, f"download to {config.output_root}"):
-        manifest = new_manifest(manifest_path, config.output_root)
+    # The lock comes before anything on disk is looked at or cleaned: a second run that is refused must
+    # not have touched the first one's chunks.
+    with locked_root(config.output_root, f"download to {config.output_root}") as held:
+        plan = plan_download(config, search)
+        manifest = new_manifest(manifest_path, config.output_root, held.root_id)
         set_search(manifest, config, search)
         counters = Counters(images_total=len(plan.jobs), chunks_total=sum(len(j.chunks) for j in plan.jobs))
         base = config.output_root

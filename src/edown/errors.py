@@ -80,6 +80,19 @@ class OutputLockedError(EdownError):
     exit_code = 1
 
 
+class OutputPathError(EdownError):
+    """An output folder edown cannot use as it is: read-only, under a file, missing its parent."""
+
+    exit_code = 2
+
+
+class UnsafePathError(EdownError):
+    """A path edown refuses to follow: a symbolic link in its own folders, or a place outside the output
+    root that a file (rather than the user) named."""
+
+    exit_code = 2
+
+
 class DiskFullError(EdownError):
     """The output file system ran out of space; what was finished is kept and a re-run resumes."""
 

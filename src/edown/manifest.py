@@ -20,7 +20,7 @@ import datetime as dt
 import json
 import os
 import re
-import tempfile
+import uuid
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from edown.config import AOI, DownloadConfig, SearchConfig, StackConfig
 from edown.errors import ManifestError
 from edown.records import DownloadResult, SearchResult, StackResult, utc_iso
 from edown.redaction import redact
+from edown.rootstate import check_no_links, journalled, read_marker, trusted_root
 
 SCHEMA = "edown.manifest"
 SCHEMA_VERSION = 1
@@ -40,18 +41,25 @@ def now_utc() -> dt.datetime:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    The temporary is journalled when ``path`` lies in a locked output root (a killed run's temporary is
+    then removed by the next run), created with the umask's permissions like every other output (not
+    ``mkstemp``'s 0600, which would hide manifests from collaborators), and never through a link.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with journalled(tmp):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     _fsync_dir(path.parent)
 
 
@@ -99,8 +107,14 @@ def config_to_dict(config: SearchConfig | StackConfig) -> dict[str, Any]:
     return out
 
 
+#: What a saved search may not decide: where requests (and with them the user's token) go, which project
+#: pays, and which code runs. These come from the user's own flags, environment or config.
+USER_ONLY_FIELDS = frozenset({"server_url", "project", "transform_plugin", "credentials"})
+
+
 def search_config_from_dict(d: dict[str, Any], **overrides: Any) -> SearchConfig:
-    names = {f.name for f in fields(SearchConfig)} - {"credentials"}
+    """A search config rebuilt from a manifest, minus :data:`USER_ONLY_FIELDS` (give those as overrides)."""
+    names = {f.name for f in fields(SearchConfig)} - USER_ONLY_FIELDS
     values = {k: v for k, v in d.items() if k in names}
     values["aoi"] = AOI.from_geojson(values["aoi"], "aoi")
     values.update(overrides)
@@ -116,8 +130,61 @@ class Manifest:
 
     @property
     def output_root(self) -> Path:
+        """The root this manifest *says* it belongs to; use :meth:`trusted_root` before writing there."""
         root = self.doc.get("output_root")
-        return Path(root) if root else self.path.parent.parent
+        return Path(root) if isinstance(root, str) and root else self.path.parent.parent
+
+    @property
+    def root_id(self) -> str | None:
+        value = self.doc.get("root_id")
+        return value if isinstance(value, str) else None
+
+    def trusted_root(self) -> Path:
+        """The output root to read and write for this manifest, when nobody named one.
+
+        A manifest is only a file: the root it names is used only where edown's own marker says edown
+        made that root (and, for manifests that record it, the same root). A manifest kept in its root's
+        ``manifests/`` folder belongs to that root even if the root was moved; a root written before
+        markers existed is accepted only that way, from a manifest inside it.
+        """
+        source = f"manifest {self.path}"
+        folder = self.path.absolute().parent
+        home = folder.parent if folder.name == "manifests" else None
+        recorded = self.doc.get("output_root")
+        named = Path(recorded) if isinstance(recorded, str) and recorded else None
+        if home is not None and read_marker(home) is not None:
+            return trusted_root(home, self.root_id, source)
+        if home is not None and (named is None or named == home):
+            return home
+        if named is not None:
+            return trusted_root(named, self.root_id, source)
+        raise ManifestError(
+            f"{source} does not say which output root it belongs to",
+            hint="pass the root with --output-root (output_root=)",
+        )
+
+    def downloads_in(self, root: Path) -> tuple[DownloadResult, ...]:
+        """The download results, each output path checked to lie in ``root/images`` without links."""
+        root = root.absolute()
+        section = self.doc.get("download") or {}
+        results = []
+        for entry in section.get("results", []):
+            tiff = entry.get("tiff_path") if isinstance(entry, dict) else None
+            if tiff is not None:
+                relative = Path(str(tiff))
+                if relative.is_absolute():
+                    try:
+                        relative = relative.relative_to(root)
+                    except ValueError:
+                        relative = Path("..")
+                if ".." in relative.parts or not relative.parts or relative.parts[0] != "images":
+                    raise ManifestError(
+                        f"manifest {self.path} lists {tiff}, which is not under {root / 'images'}",
+                        hint="edown reads only the outputs under the manifest's own root",
+                    )
+                check_no_links(root, root / relative)
+            results.append(DownloadResult.from_dict(entry, root))
+        return tuple(results)
 
     @property
     def search(self) -> SearchResult | None:
@@ -144,7 +211,7 @@ class Manifest:
         atomic_write_text(self.path, dumps(self.doc))
 
 
-def new_manifest(path: Path, output_root: Path | None) -> Manifest:
+def new_manifest(path: Path, output_root: Path | None, root_id: str | None = None) -> Manifest:
     stamp = utc_iso(now_utc())
     doc: dict[str, Any] = {
         "schema": SCHEMA,
@@ -154,6 +221,8 @@ def new_manifest(path: Path, output_root: Path | None) -> Manifest:
         "updated_utc": stamp,
         "output_root": str(output_root.resolve()) if output_root is not None else None,
     }
+    if root_id is not None:
+        doc["root_id"] = root_id
     return Manifest(path, doc)
 
 

@@ -46,12 +46,14 @@ import numpy as np
 
 from edown.config import StackConfig
 from edown.crs import crs_wkt
-from edown.errors import DiskFullError, EdownError, StackError, is_disk_full
+from edown.errors import DiskFullError, EdownError, ManifestError, StackError, UnsafePathError, is_disk_full
+from edown.geotiff import GTIFF_ONLY
 from edown.grid import Transform, offset_in
 from edown.manifest import Manifest, config_to_dict, load_manifest
-from edown.outputs import output_lock, stack_path, store_temporary
+from edown.outputs import stack_path, store_temporary
 from edown.progress import Counters, Reporter
 from edown.records import AlignmentGroup, DownloadResult, ImageRecord, StackResult, utc_iso
+from edown.rootstate import check_no_links, journalled, locked_root
 
 log = logging.getLogger("edown.stack")
 
@@ -86,7 +88,10 @@ def write_time_slice(task: SliceTask) -> dict[str, float]:
     array = zarr.open_array(task.store, path="data", mode="r+")
     fill = np.array(task.nodata, dtype=task.dtype)
     with rasterio.Env(GDAL_CACHEMAX=64), contextlib.ExitStack() as stack:
-        sources = [(stack.enter_context(rasterio.open(path)), dc, dr) for path, dc, dr in task.sources]
+        sources = [
+            (stack.enter_context(rasterio.open(path, driver=GTIFF_ONLY)), dc, dr)
+            for path, dc, dr in task.sources
+        ]
         for cy in range(0, task.height, task.chunk):
             for cx in range(0, task.width, task.chunk):
                 h = min(task.chunk, task.height - cy)
@@ -304,24 +309,36 @@ def stack_images(config: StackConfig) -> list[StackResult]:
         raise StackError(
             f"manifest_path: {config.manifest_path} has no search section", hint="give a download manifest"
         )
-    downloads = manifest.download_results
-    if not downloads:
+    if not (manifest.doc.get("download") or {}).get("results"):
         raise StackError(
             f"manifest_path: {config.manifest_path} records no downloads",
             hint="run `edown download` first and stack the manifest it writes",
         )
-    output_root = config.output_root or manifest.output_root
-    available = {
-        r.record_key: r
-        for r in downloads
-        if r.status in ("downloaded", "skipped_existing") and r.tiff_path is not None and r.tiff_path.exists()
-    }
+    # The GeoTIFFs are read from the manifest's own root, if edown can trust it; stacks are written to
+    # the root the user names, else to that same root.
+    if config.output_root is not None:
+        output_root = config.output_root
+        try:
+            source_root = manifest.trusted_root()
+        except (UnsafePathError, ManifestError):
+            source_root = output_root
+    else:
+        output_root = source_root = manifest.trusted_root()
     records = {r.record_key: r for r in search.images}
     results: list[StackResult] = []
-    with output_lock(output_root, f"stack of {config.manifest_path.name}"):
+    with locked_root(output_root, f"stack of {config.manifest_path.name}"):
+        downloads = manifest.downloads_in(source_root)
+        available = {
+            r.record_key: r
+            for r in downloads
+            if r.status in ("downloaded", "skipped_existing")
+            and r.tiff_path is not None
+            and r.tiff_path.is_file()
+        }
         for group in search.alignment_groups:
             members = [(records[k], available[k]) for k in group.record_keys if k in available]
             target = stack_path(output_root, search.collection_id, group.group_id)
+            check_no_links(output_root.absolute(), target.absolute())
             if not members:
                 results.append(StackResult(group.group_id, 0, None, "no downloaded images in this group"))
                 continue
@@ -381,14 +398,15 @@ def _stack_group(
     ds = _template(group, steps, nodata, config.chunk_size, attrs)
     tmp = store_temporary(target, "tmp")
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        _to_zarr(ds, tmp, config.chunk_size)
-        tasks = _tasks(str(tmp), group, steps, 0, nodata, config.chunk_size)
-        _run(config, tasks, log_dir)
-        _replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with journalled(tmp, "dir"):
+        try:
+            _to_zarr(ds, tmp, config.chunk_size)
+            tasks = _tasks(str(tmp), group, steps, 0, nodata, config.chunk_size)
+            _run(config, tasks, log_dir)
+            _replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return StackResult(
         group.group_id,
         len(steps),
@@ -480,12 +498,13 @@ def _consolidate(path: Path) -> None:
 
 def _replace(tmp: Path, target: Path) -> None:
     """Swap ``tmp`` into ``target``: an existing store is moved aside first and deleted after."""
-    old = None
-    if target.exists():
-        old = store_temporary(target, "old")
+    if not target.exists():
+        tmp.rename(target)
+        return
+    old = store_temporary(target, "old")
+    with journalled(old, "dir"):
         target.rename(old)
-    tmp.rename(target)
-    if old is not None:
+        tmp.rename(target)
         shutil.rmtree(old, ignore_errors=True)
 
 
