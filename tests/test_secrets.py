@@ -456,13 +456,13 @@ def test_download_manifest_and_output_never_hold_url_credentials(
     root = tmp_path / "data"
     flag = ["-v"] if verbose else []
     search = edown(
-        env, *flag, "search", *SEARCH, "--server-url", url, "--manifest-path", str(root / "s.json")
+        env, *flag, "search", *SEARCH, "--server-url", url, "--manifest-path", str(tmp_path / "s.json")
     )
     run = edown(env, *flag, "download", *SEARCH, "--server-url", url, "-o", str(root), "--json")
     assert search.returncode == 0 and run.returncode == 0, run.stderr[-2000:]
     for output in (search.stdout + search.stderr, run.stdout + run.stderr):
         assert USERINFO_SECRET not in output and "robot:" not in output
-    manifests = sorted(root.rglob("*.json"))
+    manifests = [tmp_path / "s.json", *sorted(root.rglob("*.json"))]
     assert len(manifests) >= 2
     for path in manifests:
         text = path.read_text()
@@ -471,5 +471,20 @@ def test_download_manifest_and_output_never_hold_url_credentials(
     redacted = "http://***@" + ee_emulator.url.removeprefix("http://")
     assert doc["search"]["config"]["server_url"] == redacted
     assert doc["download"]["config"]["server_url"] == redacted
-    assert json.loads((root / "s.json").read_text())["search"]["config"]["server_url"] == redacted
+    assert json.loads((tmp_path / "s.json").read_text())["search"]["config"]["server_url"] == redacted
     assert json.loads(run.stdout)["downloaded"] >= 1
+    # The saved search names the same endpoint (redacted): reusing it with the user's URL is not a change.
+    again = edown(
+        env,
+        *flag,
+        "download",
+        "--from-manifest",
+        str(tmp_path / "s.json"),
+        "--server-url",
+        url,
+        "-o",
+        str(tmp_path / "again"),
+        "--json",
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "note:" not in again.stderr and USERINFO_SECRET not in again.stdout + again.stderr

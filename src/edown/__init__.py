@@ -18,6 +18,7 @@ from edown.errors import (
     NoImagesFoundError,
     OutputExistsError,
     OutputLockedError,
+    OutputPathError,
     StackError,
 )
 from edown.records import (
@@ -47,6 +48,7 @@ __all__ = [
     "NoImagesFoundError",
     "OutputExistsError",
     "OutputLockedError",
+    "OutputPathError",
     "SearchConfig",
     "SearchResult",
     "StackConfig",

@@ -237,7 +237,8 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
                 problem = _existing_mismatch(tiff, spec)
                 if problem:
                     raise OutputExistsError(
-                        f"{tiff} exists but {problem}", hint="pass overwrite=True / --overwrite to replace it"
+                        f"{tiff} exists but {problem}",
+                        hint="replace it with --overwrite (overwrite=True), or keep both with another --output-root",
                     )
                 return _skipped(record, "skipped_existing", tiff, nodata=nodata)
             else:
@@ -290,23 +291,47 @@ def metadata_from_record(record: ImageRecord) -> dict[str, Any]:
 
 
 def _existing_mismatch(tiff: Path, spec: OutputSpec) -> str | None:
+    """What differs between an existing output and this run's (None when it is the same output).
+
+    Names depend only on the collection and the image (and its grid label), so another selection of
+    bands, another AOI or another nodata in the same output root meets the earlier file.
+    """
     try:
         found = describe(tiff)
     except Exception as exc:
         return f"cannot be read ({type(exc).__name__})"
-    if (found["width"], found["height"], found["count"]) != (spec.width, spec.height, len(spec.band_names)):
-        return f"has a different size ({found['width']}x{found['height']}x{found['count']})"
-    if found["dtype"] != spec.dtype:
-        return f"has dtype {found['dtype']}, not {spec.dtype}"
+    there: list[str] = []
+    here: list[str] = []
+
+    def differ(what: str, old: str, new: str) -> None:
+        there.append(f"{what} {old}")
+        here.append(f"{what} {new}")
+
     if tuple(found["band_names"]) != spec.band_names:
-        return f"has bands {found['band_names']}"
+        differ("bands", ", ".join(map(str, found["band_names"])), ", ".join(spec.band_names))
+    if (found["width"], found["height"]) != (spec.width, spec.height):
+        differ("size", f"{found['width']}x{found['height']} px", f"{spec.width}x{spec.height} px")
+    if found["dtype"] != spec.dtype:
+        differ("dtype", found["dtype"], spec.dtype)
     nodata = found["nodata"]
     same_nodata = nodata == spec.nodata or (
         nodata is not None and math.isnan(nodata) and math.isnan(spec.nodata)
     )
     if not same_nodata:
-        return f"has nodata {nodata}, not {spec.nodata}"
-    return None
+        differ("nodata", "none" if nodata is None else f"{nodata:g}", f"{spec.nodata:g}")
+    old, new = found["transform"], spec.transform
+    if not all(math.isclose(a, b, abs_tol=1e-6 * abs(new[0])) for a, b in zip(old, new, strict=True)):
+        differ(
+            "grid",
+            f"origin {old[2]:.10g},{old[5]:.10g} step {abs(old[0]):g}",
+            f"origin {new[2]:.10g},{new[5]:.10g} step {abs(new[0]):g}",
+        )
+    if not there:
+        return None
+    return (
+        f"with {', '.join(there)}; this run makes {', '.join(here)} (a file's name comes from its image only,"
+        " not from the bands, AOI or nodata)"
+    )
 
 
 # ---- fetch + write ------------------------------------------------------------------------------------
@@ -620,6 +645,7 @@ def _download_section(
     stats: dict[str, Any],
     finished: dt.datetime | None,
     base: Path,
+    interrupted: bool = False,
 ) -> dict[str, Any]:
     search_fields = {f.name for f in fields(SearchConfig)}
     downloaded, skipped, failed = DownloadSummary.tally(tuple(results))
@@ -629,7 +655,7 @@ def _download_section(
         },
         "started_utc": utc_iso(started),
         "finished_utc": utc_iso(finished) if finished else None,
-        "state": "finished" if finished else "running",
+        "state": "interrupted" if interrupted else "finished" if finished else "running",
         "counts": {"downloaded": downloaded, "skipped": skipped, "failed": failed, "total": len(results)},
         "results": [r.to_dict(base) for r in results],
         "stats": stats,
@@ -639,7 +665,7 @@ def _download_section(
 def resolve_search(config: DownloadConfig) -> SearchResult:
     """The search to download: a saved search manifest when given, else a fresh search."""
     if config.search_manifest is not None:
-        manifest = load_manifest(config.search_manifest)
+        manifest = load_manifest(config.search_manifest, "search_manifest")
         result = manifest.search
         if result is None:
             raise ConfigError("search_manifest", f"{config.search_manifest} has no search section")
@@ -677,7 +703,8 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
     before = conn.pacer.snapshot()
     # The lock comes before anything on disk is looked at or cleaned: a second run that is refused must
     # not have touched the first one's chunks.
-    with locked_root(config.output_root, f"download to {config.output_root}") as held:
+    writes = ("images",) if config.manifest_path is not None else ("images", "manifests")
+    with locked_root(config.output_root, f"download to {config.output_root}", writes) as held:
         plan = plan_download(config, search)
         manifest = new_manifest(manifest_path, config.output_root, held.root_id)
         set_search(manifest, config, search)
@@ -694,7 +721,7 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
                 )
             return [by_key[k] for k in plan.order if k in by_key]
 
-        def write_manifest(final: bool = False) -> None:
+        def write_manifest(final: bool = False, interrupted: bool = False) -> None:
             with write_lock:
                 now = time.monotonic()
                 if not final and now - last_write[0] < MANIFEST_EVERY_S:
@@ -702,7 +729,13 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
                 last_write[0] = now
                 stats = _stats(conn, before, counters, plan, time.monotonic() - started)
                 manifest.doc["download"] = _download_section(
-                    config, started_wall, results_now(), stats, now_utc() if final else None, base
+                    config,
+                    started_wall,
+                    results_now(),
+                    stats,
+                    now_utc() if final else None,
+                    base,
+                    interrupted,
                 )
                 manifest.write()
 
@@ -722,15 +755,19 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
                 raise DiskFullError(str(config.output_root)) from None
             raise
         run = _Run(config, conn, plan.jobs, counters, progress_manifest)
+        interrupted = False
         try:
             with Reporter(counters, "download", enabled=config.progress):
                 run.run()
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
             for job in plan.jobs:
                 if job.status is None:
                     job.status, job.error = "failed", "interrupted before completion (run again to resume)"
             try:
-                write_manifest(final=True)
+                write_manifest(final=True, interrupted=interrupted)
             except OSError as exc:
                 if not (is_disk_full(exc) and run.fatal is not None):
                     raise

@@ -102,7 +102,7 @@ def config_to_dict(config: SearchConfig | StackConfig) -> dict[str, Any]:
         elif isinstance(value, Path):
             value = str(value)
         elif isinstance(value, tuple):
-            value = list(value)
+            value = [str(v) if isinstance(v, Path) else v for v in value]
         out[f.name] = value
     return out
 
@@ -234,26 +234,51 @@ def set_search(manifest: Manifest, config: SearchConfig, result: SearchResult) -
     manifest.doc["search"] = {"config": search_config, "result": result.to_dict()}
 
 
-def load_manifest(path: Path) -> Manifest:
-    """Read and check a manifest; every problem is one :class:`ManifestError` line."""
+def load_manifest(path: Path, field: str = "manifest_path") -> Manifest:
+    """Read and check a manifest; every problem is one :class:`ManifestError` line naming ``field`` (the
+    option or config field the path came from)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ManifestError(
-            f"manifest_path: {path} does not exist", hint="give the JSON file written by edown"
+            f"{field}: {path} {_not_a_file(path)}", hint="give the JSON file written by edown"
         )
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"manifest_path: {path} is not valid JSON ({exc})") from None
+        raise ManifestError(f"{field}: {path} is not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise ManifestError(f"{field}: {path} cannot be read ({exc.strerror or exc})") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise ManifestError(
-            f'manifest_path: {path} is not an edown manifest (no "schema": "{SCHEMA}")',
+            f'{field}: {path} is not an edown manifest (no "schema": "{SCHEMA}")',
             hint="was it written by another tool? edown reads only its own manifests",
         )
     version = doc.get("schema_version")
     if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
         raise ManifestError(
-            f"manifest_path: {path} has schema_version {version!r}; this edown reads version {SCHEMA_VERSION}",
+            f"{field}: {path} has schema_version {version!r}; this edown reads version {SCHEMA_VERSION}",
             hint="upgrade edown to read manifests from newer versions",
         )
     return Manifest(path, doc)
+
+
+def _not_a_file(path: Path) -> str:
+    """What ``path`` is, when it is not a regular file (``/dev/null`` exists, but is no manifest)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    for test, kind in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return f"is {kind}, not a manifest file"
+    return "is not a regular file"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Iterable
 
 #: Runs shorter than this are not treated as copied from a secret (short runs recur in ordinary text).
 MIN_SECRET_RUN = 20
@@ -114,6 +115,13 @@ CLIENT_LOGGERS = (
     "google_auth_httplib2",
     "urllib3.connectionpool",
 )
+
+
+def guard_handlers(handlers: Iterable[logging.Handler]) -> None:
+    """Attach the redacting filter (once) to handlers that print, such as the CLI's."""
+    for handler in handlers:
+        if _FILTER not in handler.filters:
+            handler.addFilter(_FILTER)
 
 
 def guard_loggers(names: tuple[str, ...] = CLIENT_LOGGERS) -> None:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edown._version import __version__
-from edown.errors import OutputLockedError, OutputPathError, UnsafePathError
+from edown.errors import OutputLockedError, OutputPathError, UnsafePathError, user_folder
 
 log = logging.getLogger("edown.rootstate")
 
@@ -290,44 +290,30 @@ def _fsync_dir(directory: Path) -> None:
 # ---- lock ---------------------------------------------------------------------------------------------
 
 
-def _os_problem(path: Path, exc: OSError) -> OutputPathError:
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return OutputPathError(
-            f"{path} is not writable ({exc.strerror})",
-            hint="choose a folder you can write to with --output-root",
-        )
-    if exc.errno == errno.ENOTDIR or isinstance(exc, FileExistsError):
-        return OutputPathError(
-            f"{path} lies under a file, not a folder",
-            hint="choose another --output-root",
-        )
-    return OutputPathError(f"cannot use {path} as an output folder ({exc.strerror})")
-
-
 @contextlib.contextmanager
-def locked_root(output_root: Path, purpose: str) -> Iterator[HeldRoot]:
+def locked_root(output_root: Path, purpose: str, writes: tuple[str, ...] = ()) -> Iterator[HeldRoot]:
     """Hold ``output_root/.edown/lock`` for the duration; another holder means a clear refusal.
 
-    Taking the lock makes sure the root is edown's (creating it and its marker on the first run), then
-    sweeps what the journal says an earlier, killed run left half-made. Nothing else in the root is
-    looked at.
+    Taking the lock makes sure the root is edown's (creating it and its marker on the first run) and
+    that the folders named in ``writes`` can be written, so an unusable root is one line of bad input
+    before any work; then it sweeps what the journal says an earlier, killed run left half-made.
+    Nothing else in the root is looked at.
     """
-    path = Path(output_root).absolute()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        if not path.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(path))
-        state = path / STATE_DIR
-        _safe_mkdir(path, state / "journal")
-        fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
-    except (UnsafePathError, OutputPathError):
-        raise
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise UnsafePathError(
-                f"{path / STATE_DIR / 'lock'} is a symbolic link", hint="remove it; edown never follows links"
-            ) from None
-        raise _os_problem(path, exc) from None
+    given = Path(output_root)
+    path = given.absolute()
+    what, option = "output root", "--output-root / output_root"
+    with user_folder(given, what, option):
+        given.mkdir(parents=True, exist_ok=True)
+        state = given / STATE_DIR
+        _safe_mkdir(path, path / STATE_DIR / "journal")
+        try:
+            fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePathError(
+                    f"{state / 'lock'} is a symbolic link", hint="remove it; edown never follows links"
+                ) from None
+            raise
     handle = os.fdopen(fd, "r+", encoding="utf-8")
     try:
         try:
@@ -343,16 +329,17 @@ def locked_root(output_root: Path, purpose: str) -> Iterator[HeldRoot]:
         handle.truncate()
         handle.write(f"pid {os.getpid()}, {purpose}")
         handle.flush()
-        try:
+        with user_folder(given, what, option):
             root = HeldRoot(path, _ensure_marker(path))
-        except OSError as exc:
-            raise _os_problem(path, exc) from None
         with _held_guard:
             _held[path] = root
         try:
             removed = sweep(root)
             if removed:
                 log.info("removed %d temporaries of an interrupted run", len(removed))
+            with user_folder(given, what, option):
+                for folder in writes:
+                    _probe_writable(root, given / folder)
             yield root
         finally:
             with _held_guard:
@@ -362,3 +349,14 @@ def locked_root(output_root: Path, purpose: str) -> Iterator[HeldRoot]:
             handle.seek(0)
             handle.truncate()
         handle.close()
+
+
+def _probe_writable(root: HeldRoot, folder: Path) -> None:
+    """Create ``folder`` (one of edown's own) and a journalled file in it: root ignores permission bits,
+    so only trying tells whether the file system (read-only, immutable, full quota) will take writes."""
+    _safe_mkdir(root.path, folder.absolute())
+    probe = folder / f".probe.{uuid.uuid4().hex[:8]}.tmp"
+    with journalled(probe):
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        os.close(fd)
+        probe.unlink()
