@@ -427,6 +427,7 @@ def test_library_debug_logs_never_show_url_credentials(
         aoi=AOI.from_bbox((-0.60, 51.48, -0.43, 51.56)),
         server_url=_with_userinfo(ee_emulator.url),
     )
+    assert USERINFO_SECRET not in repr(config) and USERINFO_SECRET not in str(config)
     with caplog.at_level("DEBUG"):
         assert search_images(config).images
     assert "URL being requested" in caplog.text and "http://***@127.0.0.1" in caplog.text

@@ -434,7 +434,10 @@ class SearchConfig:
     rename_map: dict[str, str] = field(default_factory=dict)
     scale_map: dict[str, float] = field(default_factory=dict)
     transform_plugin: str | None = None
-    server_url: str = field(default_factory=lambda: os.environ.get("EDOWN_SERVER_URL") or HIGH_VOLUME_URL)
+    # Out of repr(): it may carry credentials (user:password@); manifests and messages show it redacted.
+    server_url: str = field(
+        default_factory=lambda: os.environ.get("EDOWN_SERVER_URL") or HIGH_VOLUME_URL, repr=False
+    )
     project: str | None = None
     credentials: Any = field(default=None, repr=False, compare=False)
     property_filters: tuple[str, ...] = ()
