@@ -6,14 +6,14 @@
 #   scripts/lock.sh            update the lock for pyproject.toml
 #   scripts/lock.sh --upgrade  move every pin to the newest allowed version
 #   scripts/lock.sh --check    exit 1 (showing the difference) if the lock is not what pyproject.toml gives
-# Needs uv (pip install uv) and the package index.
+# Needs uv (installed like scripts/dev-env.sh does when missing) and the package index.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if command -v uv >/dev/null 2>&1; then UV=(uv)
-elif python3 -m uv --version >/dev/null 2>&1; then UV=(python3 -m uv)
-else echo "scripts/lock.sh needs uv: pip install uv" >&2; exit 2
-fi
+# shellcheck source=scripts/python-tools.sh
+source scripts/python-tools.sh
+read -r -a UV <<<"$(find_uv "$(pick_python)")"
+if [ "${#UV[@]}" -eq 0 ]; then echo "scripts/lock.sh needs uv and could not install it: pip install uv" >&2; exit 2; fi
 
 LOCK=requirements/dev.lock
 compile() {
