@@ -94,3 +94,23 @@ def _slurm_jobs_run_in_a_temporary_folder(request: pytest.FixtureRequest) -> Non
 def _fresh_earthengine_connection() -> Iterator[None]:
     yield
     earthengine.forget()
+
+
+@pytest.fixture
+def no_ambient_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A HOME without Earth Engine or gcloud credentials, and no metadata-server probing."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(home / "gcloud"))
+    monkeypatch.setenv("NO_GCE_CHECK", "True")
+    for name in (
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "GEE_SERVICE_ACCOUNT",
+        "GEE_SERVICE_ACCOUNT_KEY",
+        "EE_PROJECT",
+        "GOOGLE_CLOUD_PROJECT",
+        "CLOUDSDK_CORE_PROJECT",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    return home

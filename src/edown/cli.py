@@ -25,6 +25,7 @@ import click
 
 from edown._version import __version__
 from edown.errors import ConfigError, EdownError
+from edown.redaction import guard_handlers, redact
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,7 +81,7 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except EdownError as exc:
             if verbose:
-                traceback.print_exc()
+                _print_traceback()
             _print_error(exc.message, exc.hint)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
@@ -92,7 +93,7 @@ def handle_errors(func: F) -> F:
             raise
         except Exception as exc:  # unexpected: still one line, the traceback only with --verbose
             if verbose:
-                traceback.print_exc()
+                _print_traceback()
             _print_error(
                 f"{type(exc).__name__}: {exc}",
                 "please report it with the traceback above"
@@ -105,14 +106,21 @@ def handle_errors(func: F) -> F:
 
 
 def _print_error(message: str, hint: str | None) -> None:
+    from rich.markup import escape
+
     console = _stderr_console()
-    console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(redact(message))}", markup=True, soft_wrap=True)
     if hint:
-        console.print(f"[dim]hint:[/] {hint}", markup=True, soft_wrap=True)
+        console.print(f"[dim]hint:[/] {escape(redact(hint))}", markup=True, soft_wrap=True)
+
+
+def _print_traceback() -> None:
+    """The current exception's traceback (``--verbose``), with any secret it quotes removed."""
+    sys.stderr.write(redact(traceback.format_exc()))
 
 
 def _echo_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=1, default=str))
+    click.echo(redact(json.dumps(obj, indent=1, default=str)))
 
 
 #: Key in the click context's ``meta`` (shared by the group and its command) set by ``-v``.
@@ -149,6 +157,7 @@ def cli() -> None:
         level=logging.DEBUG if click.get_current_context().meta.get(VERBOSE) else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    guard_handlers(logging.getLogger().handlers)
 
 
 def _finish_commands(group: click.Group) -> None:
@@ -525,7 +534,8 @@ def _check_saved_user_fields(source: str, saved: dict[str, Any], config: Any) ->
             hint=f"pass --transform-plugin {plugin} if you trust it",
         )
     url = saved.get("server_url")
-    if isinstance(url, str) and url.rstrip("/") != config.server_url.rstrip("/"):
+    # Manifests store the endpoint redacted (no credentials): compare it so.
+    if isinstance(url, str) and redact(url).rstrip("/") != redact(config.server_url).rstrip("/"):
         made = urlsplit(url).hostname or "another endpoint"
         using = urlsplit(config.server_url).hostname or config.server_url
         _stderr_console().print(
@@ -868,7 +878,7 @@ def _doctor(server_url: str | None, project: str | None, as_json: bool) -> None:
         "edown": __version__,
         "python": platform.python_version(),
         "earthengine-api": ee.__version__,
-        "server_url": url,
+        "server_url": redact(url),
     }
     ok = True
     try:
@@ -894,6 +904,7 @@ def _doctor(server_url: str | None, project: str | None, as_json: bool) -> None:
             report["endpoint"] = f"failed: {exc}"
             ok = False
     report["ok"] = ok
+    report = {key: redact(value) if isinstance(value, str) else value for key, value in report.items()}
     if as_json:
         _echo_json(report)
     else:

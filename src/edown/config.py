@@ -24,6 +24,7 @@ from shapely.geometry.base import BaseGeometry
 from shapely.validation import explain_validity
 
 from edown.errors import ConfigError
+from edown.redaction import redact
 
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
 STANDARD_URL = "https://earthengine.googleapis.com"
@@ -371,7 +372,9 @@ def _check_plugin_spec(spec: str | None) -> None:
 
 def _check_url(url: str) -> str:
     if not re.match(r"^https?://[^/\s]+", url or ""):
-        raise ConfigError("server_url", f"{url!r} is not an http(s) URL", f"default is {HIGH_VOLUME_URL}")
+        raise ConfigError(
+            "server_url", f"{redact(str(url))!r} is not an http(s) URL", f"default is {HIGH_VOLUME_URL}"
+        )
     return url.rstrip("/")
 
 
@@ -431,7 +434,10 @@ class SearchConfig:
     rename_map: dict[str, str] = field(default_factory=dict)
     scale_map: dict[str, float] = field(default_factory=dict)
     transform_plugin: str | None = None
-    server_url: str = field(default_factory=lambda: os.environ.get("EDOWN_SERVER_URL") or HIGH_VOLUME_URL)
+    # Out of repr(): it may carry credentials (user:password@); manifests and messages show it redacted.
+    server_url: str = field(
+        default_factory=lambda: os.environ.get("EDOWN_SERVER_URL") or HIGH_VOLUME_URL, repr=False
+    )
     project: str | None = None
     credentials: Any = field(default=None, repr=False, compare=False)
     property_filters: tuple[str, ...] = ()

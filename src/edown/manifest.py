@@ -29,6 +29,7 @@ from edown._version import __version__
 from edown.config import AOI, DownloadConfig, SearchConfig, StackConfig
 from edown.errors import ManifestError
 from edown.records import DownloadResult, SearchResult, StackResult, utc_iso
+from edown.redaction import redact
 from edown.rootstate import check_no_links, journalled, read_marker, trusted_root
 
 SCHEMA = "edown.manifest"
@@ -88,13 +89,15 @@ def dumps(doc: dict[str, Any]) -> str:
 
 
 def config_to_dict(config: SearchConfig | StackConfig) -> dict[str, Any]:
-    """JSON-friendly config values (never credentials)."""
+    """JSON-friendly config values (never credentials, nor those in a ``server_url``)."""
     out: dict[str, Any] = {}
     for f in fields(config):
         if f.name == "credentials":
             continue
         value = getattr(config, f.name)
-        if isinstance(value, AOI):
+        if f.name == "server_url":
+            value = redact(value)
+        elif isinstance(value, AOI):
             value = value.geometry
         elif isinstance(value, Path):
             value = str(value)
