@@ -2,11 +2,21 @@
 # Start a real single-node SLURM (munged + slurmctld + slurmd) on this machine, for the dask-slurm tests.
 # Debian 12, root, no systemd: every setting below was a real failure first (see the SLURM notes).
 # Idempotent: a running, idle cluster is left alone. Prints "SLURM ready: partition=edown".
+#
+# What it does to the machine (`slurm-up.sh --plan` prints it without doing anything, and exits 1 with
+# the reason when it cannot be done here): installs slurmctld, slurmd, slurm-client and munge with apt-get
+# when they are missing (EDOWN_NO_APT=1 forbids that); writes /etc/slurm/slurm.conf and cgroup.conf (never
+# over a slurm.conf it did not write) and /etc/munge/munge.key when missing; keeps state and logs in
+# $EDOWN_SLURM_DIR (/tmp/edown-slurm); starts munged, slurmctld and slurmd and leaves them running.
+# scripts/slurm-down.sh stops them.
 set -euo pipefail
 
 SCRATCH="${EDOWN_SLURM_DIR:-/tmp/edown-slurm}"
 PARTITION="${EDOWN_SLURM_PARTITION:-edown}"
 CONF_DIR=/etc/slurm
+PACKAGES="slurmctld slurmd slurm-client munge"
+# Marks the slurm.conf this script writes, so that it never overwrites one an administrator wrote.
+CONF_MARK="ClusterName=edown"
 
 log_tail() {
   for f in "$SCRATCH"/log/slurmctld.log "$SCRATCH"/log/slurmd.log; do
@@ -26,16 +36,75 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
 
 node_state() { sinfo -h -n localhost -o %T 2>/dev/null | head -n1; }
 
-if command -v scontrol >/dev/null 2>&1 && scontrol ping 2>/dev/null | grep -q UP; then
-  case "$(node_state)" in
-    idle*|mixed*|allocated*) echo "SLURM ready: partition=$PARTITION (already running)"; exit 0 ;;
-  esac
+wait_idle() {  # the node is idle (resumed if it came back down), or fail
+  for _ in $(seq 1 120); do
+    case "$(node_state)" in
+      idle*|mixed*|allocated*) return 0 ;;
+      down*|drain*|fail*) scontrol update nodename=localhost state=resume >/dev/null 2>&1 || true ;;
+    esac
+    sleep 0.5
+  done
+  fail "node localhost is '$(node_state)', not idle"
+}
+
+slurm_running() { command -v scontrol >/dev/null 2>&1 && scontrol ping 2>/dev/null | grep -qw UP; }
+
+installed() {
+  local cmd
+  for cmd in slurmctld slurmd sinfo srun scontrol munge; do
+    command -v "$cmd" >/dev/null 2>&1 || return 1
+  done
+  [ -x /usr/sbin/munged ]
+}
+
+plan() {  # what a start would do here, one line each; status 1 (and the reason) when it cannot be done
+  if slurm_running; then
+    echo "SLURM is already running here: nothing to install, write or start"
+    return 0
+  fi
+  if [ "$(id -u)" != 0 ]; then
+    echo "cannot start SLURM here: it needs root (it writes /etc/slurm and /etc/munge and runs the daemons as root), this is uid $(id -u)"
+    return 1
+  fi
+  if ! installed; then
+    if [ "${EDOWN_NO_APT:-0}" = 1 ]; then
+      echo "cannot start SLURM here: it is not installed ($PACKAGES) and EDOWN_NO_APT=1 forbids apt-get"
+      return 1
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+      echo "cannot start SLURM here: it is not installed and there is no apt-get (install $PACKAGES, or set EDOWN_SKIP_SLURM=1)"
+      return 1
+    fi
+    echo "install with apt-get: $PACKAGES"
+  fi
+  if [ -e "$CONF_DIR/slurm.conf" ] && ! grep -qx "$CONF_MARK" "$CONF_DIR/slurm.conf"; then
+    echo "cannot start SLURM here: $CONF_DIR/slurm.conf exists and was not written by this script; it is left alone"
+    return 1
+  fi
+  echo "write $CONF_DIR/slurm.conf, $CONF_DIR/cgroup.conf and (if missing) /etc/munge/munge.key; state and logs in $SCRATCH"
+  echo "start munged, slurmctld and slurmd, left running; stop them with scripts/slurm-down.sh"
+}
+
+if [ "${1:-}" = "--plan" ]; then
+  plan
+  exit $?
+fi
+if ! reason=$(plan); then
+  echo "slurm-up: $reason" >&2
+  exit 1
 fi
 
-if ! command -v slurmctld >/dev/null 2>&1; then
+if slurm_running; then
+  wait_idle
+  echo "SLURM ready: partition=$PARTITION (already running)"
+  exit 0
+fi
+
+if ! installed; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
+  # shellcheck disable=SC2086  # a list of package names
+  apt-get install -y -qq --no-install-recommends $PACKAGES >/dev/null
 fi
 
 mkdir -p "$SCRATCH"/{state,spool,log,run}
@@ -57,7 +126,7 @@ read -r CPUS REALMEM < <(slurmd -C | awk '/^NodeName/ {for (i = 1; i <= NF; i++)
 # Declare more CPUs than the box has (config_overrides) so several one-core jobs can share 2 cores.
 VCPUS=$(( CPUS < 4 ? 4 : CPUS ))
 cat >"$CONF_DIR/slurm.conf" <<EOF
-ClusterName=edown
+$CONF_MARK
 SlurmctldHost=localhost(127.0.0.1)
 # Run everything as root: there is no slurm user setup on a CI machine.
 SlurmUser=root
@@ -110,17 +179,7 @@ wait_for 60 "slurmctld" sh -c 'scontrol ping | grep -q UP'
 if ! pgrep -x slurmd >/dev/null; then
   slurmd -N localhost
 fi
-for _ in $(seq 1 120); do
-  case "$(node_state)" in
-    idle*|mixed*) break ;;
-    down*|drain*|fail*) scontrol update nodename=localhost state=resume >/dev/null 2>&1 || true ;;
-  esac
-  sleep 0.5
-done
-case "$(node_state)" in
-  idle*|mixed*) ;;
-  *) fail "node localhost is '$(node_state)', not idle" ;;
-esac
+wait_idle
 
 timeout 60 srun -p "$PARTITION" -N1 -n1 true || fail "srun could not run a job"
 echo "SLURM ready: partition=$PARTITION (Slurm $VERSION)"

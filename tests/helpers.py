@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import rasterio
 from pyproj import CRS
 
@@ -78,3 +85,54 @@ def check_all_exact(emu: Emulator, summary: Any, scale: dict[str, float] | None 
     for result in summary.results:
         assert result.status == "downloaded", result
         assert_tiff_exact(emu, records[result.record_key], result.tiff_path, result.nodata, scale)
+
+
+EDOWN = Path(sys.executable).with_name("edown")
+
+
+def run_edown(
+    *args: str, cwd: Path, umask: int | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``edown`` entry point in a subprocess, as a user at a shell would.
+
+    ``umask`` is set in the child only (``os.umask`` in this process would race with other threads).
+    """
+    command = [str(EDOWN), *args]
+    if umask is not None:
+        command = ["bash", "-c", f'umask {umask:03o} && exec "$@"', "edown", *command]
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")} | {"NO_COLOR": "1"},
+    )
+
+
+@contextlib.contextmanager
+def read_only(*paths: Path) -> Iterator[None]:
+    """Make ``paths`` unwritable for real; put them back afterwards.
+
+    The tests run as root in CI and root ignores permission bits, so as root a path is made immutable
+    (``chattr +i``, refused even to root); as another user its write bits are removed.
+    """
+    as_root = os.geteuid() == 0
+    done: list[tuple[Path, int]] = []
+    try:
+        for path in paths:
+            original = stat.S_IMODE(path.stat().st_mode)
+            if as_root:
+                flagged = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+                if flagged.returncode != 0:
+                    pytest.skip(f"running as root and chattr +i fails here ({flagged.stderr.strip()})")
+            else:
+                path.chmod(original & ~0o222)
+            done.append((path, original))
+        yield
+    finally:
+        for path, original in reversed(done):
+            if as_root:
+                subprocess.run(["chattr", "-i", str(path)], check=True)
+            else:
+                path.chmod(original)

@@ -13,26 +13,6 @@ from edown.emulator.server import Emulator
 REMOTE = "https://earthengine-highvolume.googleapis.com"
 
 
-@pytest.fixture
-def no_ambient_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A HOME without Earth Engine or gcloud credentials, and no metadata-server probing."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("CLOUDSDK_CONFIG", str(home / "gcloud"))
-    monkeypatch.setenv("NO_GCE_CHECK", "True")
-    for name in (
-        "GOOGLE_APPLICATION_CREDENTIALS",
-        "GEE_SERVICE_ACCOUNT",
-        "GEE_SERVICE_ACCOUNT_KEY",
-        "EE_PROJECT",
-        "GOOGLE_CLOUD_PROJECT",
-        "CLOUDSDK_CORE_PROJECT",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    return home
-
-
 def write_service_account_key(path: Path, token_uri: str) -> str:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa

@@ -126,6 +126,15 @@ SEARCH_CASES: list[tuple[str, dict[str, str], int, str, dict[str, Any], type[Exc
         "",
     ),
     (
+        "bbox across the antimeridian",
+        {"--bbox": "170,-20,-170,-10"},
+        2,
+        "error: bbox: xmin=170 > xmax=-170: a box across the antimeridian (180°) cannot be one bbox",
+        {},
+        ConfigError,
+        "",
+    ),
+    (
         "unknown collection",
         {"-c": "COPERNICUS/S2_NOPE"},
         2,
@@ -169,6 +178,39 @@ SEARCH_CASES: list[tuple[str, dict[str, str], int, str, dict[str, Any], type[Exc
         {"scale_map": '{"B4": "x"}'},
         ConfigError,
         r"scale_map: factor for 'B4' must be a finite number",
+    ),
+    *[
+        (
+            f"filter operator {op}",
+            {"--filter": f"CLOUDY_PIXEL_PERCENTAGE {op} 20"},
+            2,
+            f"error: property_filters: 'CLOUDY_PIXEL_PERCENTAGE {op} 20': '{op}' is not an operator"
+            f" (did you mean '{meant}'?)",
+            {"property_filters": (f"CLOUDY_PIXEL_PERCENTAGE {op} 20",)},
+            ConfigError,
+            rf"property_filters: .* is not an operator \(did you mean '{meant}'\?\)",
+        )
+        for op, meant in (("=>", ">="), ("=<", "<="), ("=!", "!="), ("<>", "!="), ("≥", ">="))
+    ],
+    (
+        "filter value starting with an operator",
+        {"--filter": "CLOUDY_PIXEL_PERCENTAGE = > 20"},
+        2,
+        "error: property_filters: 'CLOUDY_PIXEL_PERCENTAGE = > 20': the value '> 20' starts with an operator",
+        {},
+        ConfigError,
+        "",
+    ),
+    (
+        "filter on a property no image has",
+        {"--filter": "CLOUDY_PERCENTAGE < 20"},
+        2,
+        "error: property_filters: no image of COPERNICUS/S2_SR_HARMONIZED in these dates and AOI has "
+        "'CLOUDY_PERCENTAGE' (did you mean 'CLOUDY_PIXEL_PERCENTAGE'?); they have: CLOUDY_PIXEL_PERCENTAGE, "
+        "CLOUD_COVERAGE_ASSESSMENT, DATASTRIP_ID,",
+        {"property_filters": ("CLOUDY_PERCENTAGE < 20",)},
+        ConfigError,
+        r"property_filters: no image of .* has 'CLOUDY_PERCENTAGE'",
     ),
     (
         "plugin not importable",

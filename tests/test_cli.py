@@ -70,7 +70,17 @@ def test_download_then_stack_json_and_exit_codes(ee_emulator: Emulator, tmp_path
 def test_download_from_a_search_manifest(ee_emulator: Emulator, tmp_path: Path) -> None:
     saved = tmp_path / "search.json"
     assert run("search", *base(ee_emulator, "--manifest-path", str(saved), "--json"))[0] == 0
-    code, out, _ = run("download", "--from-manifest", str(saved), "-o", str(tmp_path / "d"), "--json")
+    # The endpoint is the user's to give (flag or $EDOWN_SERVER_URL), never the manifest's.
+    code, out, _ = run(
+        "download",
+        "--from-manifest",
+        str(saved),
+        "--server-url",
+        ee_emulator.url,
+        "-o",
+        str(tmp_path / "d"),
+        "--json",
+    )
     assert code == 0 and json.loads(out)["downloaded"] == 2
 
 

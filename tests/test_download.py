@@ -20,7 +20,8 @@ from edown.emulator import EmulatorConfig, FaultPlan, FaultRule, Latency, Limits
 from edown.emulator.server import Emulator
 from edown.errors import ConfigError, OutputExistsError, OutputLockedError
 from edown.manifest import load_manifest
-from edown.outputs import image_tiff_path, output_lock, safe_name
+from edown.outputs import collection_dir, image_tiff_path, safe_name
+from edown.rootstate import locked_root
 from tests.helpers import check_all_exact, config
 
 S2 = "COPERNICUS/S2_SR_HARMONIZED"
@@ -330,7 +331,7 @@ def test_run_manifest_records_everything(ee_emulator: Emulator, tmp_path: Path) 
     assert doc["download"]["state"] == "finished" and doc["download"]["counts"]["downloaded"] == 2
     assert manifest.download_results == summary.results
     entry = doc["download"]["results"][0]
-    assert entry["tiff_path"].startswith("images/COPERNICUS_S2_SR_HARMONIZED/")
+    assert entry["tiff_path"].startswith("images/COPERNICUS.S2_SR_HARMONIZED/")
     for key in ("chunk_count", "bytes_downloaded", "retries", "seconds", "requests"):
         assert key in entry
     assert doc["download"]["stats"]["requests"] == sum(r.requests for r in summary.results)
@@ -354,7 +355,7 @@ def test_download_from_a_saved_search_manifest(ee_emulator: Emulator, tmp_path: 
 def test_a_second_writer_is_refused(ee_emulator: Emulator, tmp_path: Path) -> None:
     root = tmp_path / "data"
     with (
-        output_lock(root, "another run"),
+        locked_root(root, "another run"),
         pytest.raises(OutputLockedError, match=r"is in use by another edown run \(pid"),
     ):
         download_images(config(ee_emulator, tmp_path, end_date="2024-06-05"))
@@ -380,6 +381,13 @@ def test_hostile_ids_stay_inside_and_never_collide(tmp_path: Path) -> None:
         assert root.resolve() in path.resolve().parents
         assert len(path.name) < 200 and ".." not in path.name
     assert safe_name("T30UXC") == "T30UXC"
+    # Collection folders: "/" maps to "." (never in an Earth Engine id), anything else is hashed.
+    collections = ["A/B", "A_B", "A.B", "A/B/C", "A/B_C", "A_B/C", "LANDSAT/LC09/C02/T1_L2"]
+    assert len({collection_dir(c) for c in collections}) == len(collections)
+    assert collection_dir("COPERNICUS/S2_SR_HARMONIZED") == "COPERNICUS.S2_SR_HARMONIZED"
+    # A clean name that imitates a hashed one cannot collide with it.
+    hashed = safe_name("a b")
+    assert safe_name(hashed.replace("~", "-")) != hashed
 
 
 # ---- resume after a crash -----------------------------------------------------------------------------

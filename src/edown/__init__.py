@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         NoImagesFoundError,
         OutputExistsError,
         OutputLockedError,
+        OutputPathError,
         StackError,
     )
     from edown.records import (
@@ -60,6 +61,7 @@ _HOMES = {
             "NoImagesFoundError",
             "OutputExistsError",
             "OutputLockedError",
+            "OutputPathError",
             "StackError",
         ),
         "edown.errors",
@@ -100,6 +102,7 @@ __all__ = [
     "NoImagesFoundError",
     "OutputExistsError",
     "OutputLockedError",
+    "OutputPathError",
     "SearchConfig",
     "SearchResult",
     "StackConfig",

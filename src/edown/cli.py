@@ -9,35 +9,66 @@ failed), 2 bad input. Errors are one line plus a hint; ``--verbose`` adds the tr
 from __future__ import annotations
 
 import functools
+import io
 import json
+import logging
 import os
+import re
 import sys
 import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 
 import click
 
 from edown._version import __version__
 from edown.errors import ConfigError, EdownError
+from edown.redaction import guard_handlers, redact
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _stderr_console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
+    return _console(sys.stderr)
 
 
 def _stdout_console() -> Any:
+    return _console(sys.stdout)
+
+
+def _console(stream: Any) -> Any:
+    """Rich output on ``stream``: on a terminal as wide as the terminal; elsewhere (pipes, CI and SLURM
+    logs) lines are never wrapped at 80 columns nor padded with spaces, and tables get 200 columns to lay
+    out in (rich would assume 80 and squeeze the ids away)."""
     from rich.console import Console
 
-    # Off a terminal (pipes, CI logs) rich would assume 80 columns and squeeze the ids away.
-    width = None if sys.stdout.isatty() else 200
-    return Console(no_color=bool(os.environ.get("NO_COLOR")), highlight=False, width=width)
+    terminal = stream.isatty()
+    return Console(
+        file=stream if terminal else cast(IO[str], _Unpadded(stream)),
+        no_color=bool(os.environ.get("NO_COLOR")),
+        highlight=False,
+        width=None if terminal else 200,
+        soft_wrap=not terminal,
+    )
+
+
+class _Unpadded(io.TextIOBase):
+    """A text stream that drops the spaces rich pads lines with (table titles, justified cells)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(_TRAILING_SPACES.sub("\n", text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+_TRAILING_SPACES = re.compile(r"[ \t]+\n")
 
 
 def handle_errors(func: F) -> F:
@@ -45,12 +76,12 @@ def handle_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        verbose = bool(click.get_current_context().find_root().params.get("verbose"))
+        verbose = bool(click.get_current_context().meta.get(VERBOSE))
         try:
             return func(*args, **kwargs)
         except EdownError as exc:
             if verbose:
-                traceback.print_exc()
+                _print_traceback()
             _print_error(exc.message, exc.hint)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
@@ -62,28 +93,57 @@ def handle_errors(func: F) -> F:
             raise
         except Exception as exc:  # unexpected: still one line, the traceback only with --verbose
             if verbose:
-                traceback.print_exc()
-            _print_error(f"{type(exc).__name__}: {exc}", "run with --verbose for the traceback and report it")
+                _print_traceback()
+            _print_error(
+                f"{type(exc).__name__}: {exc}",
+                "please report it with the traceback above"
+                if verbose
+                else "run with --verbose for the traceback and report it",
+            )
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
 
 
 def _print_error(message: str, hint: str | None) -> None:
+    from rich.markup import escape
+
     console = _stderr_console()
-    console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(redact(message))}", markup=True, soft_wrap=True)
     if hint:
-        console.print(f"[dim]hint:[/] {hint}", markup=True, soft_wrap=True)
+        console.print(f"[dim]hint:[/] {escape(redact(hint))}", markup=True, soft_wrap=True)
+
+
+def _print_traceback() -> None:
+    """The current exception's traceback (``--verbose``), with any secret it quotes removed."""
+    sys.stderr.write(redact(traceback.format_exc()))
 
 
 def _echo_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=1, default=str))
+    click.echo(redact(json.dumps(obj, indent=1, default=str)))
+
+
+#: Key in the click context's ``meta`` (shared by the group and its command) set by ``-v``.
+VERBOSE = "edown.verbose"
+
+
+def _set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.meta[VERBOSE] = True
+        logging.getLogger().setLevel(logging.DEBUG)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="edown")
-@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks and debug logs.")
-def cli(verbose: bool) -> None:
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    expose_value=False,
+    callback=_set_verbose,
+    help="Show tracebacks and debug logs (also accepted after the command).",
+)
+def cli() -> None:
     """Native-grid Earth Engine downloads, Zarr datacubes, and a local Earth Engine emulator.
 
     \b
@@ -91,13 +151,31 @@ def cli(verbose: bool) -> None:
       edown search   -c COPERNICUS/S2_SR_HARMONIZED --start-date 2024-06-01 --end-date 2024-06-30 \\
                      --bbox -0.15,51.48,0.02,51.56 --band B4 --band B8
       edown download ...same options... --output-root data
-      edown stack    --manifest-path data/manifests/run-*.json
+      edown stack    -m data/manifests/run-*.json
     """
-    import logging
-
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if click.get_current_context().meta.get(VERBOSE) else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
     )
+    guard_handlers(logging.getLogger().handlers)
+
+
+def _finish_commands(group: click.Group) -> None:
+    """Accept ``edown download ... -v`` as well as ``edown -v download ...``, and show docstrings as help
+    without the reStructuredText literals (double backticks) that the API docs need."""
+    for command in (group, *group.commands.values()):
+        if command.help:
+            command.help = command.help.replace("``", "")
+    for command in group.commands.values():
+        command.params.append(
+            click.Option(
+                ["-v", "--verbose"],
+                is_flag=True,
+                expose_value=False,
+                callback=_set_verbose,
+                help="Show tracebacks and debug logs.",
+            )
+        )
 
 
 # ---- shared options -----------------------------------------------------------------------------------
@@ -133,7 +211,8 @@ def search_options(func: F) -> F:
             "--filter",
             "property_filters",
             multiple=True,
-            help="Metadata filter, e.g. 'CLOUDY_PIXEL_PERCENTAGE < 20' (repeatable).",
+            help="Metadata filter NAME OP VALUE, OP one of < <= > >= = != (repeatable), "
+            "e.g. 'CLOUDY_PIXEL_PERCENTAGE < 20'.",
         ),
         click.option(
             "--resample",
@@ -229,16 +308,20 @@ def search(manifest_path: str | None, as_json: bool, **params: Any) -> None:
       edown search -c COPERNICUS/S2_SR_HARMONIZED --start-date 2024-06-01 --end-date 2024-06-30 \\
         --bbox -0.15,51.48,0.02,51.56 --band B4 --band B8 --filter 'CLOUDY_PIXEL_PERCENTAGE < 20'
     """
-    from edown.config import SearchConfig
+    from edown.config import SearchConfig, check_parent_folder
+    from edown.errors import user_folder
     from edown.manifest import new_manifest, set_search
     from edown.search import search_images
 
     config = SearchConfig(**_search_kwargs(params))
+    if manifest_path:
+        check_parent_folder(Path(manifest_path), "manifest_path")
     result = search_images(config)
     if manifest_path:
         manifest = new_manifest(Path(manifest_path), None)
         set_search(manifest, config, result)
-        manifest.write()
+        with user_folder(Path(manifest_path).parent, "manifest folder", "--manifest-path"):
+            manifest.write()
     if as_json:
         _echo_json(result.to_dict())
         return
@@ -304,7 +387,7 @@ def download_options(func: F) -> F:
         click.option(
             "--from-manifest",
             "search_manifest",
-            type=click.Path(dir_okay=False, exists=True),
+            type=click.Path(),
             help="Download the images of a saved search manifest instead of searching again.",
         ),
         click.option(
@@ -425,17 +508,41 @@ def _download_config(params: dict[str, Any]) -> Any:
     extra = {name: params[name] for name in DOWNLOAD_FIELDS if params.get(name) is not None}
     extra["progress"] = True  # a live display on a terminal, a plain line every 10 s otherwise
     if params.get("search_manifest"):
-        saved = load_manifest(Path(params["search_manifest"])).search_config
+        source = params["search_manifest"]
+        saved = load_manifest(Path(source), "--from-manifest").search_config
         if saved is None:
-            raise ConfigError("from_manifest", f"{params['search_manifest']} has no search section")
-        base = search_config_from_dict(saved)
-        values = {**{k: getattr(base, k) for k in saved if hasattr(base, k)}, **extra}
-        if params.get("server_url"):
-            values["server_url"] = params["server_url"]
-        if params.get("project"):
-            values["project"] = params["project"]
+            raise ConfigError("--from-manifest", f"{source} has no search section")
+        mine = {
+            k: params[k] for k in ("server_url", "project", "transform_plugin") if params.get(k) is not None
+        }
+        base = search_config_from_dict(saved, **mine)
+        _check_saved_user_fields(source, saved, base)
+        values = {**{k: getattr(base, k) for k in saved if hasattr(base, k)}, **mine, **extra}
         return DownloadConfig(**values)
     return DownloadConfig(**_search_kwargs(params), **extra)
+
+
+def _check_saved_user_fields(source: str, saved: dict[str, Any], config: Any) -> None:
+    """A manifest never picks the endpoint, the project or code to run: say so where it tried."""
+    from urllib.parse import urlsplit
+
+    plugin = saved.get("transform_plugin")
+    if plugin and plugin != config.transform_plugin:
+        raise ConfigError(
+            "--from-manifest",
+            f"{source} was made with the transform plugin {plugin!r}, and edown runs code only when you name it",
+            hint=f"pass --transform-plugin {plugin} if you trust it",
+        )
+    url = saved.get("server_url")
+    # Manifests store the endpoint redacted (no credentials): compare it so.
+    if isinstance(url, str) and redact(url).rstrip("/") != redact(config.server_url).rstrip("/"):
+        made = urlsplit(url).hostname or "another endpoint"
+        using = urlsplit(config.server_url).hostname or config.server_url
+        _stderr_console().print(
+            f"note: {source} was made against {made}; using {using} (your --server-url or "
+            "$EDOWN_SERVER_URL; a manifest never chooses where your credentials go)",
+            markup=False,
+        )
 
 
 @cli.command()
@@ -545,12 +652,18 @@ def _print_summary(summary: Any) -> None:
 @click.option(
     "-m",
     "--manifest-path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Download manifest (OUTPUT_ROOT/manifests/run-*.json).",
+    "manifest_paths",
+    multiple=True,
+    metavar="PATH",
+    help="Download manifest(s): files (a shell glob such as OUTPUT_ROOT/manifests/run-*.json), "
+    "a manifests folder, or 'latest' (the newest run under --output-root, default data). Repeatable.",
 )
+@click.argument("more_manifests", nargs=-1, type=click.Path())
 @click.option(
-    "-o", "--output-root", type=click.Path(file_okay=False), help="Override the manifest's output root."
+    "-o",
+    "--output-root",
+    type=click.Path(file_okay=False),
+    help="Where the datacubes go (default: the manifests' output root).",
 )
 @click.option(
     "--backend",
@@ -574,20 +687,39 @@ def _print_summary(summary: Any) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @handle_errors
-def stack(as_json: bool, **params: Any) -> None:
-    """Build one Zarr datacube per alignment group of a download manifest (appends new dates).
+def stack(
+    manifest_paths: tuple[str, ...], more_manifests: tuple[str, ...], as_json: bool, **params: Any
+) -> None:
+    """Build one Zarr datacube per alignment group of download manifests (appends new dates).
+
+    Several manifests (e.g. one per month downloaded into the same root) are stacked together; an image
+    found in several is taken once, from the newest run.
 
     \b
     Examples:
-      edown stack -m data/manifests/run-20240602T143022Z.json
+      edown stack -m data/manifests/run-*.json
+      edown stack -m data/manifests
+      edown stack -m latest -o data
       edown stack -m run.json --backend dask-slurm --slurm-queue normal --n-workers 8
     Open a result with: edown.open_stack("data/stacks/<collection>/<group>.zarr")
     """
     from edown.config import StackConfig
-    from edown.stack import stack_images
+    from edown.stack import manifest_files, stack_images
 
-    config = StackConfig(**{k: v for k, v in params.items() if v is not None}, progress=True)
+    paths = manifest_files(_stack_manifests((*manifest_paths, *more_manifests), params.get("output_root")))
+    config = StackConfig(
+        manifest_path=paths[0],
+        manifest_paths=tuple(paths[1:]),
+        **{k: v for k, v in params.items() if v is not None},
+        progress=True,
+    )
     results = stack_images(config)
+    _stderr_console().print(
+        f"manifests: {', '.join(str(_relative(p)) for p in paths)}"
+        + (" (an image in several is taken from the newest)" if len(paths) > 1 else ""),
+        markup=False,
+        soft_wrap=True,
+    )
     if as_json:
         _echo_json([r.to_dict() for r in results])
     else:
@@ -606,6 +738,32 @@ def stack(as_json: bool, **params: Any) -> None:
         _stdout_console().print(table)
     if any(r.error for r in results):
         sys.exit(1)
+
+
+def _stack_manifests(given: tuple[str, ...], output_root: str | None) -> list[Path]:
+    """``-m`` values as paths: ``latest`` is the newest run under the output root (unless a file of that
+    name exists)."""
+    from edown.stack import latest_manifest
+
+    if not given:
+        raise ConfigError(
+            "manifest_path",
+            "give at least one download manifest",
+            "e.g. -m data/manifests/run-*.json, -m data/manifests or -m latest",
+        )
+    return [
+        latest_manifest(Path(output_root or "data"))
+        if value == "latest" and not Path(value).exists()
+        else Path(value)
+        for value in given
+    ]
+
+
+def _relative(path: Path) -> Path:
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 # ---- demo and quicklook ------------------------------------------------------------------------------------
@@ -627,7 +785,7 @@ def demo(output_root: str, latency: str, as_json: bool) -> None:
     Writes GeoTIFFs, a Zarr datacube, a manifest and quicklook PNGs under OUTPUT_ROOT, then prints how to
     open them. Nothing leaves the machine.
     """
-    from edown.demo import run_demo
+    from edown.demo import open_snippet, run_demo
 
     root = Path(output_root)
     console = _stderr_console()
@@ -659,29 +817,44 @@ def demo(output_root: str, latency: str, as_json: bool) -> None:
         out.print(f"  quicklook:  {picture}")
     if stores:
         out.print("\nopen the datacube in Python:", markup=False)
-        out.print(
-            f'  import edown\n  ds = edown.open_stack("{stores[0]}")\n  ds.data.sel(band="B4").isel(time=0).plot()',
-            markup=False,
-        )
+        out.print(open_snippet(Path(stores[0])), markup=False, emoji=False, soft_wrap=True, end="")
 
 
 @cli.command()
 @click.argument("path", type=click.Path(exists=True))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="PNG to write (default: next to PATH).")
-@click.option("-b", "--band", "bands", multiple=True, help="Bands to show as R, G, B (default: true colour).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="PNG to write, in an existing folder (default: next to PATH).",
+)
+@click.option(
+    "-b",
+    "--band",
+    "bands",
+    multiple=True,
+    help="One band to draw in grey, or three as R, G, B (default: true colour, or the first three; of two "
+    "bands the first in grey).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the PNG's path as JSON.")
 @handle_errors
 def quicklook(path: str, output: str | None, bands: tuple[str, ...], as_json: bool) -> None:
-    """Render a PNG of a GeoTIFF, or a dated time strip of a Zarr datacube.
+    """Render a PNG of a GeoTIFF, or a dated time strip of a Zarr datacube (nodata transparent).
+
+    One band is drawn in grey, three as red, green, blue; when bands are left out a note says which are
+    drawn and how to choose.
 
     \b
     Examples:
-      edown quicklook data/images/COPERNICUS_S2_SR_HARMONIZED/20240603T104058_20240603T104237_T30UXC.tif
-      edown quicklook data/stacks/COPERNICUS_S2_SR_HARMONIZED/<group>.zarr -b B8 -b B4 -b B3
+      edown quicklook data/images/COPERNICUS.S2_SR_HARMONIZED/20240603T104058_20240603T104237_T30UXC.tif
+      edown quicklook data/stacks/COPERNICUS.S2_SR_HARMONIZED/<group>.zarr -b B8 -b B4 -b B3
     """
     from edown.quicklook import render
 
-    out = render(Path(path), Path(output) if output else None, bands or None)
+    def notify(notice: str) -> None:
+        _stderr_console().print(f"note: {notice}", markup=False, soft_wrap=True)
+
+    out = render(Path(path), Path(output) if output else None, bands or None, notify=notify)
     if as_json:
         _echo_json({"png": str(out)})
     else:
@@ -705,7 +878,7 @@ def _doctor(server_url: str | None, project: str | None, as_json: bool) -> None:
         "edown": __version__,
         "python": platform.python_version(),
         "earthengine-api": ee.__version__,
-        "server_url": url,
+        "server_url": redact(url),
     }
     ok = True
     try:
@@ -731,6 +904,7 @@ def _doctor(server_url: str | None, project: str | None, as_json: bool) -> None:
             report["endpoint"] = f"failed: {exc}"
             ok = False
     report["ok"] = ok
+    report = {key: redact(value) if isinstance(value, str) else value for key, value in report.items()}
     if as_json:
         _echo_json(report)
     else:
@@ -890,6 +1064,9 @@ def _latency(preset: str, base: float | None, bandwidth_mb: float | None) -> Any
     if bandwidth_mb is not None:
         latency = replace(latency, bandwidth_bytes_per_second=bandwidth_mb * 1024 * 1024)
     return latency
+
+
+_finish_commands(cli)
 
 
 def main() -> None:

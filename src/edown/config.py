@@ -24,6 +24,7 @@ from shapely.geometry.base import BaseGeometry
 from shapely.validation import explain_validity
 
 from edown.errors import ConfigError
+from edown.redaction import redact
 
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
 STANDARD_URL = "https://earthengine.googleapis.com"
@@ -76,11 +77,23 @@ class AOI:
                     f"{name}={value:g} is outside [{lo}, {hi}]",
                     "bbox is longitude/latitude in degrees (EPSG:4326), ordered xmin,ymin,xmax,ymax",
                 )
+        # xmin > xmax is a box across the antimeridian when that box is the narrower reading of the two.
+        if xmin - xmax > 180 and ymin < ymax:
+            halves = f"{xmin:g},{ymin:g},180,{ymax:g} and -180,{ymin:g},{xmax:g},{ymax:g}"
+            raise ConfigError(
+                field_name,
+                f"xmin={xmin:g} > xmax={xmax:g}: a box across the antimeridian (180°) cannot be one bbox",
+                f"split it at 180°: run once per half ({halves}), or give both halves as one GeoJSON"
+                " MultiPolygon (--geojson / AOI.from_geojson)",
+            )
         if xmin >= xmax or ymin >= ymax:
             raise ConfigError(
                 field_name,
                 f"inverted or empty box ({xmin:g},{ymin:g},{xmax:g},{ymax:g})",
-                "order is xmin,ymin,xmax,ymax with xmin < xmax and ymin < ymax",
+                "order is xmin,ymin,xmax,ymax with xmin < xmax and ymin < ymax"
+                + (
+                    "; a box across the antimeridian (180°) is two boxes, one per side" if xmin > xmax else ""
+                ),
             )
         return cls(json.dumps(mapping(box(xmin, ymin, xmax, ymax))))
 
@@ -136,7 +149,11 @@ def _load_geojson(source: str | Path | Mapping[str, Any], field_name: str) -> An
                 f"{path} is {size / 1e6:.0f} MB; Earth Engine request bodies are limited to about 10 MB",
                 "simplify the polygon (e.g. ogr2ogr -simplify) or use its bounding box",
             )
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(field_name, f"cannot read {path} ({reason or exc})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -217,7 +234,10 @@ def parse_date(value: Any, field_name: str) -> dt.date:
         raise ConfigError(field_name, f"{value!r} is not a valid date ({exc})", "use YYYY-MM-DD") from None
 
 
-_PROPERTY_FILTER = re.compile(r"^\s*([A-Za-z_][\w.:-]*)\s*(<=|>=|!=|==|=|<|>)\s*(.+?)\s*$")
+#: What Earth Engine's listImages filter compares with (``==`` is read as ``=``).
+OPERATORS = ("<", "<=", ">", ">=", "=", "==", "!=")
+_LOOKALIKES = {"=<": "<=", "=>": ">=", "=!": "!=", "<>": "!=", "≤": "<=", "≥": ">=", "≠": "!=", "===": "=="}
+_PROPERTY_FILTER = re.compile(r"^\s*([A-Za-z_][\w.:-]*)\s*([<>=!≤≥≠]+)\s*(.*?)\s*$")
 
 
 @dataclass(frozen=True)
@@ -231,13 +251,26 @@ class PropertyFilter:
     @staticmethod
     def parse(text: str, field_name: str = "property_filters") -> PropertyFilter:
         m = _PROPERTY_FILTER.match(text)
-        if not m:
+        if not m or not m.group(3):
             raise ConfigError(
                 field_name,
                 f"cannot parse {text!r}",
-                "write NAME OP VALUE, e.g. 'CLOUDY_PIXEL_PERCENTAGE < 20'",
+                f"write NAME OP VALUE with OP one of {' '.join(OPERATORS)}, e.g. 'CLOUDY_PIXEL_PERCENTAGE < 20'",
             )
         name, op, raw = m.groups()
+        if op not in OPERATORS:
+            meant = _LOOKALIKES.get(op)
+            raise ConfigError(
+                field_name,
+                f"{text!r}: {op!r} is not an operator" + (f" (did you mean {meant!r}?)" if meant else ""),
+                f"use one of {' '.join(OPERATORS)}",
+            )
+        if raw[:1] in "<>=!≤≥≠":
+            raise ConfigError(
+                field_name,
+                f"{text!r}: the value {raw!r} starts with an operator",
+                f"use one operator of {' '.join(OPERATORS)}, or quote a text value that starts with one",
+            )
         op = "=" if op == "==" else op
         value: float | str | bool
         if raw.lower() in ("true", "false"):
@@ -339,8 +372,28 @@ def _check_plugin_spec(spec: str | None) -> None:
 
 def _check_url(url: str) -> str:
     if not re.match(r"^https?://[^/\s]+", url or ""):
-        raise ConfigError("server_url", f"{url!r} is not an http(s) URL", f"default is {HIGH_VOLUME_URL}")
+        raise ConfigError(
+            "server_url", f"{redact(str(url))!r} is not an http(s) URL", f"default is {HIGH_VOLUME_URL}"
+        )
     return url.rstrip("/")
+
+
+def check_parent_folder(path: Path, field_name: str, root: Path | None = None) -> None:
+    """Refuse a file path whose folder does not exist (a typo, most likely) unless it lies under ``root``,
+    the output root whose folders edown makes itself."""
+    parent = path.parent
+    if parent.is_dir():
+        return
+    if root is not None and (
+        root.resolve() == parent.resolve() or root.resolve() in parent.resolve().parents
+    ):
+        return
+    option = "--" + field_name.replace("_", "-")
+    if parent.exists():
+        raise ConfigError(field_name, f"{parent} is not a folder", f"choose another {option}")
+    raise ConfigError(
+        field_name, f"folder {parent} does not exist", f"create it first, or choose another {option}"
+    )
 
 
 def _check_positive_int(value: Any, name: str, minimum: int = 1) -> None:
@@ -381,7 +434,10 @@ class SearchConfig:
     rename_map: dict[str, str] = field(default_factory=dict)
     scale_map: dict[str, float] = field(default_factory=dict)
     transform_plugin: str | None = None
-    server_url: str = field(default_factory=lambda: os.environ.get("EDOWN_SERVER_URL") or HIGH_VOLUME_URL)
+    # Out of repr(): it may carry credentials (user:password@); manifests and messages show it redacted.
+    server_url: str = field(
+        default_factory=lambda: os.environ.get("EDOWN_SERVER_URL") or HIGH_VOLUME_URL, repr=False
+    )
     project: str | None = None
     credentials: Any = field(default=None, repr=False, compare=False)
     property_filters: tuple[str, ...] = ()
@@ -508,6 +564,7 @@ class DownloadConfig(SearchConfig):
         _set(self, "output_root", Path(self.output_root).expanduser())
         if self.manifest_path is not None:
             _set(self, "manifest_path", Path(self.manifest_path).expanduser())
+            check_parent_folder(self.manifest_path, "manifest_path", self.output_root)
         if self.search_manifest is not None:
             _set(self, "search_manifest", Path(self.search_manifest).expanduser())
         if self.chunk_size_mode not in CHUNK_MODES:
@@ -553,7 +610,10 @@ BACKENDS = ("threads", "dask-local", "dask-slurm")
 class StackConfig:
     """Build one Zarr datacube per alignment group of a download manifest.
 
-    Extensions: ``threads`` (worker threads for the ``threads`` backend; default = cores), ``walltime``
+    ``manifest_path`` may also be a folder (all its ``run-*.json``). Extensions: ``manifest_paths``
+    (further manifests or folders stacked together with ``manifest_path``, e.g. the runs that downloaded
+    successive months into one output root; an image in several manifests is taken once, from the newest
+    run), ``threads`` (worker threads for the ``threads`` backend; default = cores), ``walltime``
     (SLURM job walltime), ``scheduler_host`` (address SLURM workers use to reach the Dask scheduler;
     default: dask-jobqueue's choice), ``worker_timeout_seconds`` (how long to wait for the first SLURM
     worker), ``chunk_size`` (spatial chunk side, default 512), ``progress``.
@@ -574,9 +634,14 @@ class StackConfig:
     worker_timeout_seconds: float = 300.0
     chunk_size: int = 512
     progress: bool = False
+    manifest_paths: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         _set(self, "manifest_path", Path(self.manifest_path).expanduser())
+        extra: Any = self.manifest_paths
+        if isinstance(extra, str | Path):
+            extra = (extra,)
+        _set(self, "manifest_paths", tuple(Path(p).expanduser() for p in extra))
         if self.output_root is not None:
             _set(self, "output_root", Path(self.output_root).expanduser())
         if self.backend not in BACKENDS:

@@ -72,3 +72,22 @@ def run_demo(
                 )
             )
     return DemoOutcome(summary, stacks, tuple(pictures), time.monotonic() - started)
+
+
+def open_snippet(store: Path) -> str:
+    """The Python that ``edown demo`` prints last: open the datacube and draw one band of it.
+
+    Runnable as printed after the README's demo command (matplotlib comes with the ``plot`` extra, which
+    the demo installs). ``masked=True`` makes nodata NaN, so the colour scale is the imagery's; the figure
+    is saved because outside Jupyter ``.plot()`` has no screen to draw on. The path is shown relative to
+    the working directory when it is under it, as the user typed the output root.
+    """
+    shown = store.relative_to(Path.cwd()) if store.is_relative_to(Path.cwd()) else store
+    return (
+        "import edown\n"
+        "import matplotlib.pyplot as plt\n"
+        "\n"
+        f'ds = edown.open_stack("{shown}", masked=True)\n'
+        'ds.data.sel(band="B4").isel(time=0).plot()\n'
+        'plt.savefig("B4.png")  # or plt.show(); Jupyter shows it by itself\n'
+    )

@@ -65,13 +65,13 @@ from edown.outputs import (
     StoredChunk,
     covered_by,
     image_tiff_path,
-    output_lock,
     partial_dir,
     sidecar_path,
 )
 from edown.plugins import bind, load_plugin
 from edown.progress import Counters, Reporter
 from edown.records import DownloadResult, DownloadSummary, ImageRecord, SearchResult, utc_iso
+from edown.rootstate import check_no_links, locked_root
 from edown.search import search_images
 
 log = logging.getLogger("edown.download")
@@ -192,6 +192,7 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
     concurrency = min(config.max_inflight_chunks, config.max_concurrent_requests)
     target = target_chunk_bytes(run_bytes, concurrency, config.request_byte_limit)
     existing_conflicts: list[Path] = []
+    root = config.output_root.absolute()
 
     def prepare(item: tuple[int, ImageRecord]) -> ImageJob | DownloadResult:
         index, record = item
@@ -226,7 +227,9 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
                 record.image_id, record.version, record.properties, utc_iso(record.acquisition_time_utc)
             ),
         )
-        store = ChunkStore(partial_dir(tiff))
+        check_no_links(root, tiff.absolute())
+        store = ChunkStore(partial_dir(tiff), root)
+        store.check()
         if tiff.exists():
             if config.overwrite:
                 pass  # replaced atomically when the new file is ready
@@ -234,7 +237,8 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
                 problem = _existing_mismatch(tiff, spec)
                 if problem:
                     raise OutputExistsError(
-                        f"{tiff} exists but {problem}", hint="pass overwrite=True / --overwrite to replace it"
+                        f"{tiff} exists but {problem}",
+                        hint="replace it with --overwrite (overwrite=True), or keep both with another --output-root",
                     )
                 return _skipped(record, "skipped_existing", tiff, nodata=nodata)
             else:
@@ -287,23 +291,47 @@ def metadata_from_record(record: ImageRecord) -> dict[str, Any]:
 
 
 def _existing_mismatch(tiff: Path, spec: OutputSpec) -> str | None:
+    """What differs between an existing output and this run's (None when it is the same output).
+
+    Names depend only on the collection and the image (and its grid label), so another selection of
+    bands, another AOI or another nodata in the same output root meets the earlier file.
+    """
     try:
         found = describe(tiff)
     except Exception as exc:
         return f"cannot be read ({type(exc).__name__})"
-    if (found["width"], found["height"], found["count"]) != (spec.width, spec.height, len(spec.band_names)):
-        return f"has a different size ({found['width']}x{found['height']}x{found['count']})"
-    if found["dtype"] != spec.dtype:
-        return f"has dtype {found['dtype']}, not {spec.dtype}"
+    there: list[str] = []
+    here: list[str] = []
+
+    def differ(what: str, old: str, new: str) -> None:
+        there.append(f"{what} {old}")
+        here.append(f"{what} {new}")
+
     if tuple(found["band_names"]) != spec.band_names:
-        return f"has bands {found['band_names']}"
+        differ("bands", ", ".join(map(str, found["band_names"])), ", ".join(spec.band_names))
+    if (found["width"], found["height"]) != (spec.width, spec.height):
+        differ("size", f"{found['width']}x{found['height']} px", f"{spec.width}x{spec.height} px")
+    if found["dtype"] != spec.dtype:
+        differ("dtype", found["dtype"], spec.dtype)
     nodata = found["nodata"]
     same_nodata = nodata == spec.nodata or (
         nodata is not None and math.isnan(nodata) and math.isnan(spec.nodata)
     )
     if not same_nodata:
-        return f"has nodata {nodata}, not {spec.nodata}"
-    return None
+        differ("nodata", "none" if nodata is None else f"{nodata:g}", f"{spec.nodata:g}")
+    old, new = found["transform"], spec.transform
+    if not all(math.isclose(a, b, abs_tol=1e-6 * abs(new[0])) for a, b in zip(old, new, strict=True)):
+        differ(
+            "grid",
+            f"origin {old[2]:.10g},{old[5]:.10g} step {abs(old[0]):g}",
+            f"origin {new[2]:.10g},{new[5]:.10g} step {abs(new[0]):g}",
+        )
+    if not there:
+        return None
+    return (
+        f"with {', '.join(there)}; this run makes {', '.join(here)} (a file's name comes from its image only,"
+        " not from the bands, AOI or nodata)"
+    )
 
 
 # ---- fetch + write ------------------------------------------------------------------------------------
@@ -323,12 +351,15 @@ def decode_npy(
         reader = (
             np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         )
-        shape, _, field_types = reader(header)
+        shape, fortran_order, field_types = reader(header)
         count = math.prod(shape)
         offset = header.tell()
         if len(data) - offset < count * field_types.itemsize:
             raise ValueError(f"{len(data) - offset} data bytes for {count} x {field_types.itemsize}")
-        arr = np.frombuffer(data, dtype=field_types, count=count, offset=offset).reshape(shape)
+        # Earth Engine sends C order; a Fortran-ordered body is still valid NPY and must not be transposed.
+        arr = np.frombuffer(data, dtype=field_types, count=count, offset=offset).reshape(
+            shape, order="F" if fortran_order else "C"
+        )
     except (ValueError, EOFError, OSError) as exc:
         raise EarthEngineError(
             f"truncated or corrupt NPY response ({len(data)} bytes): {exc}", transient=True
@@ -614,6 +645,7 @@ def _download_section(
     stats: dict[str, Any],
     finished: dt.datetime | None,
     base: Path,
+    interrupted: bool = False,
 ) -> dict[str, Any]:
     search_fields = {f.name for f in fields(SearchConfig)}
     downloaded, skipped, failed = DownloadSummary.tally(tuple(results))
@@ -623,7 +655,7 @@ def _download_section(
         },
         "started_utc": utc_iso(started),
         "finished_utc": utc_iso(finished) if finished else None,
-        "state": "finished" if finished else "running",
+        "state": "interrupted" if interrupted else "finished" if finished else "running",
         "counts": {"downloaded": downloaded, "skipped": skipped, "failed": failed, "total": len(results)},
         "results": [r.to_dict(base) for r in results],
         "stats": stats,
@@ -633,7 +665,7 @@ def _download_section(
 def resolve_search(config: DownloadConfig) -> SearchResult:
     """The search to download: a saved search manifest when given, else a fresh search."""
     if config.search_manifest is not None:
-        manifest = load_manifest(config.search_manifest)
+        manifest = load_manifest(config.search_manifest, "search_manifest")
         result = manifest.search
         if result is None:
             raise ConfigError("search_manifest", f"{config.search_manifest} has no search section")
@@ -653,10 +685,13 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
     started = time.monotonic()
     search = resolve_search(config)
     manifest_path = _manifest_path(config, started_wall)
-    plan = plan_download(config, search)
     if config.dry_run:
+        # Read-only: no lock, nothing cleaned, nothing sent to Earth Engine.
+        plan = plan_download(config, search)
         return _dry_run_summary(config, search, plan, manifest_path, time.monotonic() - started)
 
+    # Connect before planning: the plan builds Earth Engine expressions, which need an initialised client
+    # (a saved search means no search ran in this process).
     conn = earthengine.connect(
         config.server_url,
         config.project,
@@ -666,8 +701,12 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
         timeout=config.request_timeout_seconds,
     )
     before = conn.pacer.snapshot()
-    with output_lock(config.output_root, f"download to {config.output_root}"):
-        manifest = new_manifest(manifest_path, config.output_root)
+    # The lock comes before anything on disk is looked at or cleaned: a second run that is refused must
+    # not have touched the first one's chunks.
+    writes = ("images",) if config.manifest_path is not None else ("images", "manifests")
+    with locked_root(config.output_root, f"download to {config.output_root}", writes) as held:
+        plan = plan_download(config, search)
+        manifest = new_manifest(manifest_path, config.output_root, held.root_id)
         set_search(manifest, config, search)
         counters = Counters(images_total=len(plan.jobs), chunks_total=sum(len(j.chunks) for j in plan.jobs))
         base = config.output_root
@@ -682,7 +721,7 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
                 )
             return [by_key[k] for k in plan.order if k in by_key]
 
-        def write_manifest(final: bool = False) -> None:
+        def write_manifest(final: bool = False, interrupted: bool = False) -> None:
             with write_lock:
                 now = time.monotonic()
                 if not final and now - last_write[0] < MANIFEST_EVERY_S:
@@ -690,7 +729,13 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
                 last_write[0] = now
                 stats = _stats(conn, before, counters, plan, time.monotonic() - started)
                 manifest.doc["download"] = _download_section(
-                    config, started_wall, results_now(), stats, now_utc() if final else None, base
+                    config,
+                    started_wall,
+                    results_now(),
+                    stats,
+                    now_utc() if final else None,
+                    base,
+                    interrupted,
                 )
                 manifest.write()
 
@@ -710,15 +755,19 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
                 raise DiskFullError(str(config.output_root)) from None
             raise
         run = _Run(config, conn, plan.jobs, counters, progress_manifest)
+        interrupted = False
         try:
             with Reporter(counters, "download", enabled=config.progress):
                 run.run()
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
             for job in plan.jobs:
                 if job.status is None:
                     job.status, job.error = "failed", "interrupted before completion (run again to resume)"
             try:
-                write_manifest(final=True)
+                write_manifest(final=True, interrupted=interrupted)
             except OSError as exc:
                 if not (is_disk_full(exc) and run.fatal is not None):
                     raise

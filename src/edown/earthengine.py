@@ -16,13 +16,13 @@ Everything else in edown calls Earth Engine through this module, so the rules li
 * **Deadlines.** Every request goes through :class:`_Transport`, a pooled ``requests`` session with a hard
   per-request deadline: nothing hangs forever.
 * **Errors** become :class:`edown.errors.EarthEngineError` (with the HTTP status and whether a retry can
-  help) or one of its subclasses. Credentials and tokens never appear in messages or logs.
+  help) or one of its subclasses. Credentials and tokens never appear in messages or logs: foreign
+  messages pass through :func:`edown.redaction.redact`, and keys are read by :mod:`edown.service_account`.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import random
@@ -31,13 +31,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 
+from edown import redaction
 from edown.errors import (
     AuthenticationError,
     CollectionNotFoundError,
@@ -144,7 +144,8 @@ class _Transport:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc)
+    """A foreign exception's message, redacted (it may quote a URL, a token or the key) and cut short."""
+    text = redaction.redact(str(exc))
     return text if len(text) < 300 else text[:300] + "..."
 
 
@@ -189,13 +190,16 @@ def connect(
         )
         if _current is not None and _current[0] == key:
             return _current[1]
+        redaction.guard_loggers()
         creds, resolved_project, method = resolve_credentials(server_url, project, credentials)
         _initialize(server_url, creds, resolved_project, max_concurrent, timeout)
         conn = Connection(
             server_url, resolved_project, method, RequestPacer(max_concurrent, requests_per_second)
         )
         _current = (key, conn)
-        log.info("Earth Engine at %s as project %s (%s)", server_url, resolved_project, method)
+        log.info(
+            "Earth Engine at %s as project %s (%s)", redaction.redact(server_url), resolved_project, method
+        )
         return conn
 
 
@@ -212,6 +216,7 @@ def _initialize(url: str, creds: Any, project: str, pool: int, timeout: float) -
     # Take control of retries: ee's hidden ones would stack under ours (and sleep up to a minute).
     ee.data.setMaxRetries(0)
     transport = _Transport(pool_size=pool + 8, timeout=timeout)
+    shown = redaction.redact(url)
     last: BaseException | None = None
     for attempt in range(3):
         try:
@@ -222,20 +227,50 @@ def _initialize(url: str, creds: Any, project: str, pool: int, timeout: float) -
         except ee.EEException as exc:
             err = translate_error(exc)
             if not err.transient:
-                raise _initialize_error(url, project, err) from None
+                raise _initialize_error(shown, project, err) from None
             last = exc
         except Exception as exc:  # googleapiclient raises its own types for a broken discovery document
-            raise EarthEngineError(
-                f"cannot initialise Earth Engine at {url}: {type(exc).__name__}: {_short(exc)}",
-                hint="check --server-url",
-            ) from None
+            token_err = _token_error(exc)
+            if token_err is None:
+                raise EarthEngineError(
+                    f"cannot initialise Earth Engine at {shown}: {type(exc).__name__}: {_short(exc)}",
+                    hint="check --server-url",
+                ) from None
+            if not token_err.transient:
+                raise AuthenticationError(token_err.message, hint=token_err.hint) from None
+            last = exc
         if attempt < 2:
             time.sleep(0.5 * 2**attempt)
     raise EarthEngineError(
-        f"cannot reach Earth Engine at {url}: {_short(last) if last else 'no answer'}",
+        f"cannot reach Earth Engine at {shown}: {_short(last) if last else 'no answer'}",
         transient=True,
         hint="check the network and --server-url",
     )
+
+
+def _token_error(exc: BaseException) -> EarthEngineError | None:
+    """What a failed token request means, without the endpoint's echo of our signed request.
+
+    google-auth raises ``RefreshError`` with the token endpoint's whole answer; only its OAuth ``error``
+    code and the start of its description are kept (redacted: an endpoint may echo the signed JWT).
+    """
+    from google.auth import exceptions
+
+    if isinstance(exc, exceptions.RefreshError):
+        answer = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], dict) else {}
+        code = str(answer.get("error") or "refused")
+        detail = str(answer.get("error_description") or "")
+        reason = redaction.redact(f"{code}: {detail}" if detail else code)
+        reason = " ".join(reason.split())
+        return EarthEngineError(
+            f"the token endpoint refused the credentials ({reason if len(reason) <= 160 else reason[:160] + '...'})",
+            status=401,
+            hint="a service account's key may be deleted or disabled (create a new one), user credentials "
+            "may be revoked (run `earthengine authenticate`), or this machine's clock is off",
+        )
+    if isinstance(exc, exceptions.TransportError):
+        return EarthEngineError(f"cannot reach the token endpoint: {_short(exc)}", transient=True)
+    return None
 
 
 def _initialize_error(url: str, project: str, err: EarthEngineError) -> EarthEngineError:
@@ -263,7 +298,10 @@ def resolve_credentials(server_url: str, project: str | None, credentials: Any) 
     account = os.environ.get("GEE_SERVICE_ACCOUNT")
     key = os.environ.get("GEE_SERVICE_ACCOUNT_KEY")
     if account and key:
-        creds, key_project = _service_account(account, key)
+        from edown import service_account
+
+        account = account.strip()
+        creds, key_project = service_account.credentials(account, key)
         chosen = project or env_project or key_project
         return creds, _require_project(chosen, server_url, "service account"), f"service account {account}"
     if account or key:
@@ -311,30 +349,6 @@ def resolve_credentials(server_url: str, project: str | None, credentials: Any) 
     )
 
 
-def _service_account(account: str, key: str) -> tuple[Any, str | None]:
-    import ee
-
-    try:
-        if key.lstrip().startswith("{"):
-            data = json.loads(key)
-            creds = ee.ServiceAccountCredentials(account, key_data=key)
-        else:
-            key_path = Path(key).expanduser()
-            data = json.loads(key_path.read_text(encoding="utf-8"))
-            creds = ee.ServiceAccountCredentials(account, key_file=str(key_path))
-    except FileNotFoundError:
-        raise AuthenticationError(
-            "GEE_SERVICE_ACCOUNT_KEY points to a file that does not exist",
-            hint="set it to the path of the service account's JSON key (or the JSON itself)",
-        ) from None
-    except (ValueError, KeyError, json.JSONDecodeError) as exc:
-        raise AuthenticationError(
-            f"GEE_SERVICE_ACCOUNT_KEY is not a usable service account key ({type(exc).__name__})",
-            hint="download a JSON key for the service account from the Cloud console",
-        ) from None
-    return creds, data.get("project_id") if isinstance(data, dict) else None
-
-
 def _credentials_project(creds: Any) -> str | None:
     for attr in ("quota_project_id", "project_id"):
         value = getattr(creds, attr, None)
@@ -347,7 +361,7 @@ def _require_project(project: str | None, url: str, method: str) -> str:
     if project:
         return project
     raise AuthenticationError(
-        f"no Google Cloud project for Earth Engine at {url} (credentials: {method})",
+        f"no Google Cloud project for Earth Engine at {redaction.redact(url)} (credentials: {method})",
         hint="pass --project / project=, or set GOOGLE_CLOUD_PROJECT",
     )
 
@@ -361,11 +375,14 @@ def translate_error(exc: BaseException) -> EarthEngineError:
         return exc
     import ee
 
+    token_err = _token_error(exc)
+    if token_err is not None:
+        return token_err
     if isinstance(exc, ee.EEException):
         ctx = exc.__context__
         resp = getattr(ctx, "resp", None)
         status = int(getattr(resp, "status", 0) or 0) or None
-        message = str(exc)
+        message = redaction.redact(str(exc))
         retry_after = None
         if resp is not None:
             try:

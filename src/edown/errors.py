@@ -6,6 +6,11 @@ failures at run time; the API raises these typed exceptions so callers can tell 
 
 from __future__ import annotations
 
+import contextlib
+import errno
+from collections.abc import Iterator
+from pathlib import Path
+
 
 class EdownError(Exception):
     """Base class. ``hint`` says what to do about it."""
@@ -80,6 +85,13 @@ class OutputLockedError(EdownError):
     exit_code = 1
 
 
+class UnsafePathError(EdownError):
+    """A path edown refuses to follow: a symbolic link in its own folders, or a place outside the output
+    root that a file (rather than the user) named."""
+
+    exit_code = 2
+
+
 class DiskFullError(EdownError):
     """The output file system ran out of space; what was finished is kept and a re-run resumes."""
 
@@ -91,8 +103,6 @@ class DiskFullError(EdownError):
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    import errno
-
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
@@ -100,3 +110,44 @@ class StackError(EdownError):
     """A manifest cannot be stacked (nothing downloaded, mixed grids in a group...)."""
 
     exit_code = 2
+
+
+class OutputPathError(EdownError):
+    """The operating system refused a folder or file edown must write: missing, a file, or read-only.
+
+    Raised where edown first touches the user's folder (see :func:`user_folder`), so an unwritable output
+    root is one line naming it and the fix, while an OSError deeper inside a run still reads as a bug.
+    """
+
+    exit_code = 2
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, path: Path, what: str, option: str) -> EdownError | None:
+        """The error to raise for ``exc`` met while preparing ``path``, or None when it is no bad input."""
+        if is_disk_full(exc):
+            return DiskFullError(str(path))
+        other = f"choose another {option}"
+        if isinstance(exc, NotADirectoryError | FileExistsError):
+            blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+            return cls(f"{what} {path}: {blocker} is a file, not a folder", hint=f"move it away or {other}")
+        if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+            reason = (exc.strerror or "permission denied").lower()
+            return cls(
+                f"{what} {path} is not writable ({reason}: {exc.filename or path})",
+                hint=f"make it writable or {other}",
+            )
+        if isinstance(exc, FileNotFoundError):
+            return cls(f"{what} {path}: {exc.filename or path} does not exist", hint=f"create it or {other}")
+        return None
+
+
+@contextlib.contextmanager
+def user_folder(path: Path, what: str, option: str) -> Iterator[None]:
+    """Turn the OS refusing ``path`` (a file in the way, no permission, read-only) into bad input."""
+    try:
+        yield
+    except OSError as exc:
+        error = OutputPathError.from_os_error(exc, Path(path), what, option)
+        if error is None:
+            raise
+        raise error from None

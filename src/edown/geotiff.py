@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,12 @@ import numpy as np
 from edown.crs import crs_wkt
 from edown.grid import Transform, Window
 from edown.outputs import ChunkStore, StoredChunk
+from edown.rootstate import journalled
 
 TILE = 256
+#: edown reads back only what it wrote, a GeoTIFF: restricting GDAL to that driver keeps a VRT (or any
+#: other format) dressed up as ``.tif`` in a hand-edited manifest from making GDAL open URLs or files.
+GTIFF_ONLY = "GTiff"
 # Predictors: horizontal differencing for integers, floating-point predictor for floats.
 _PREDICTOR = {"i": 2, "u": 2, "f": 3}
 
@@ -83,43 +88,45 @@ def write_geotiff(
     import rasterio
     from rasterio.windows import Window as RioWindow
 
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.unlink(missing_ok=True)
+    stem = f".{target.name}.{uuid.uuid4().hex[:8]}"
+    tmp, cog = target.with_name(f"{stem}.tmp"), target.with_name(f"{stem}.cog.tmp")
     target.parent.mkdir(parents=True, exist_ok=True)
     pieces = [(c.window.relative_to(origin), c) for c in chunks]
-    try:
-        with rasterio.Env(GDAL_CACHEMAX=128), rasterio.open(tmp, "w", **_profile(spec)) as dst:
-            for row0 in range(0, spec.height, TILE):
-                height = min(TILE, spec.height - row0)
-                strip = np.empty((len(spec.band_names), height, spec.width), dtype=spec.dtype)
-                for rel, chunk in pieces:
-                    r0, r1 = max(row0, rel.row_off), min(row0 + height, rel.row_off + rel.height)
-                    if r0 >= r1:
-                        continue
-                    data = store.load(chunk)
-                    strip[:, r0 - row0 : r1 - row0, rel.col_off : rel.col_off + rel.width] = data[
-                        :, r0 - rel.row_off : r1 - rel.row_off, :
-                    ]
-                dst.write(strip, window=RioWindow(0, row0, spec.width, height))
-            dst.descriptions = spec.band_names
-            if spec.tags:
-                dst.update_tags(**dict(spec.tags))
-        if spec.cog:
-            tmp = _to_cog(tmp, spec)
-        verify_geotiff(tmp, spec)
-        with tmp.open("rb") as handle:
-            os.fsync(handle.fileno())
-        tmp.replace(target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with journalled(tmp), journalled(cog):
+        try:
+            with rasterio.Env(GDAL_CACHEMAX=128), rasterio.open(tmp, "w", **_profile(spec)) as dst:
+                for row0 in range(0, spec.height, TILE):
+                    height = min(TILE, spec.height - row0)
+                    strip = np.empty((len(spec.band_names), height, spec.width), dtype=spec.dtype)
+                    for rel, chunk in pieces:
+                        r0, r1 = max(row0, rel.row_off), min(row0 + height, rel.row_off + rel.height)
+                        if r0 >= r1:
+                            continue
+                        data = store.load(chunk)
+                        strip[:, r0 - row0 : r1 - row0, rel.col_off : rel.col_off + rel.width] = data[
+                            :, r0 - rel.row_off : r1 - rel.row_off, :
+                        ]
+                    dst.write(strip, window=RioWindow(0, row0, spec.width, height))
+                dst.descriptions = spec.band_names
+                if spec.tags:
+                    dst.update_tags(**dict(spec.tags))
+            final = tmp
+            if spec.cog:
+                _to_cog(tmp, cog, spec)
+                final = cog
+            verify_geotiff(final, spec)
+            with final.open("rb") as handle:
+                os.fsync(handle.fileno())
+            final.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
+            cog.unlink(missing_ok=True)
     return target.stat().st_size
 
 
-def _to_cog(path: Path, spec: OutputSpec) -> Path:
+def _to_cog(path: Path, cog: Path, spec: OutputSpec) -> None:
     import rasterio.shutil
 
-    cog = path.with_name(path.name + ".cog")
     options: dict[str, Any] = {
         "driver": "COG",
         "blocksize": TILE,
@@ -132,7 +139,6 @@ def _to_cog(path: Path, spec: OutputSpec) -> Path:
     options["overview_resampling"] = "nearest" if np.dtype(spec.dtype).kind in "iu" else "average"
     rasterio.shutil.copy(path, cog, **options)
     path.unlink()
-    return cog
 
 
 class VerificationError(RuntimeError):
@@ -144,7 +150,7 @@ def verify_geotiff(path: Path, spec: OutputSpec) -> None:
     import rasterio
     from rasterio.windows import Window as RioWindow
 
-    with rasterio.open(path) as src:
+    with rasterio.open(path, driver=GTIFF_ONLY) as src:
         problems = []
         if (src.width, src.height, src.count) != (spec.width, spec.height, len(spec.band_names)):
             problems.append(f"size {src.width}x{src.height}x{src.count}")
@@ -183,7 +189,7 @@ def describe(path: Path) -> dict[str, Any]:
     """What a GeoTIFF says about itself (for sidecars, quicklooks and tests)."""
     import rasterio
 
-    with rasterio.open(path) as src:
+    with rasterio.open(path, driver=GTIFF_ONLY) as src:
         return {
             "width": src.width,
             "height": src.height,

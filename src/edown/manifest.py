@@ -20,7 +20,7 @@ import datetime as dt
 import json
 import os
 import re
-import tempfile
+import uuid
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ from edown._version import __version__
 from edown.config import AOI, DownloadConfig, SearchConfig, StackConfig
 from edown.errors import ManifestError
 from edown.records import DownloadResult, SearchResult, StackResult, utc_iso
+from edown.redaction import redact
+from edown.rootstate import check_no_links, journalled, read_marker, trusted_root
 
 SCHEMA = "edown.manifest"
 SCHEMA_VERSION = 1
@@ -39,18 +41,25 @@ def now_utc() -> dt.datetime:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    The temporary is journalled when ``path`` lies in a locked output root (a killed run's temporary is
+    then removed by the next run), created with the umask's permissions like every other output (not
+    ``mkstemp``'s 0600, which would hide manifests from collaborators), and never through a link.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with journalled(tmp):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     _fsync_dir(path.parent)
 
 
@@ -80,24 +89,32 @@ def dumps(doc: dict[str, Any]) -> str:
 
 
 def config_to_dict(config: SearchConfig | StackConfig) -> dict[str, Any]:
-    """JSON-friendly config values (never credentials)."""
+    """JSON-friendly config values (never credentials, nor those in a ``server_url``)."""
     out: dict[str, Any] = {}
     for f in fields(config):
         if f.name == "credentials":
             continue
         value = getattr(config, f.name)
-        if isinstance(value, AOI):
+        if f.name == "server_url":
+            value = redact(value)
+        elif isinstance(value, AOI):
             value = value.geometry
         elif isinstance(value, Path):
             value = str(value)
         elif isinstance(value, tuple):
-            value = list(value)
+            value = [str(v) if isinstance(v, Path) else v for v in value]
         out[f.name] = value
     return out
 
 
+#: What a saved search may not decide: where requests (and with them the user's token) go, which project
+#: pays, and which code runs. These come from the user's own flags, environment or config.
+USER_ONLY_FIELDS = frozenset({"server_url", "project", "transform_plugin", "credentials"})
+
+
 def search_config_from_dict(d: dict[str, Any], **overrides: Any) -> SearchConfig:
-    names = {f.name for f in fields(SearchConfig)} - {"credentials"}
+    """A search config rebuilt from a manifest, minus :data:`USER_ONLY_FIELDS` (give those as overrides)."""
+    names = {f.name for f in fields(SearchConfig)} - USER_ONLY_FIELDS
     values = {k: v for k, v in d.items() if k in names}
     values["aoi"] = AOI.from_geojson(values["aoi"], "aoi")
     values.update(overrides)
@@ -113,8 +130,61 @@ class Manifest:
 
     @property
     def output_root(self) -> Path:
+        """The root this manifest *says* it belongs to; use :meth:`trusted_root` before writing there."""
         root = self.doc.get("output_root")
-        return Path(root) if root else self.path.parent.parent
+        return Path(root) if isinstance(root, str) and root else self.path.parent.parent
+
+    @property
+    def root_id(self) -> str | None:
+        value = self.doc.get("root_id")
+        return value if isinstance(value, str) else None
+
+    def trusted_root(self) -> Path:
+        """The output root to read and write for this manifest, when nobody named one.
+
+        A manifest is only a file: the root it names is used only where edown's own marker says edown
+        made that root (and, for manifests that record it, the same root). A manifest kept in its root's
+        ``manifests/`` folder belongs to that root even if the root was moved; a root written before
+        markers existed is accepted only that way, from a manifest inside it.
+        """
+        source = f"manifest {self.path}"
+        folder = self.path.absolute().parent
+        home = folder.parent if folder.name == "manifests" else None
+        recorded = self.doc.get("output_root")
+        named = Path(recorded) if isinstance(recorded, str) and recorded else None
+        if home is not None and read_marker(home) is not None:
+            return trusted_root(home, self.root_id, source)
+        if home is not None and (named is None or named == home):
+            return home
+        if named is not None:
+            return trusted_root(named, self.root_id, source)
+        raise ManifestError(
+            f"{source} does not say which output root it belongs to",
+            hint="pass the root with --output-root (output_root=)",
+        )
+
+    def downloads_in(self, root: Path) -> tuple[DownloadResult, ...]:
+        """The download results, each output path checked to lie in ``root/images`` without links."""
+        root = root.absolute()
+        section = self.doc.get("download") or {}
+        results = []
+        for entry in section.get("results", []):
+            tiff = entry.get("tiff_path") if isinstance(entry, dict) else None
+            if tiff is not None:
+                relative = Path(str(tiff))
+                if relative.is_absolute():
+                    try:
+                        relative = relative.relative_to(root)
+                    except ValueError:
+                        relative = Path("..")
+                if ".." in relative.parts or not relative.parts or relative.parts[0] != "images":
+                    raise ManifestError(
+                        f"manifest {self.path} lists {tiff}, which is not under {root / 'images'}",
+                        hint="edown reads only the outputs under the manifest's own root",
+                    )
+                check_no_links(root, root / relative)
+            results.append(DownloadResult.from_dict(entry, root))
+        return tuple(results)
 
     @property
     def search(self) -> SearchResult | None:
@@ -141,7 +211,7 @@ class Manifest:
         atomic_write_text(self.path, dumps(self.doc))
 
 
-def new_manifest(path: Path, output_root: Path | None) -> Manifest:
+def new_manifest(path: Path, output_root: Path | None, root_id: str | None = None) -> Manifest:
     stamp = utc_iso(now_utc())
     doc: dict[str, Any] = {
         "schema": SCHEMA,
@@ -151,6 +221,8 @@ def new_manifest(path: Path, output_root: Path | None) -> Manifest:
         "updated_utc": stamp,
         "output_root": str(output_root.resolve()) if output_root is not None else None,
     }
+    if root_id is not None:
+        doc["root_id"] = root_id
     return Manifest(path, doc)
 
 
@@ -162,26 +234,51 @@ def set_search(manifest: Manifest, config: SearchConfig, result: SearchResult) -
     manifest.doc["search"] = {"config": search_config, "result": result.to_dict()}
 
 
-def load_manifest(path: Path) -> Manifest:
-    """Read and check a manifest; every problem is one :class:`ManifestError` line."""
+def load_manifest(path: Path, field: str = "manifest_path") -> Manifest:
+    """Read and check a manifest; every problem is one :class:`ManifestError` line naming ``field`` (the
+    option or config field the path came from)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ManifestError(
-            f"manifest_path: {path} does not exist", hint="give the JSON file written by edown"
+            f"{field}: {path} {_not_a_file(path)}", hint="give the JSON file written by edown"
         )
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"manifest_path: {path} is not valid JSON ({exc})") from None
+        raise ManifestError(f"{field}: {path} is not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise ManifestError(f"{field}: {path} cannot be read ({exc.strerror or exc})") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise ManifestError(
-            f'manifest_path: {path} is not an edown manifest (no "schema": "{SCHEMA}")',
+            f'{field}: {path} is not an edown manifest (no "schema": "{SCHEMA}")',
             hint="was it written by another tool? edown reads only its own manifests",
         )
     version = doc.get("schema_version")
     if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
         raise ManifestError(
-            f"manifest_path: {path} has schema_version {version!r}; this edown reads version {SCHEMA_VERSION}",
+            f"{field}: {path} has schema_version {version!r}; this edown reads version {SCHEMA_VERSION}",
             hint="upgrade edown to read manifests from newer versions",
         )
     return Manifest(path, doc)
+
+
+def _not_a_file(path: Path) -> str:
+    """What ``path`` is, when it is not a regular file (``/dev/null`` exists, but is no manifest)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    for test, kind in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return f"is {kind}, not a manifest file"
+    return "is not a regular file"

@@ -1,4 +1,4 @@
-"""Where outputs live on disk, how partial work is kept, and who may write: paths, chunk store, lock.
+"""Where outputs live on disk and how partial work is kept: paths, names and the chunk store.
 
 Layout under ``output_root``::
 
@@ -6,14 +6,15 @@ Layout under ``output_root``::
     images/<collection>/<image>.tif.partial/       work in progress: one .npy per finished chunk
     stacks/<collection>/<group_id>.zarr            datacubes
     manifests/run-<UTC timestamp>.json             run manifests
-    .edown.lock                                    held by the edown process writing here
+    .edown/                                        lock, marker and journal (:mod:`edown.rootstate`)
 
-Everything appears under its final name only when complete; the temporaries of a killed run are swept
-away by the next run that takes the lock.
+Everything appears under its final name only when complete. Inside these folders edown never follows a
+symbolic link (:func:`edown.rootstate.check_no_links`), and it deletes only what it created.
 
-Ids become file names safely: anything but letters, digits, ``.``, ``_`` and ``-`` is replaced, ``..`` can
-never appear, long names are shortened, and whenever the name had to change a hash of the original id is
-appended, so two ids never share a file and nothing is written outside ``output_root``.
+Ids become file names injectively: a collection id's ``/`` becomes ``.`` (Earth Engine ids never contain
+a dot), and any other id that is not already a plain name (letters, digits, ``_``, ``-``, single dots) is
+cleaned and gets ``~`` plus a hash of the original. Plain names never contain ``~``, so two ids never
+share a file, ``..`` can never appear, and nothing is written outside ``output_root``.
 
 A chunk file appears atomically (written under a temporary name, then renamed): its presence *is* the
 journal entry, so a crash never leaves a chunk that looks finished but is not.
@@ -23,58 +24,56 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
+import logging
 import os
 import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
 import numpy as np
 
-from edown.errors import OutputLockedError
 from edown.grid import Window
+from edown.rootstate import check_no_links
+
+log = logging.getLogger("edown.outputs")
 
 MAX_NAME = 120
+_PLAIN = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def safe_name(text: str) -> str:
     """A file-name component for ``text`` that stays inside its directory and is unique per ``text``."""
-    cleaned = _UNSAFE.sub("_", text).strip("._-") or "_"
-    cleaned = re.sub(r"\.{2,}", ".", cleaned)
-    if cleaned == text and len(cleaned) <= MAX_NAME:
-        return cleaned
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
-    return f"{cleaned[:MAX_NAME]}-{digest}"
+    if _PLAIN.fullmatch(text) and len(text) <= MAX_NAME:
+        return text
+    return _hashed_name(text)
+
+
+def _hashed_name(text: str) -> str:
+    cleaned = re.sub(r"\.{2,}", ".", _UNSAFE.sub("_", text)).strip("._-") or "_"
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return f"{cleaned[:MAX_NAME]}~{digest}"
 
 
 def collection_dir(collection_id: str) -> str:
-    return safe_name(collection_id.replace("/", "_"))
+    """``COPERNICUS/S2_SR_HARMONIZED`` -> ``COPERNICUS.S2_SR_HARMONIZED``; injective for every id."""
+    if "." in collection_id:
+        return _hashed_name(collection_id)  # not a plain Earth Engine id: never equal to a mapped one
+    return safe_name(collection_id.replace("/", "."))
 
 
 def image_tiff_path(output_root: Path, collection_id: str, system_index: str, grid_label: str) -> Path:
     name = safe_name(system_index if not grid_label else f"{system_index}_{grid_label}")
-    path = output_root / "images" / collection_dir(collection_id) / f"{name}.tif"
-    _check_inside(output_root, path)
-    return path
+    return output_root / "images" / collection_dir(collection_id) / f"{name}.tif"
 
 
 def stack_path(output_root: Path, collection_id: str, group_id: str) -> Path:
-    path = output_root / "stacks" / collection_dir(collection_id) / f"{safe_name(group_id)}.zarr"
-    _check_inside(output_root, path)
-    return path
-
-
-def _check_inside(root: Path, path: Path) -> None:
-    resolved_root = root.resolve()
-    if resolved_root not in path.resolve().parents:
-        raise ValueError(f"refusing to write outside {root}: {path}")
+    return output_root / "stacks" / collection_dir(collection_id) / f"{safe_name(group_id)}.zarr"
 
 
 def sidecar_path(tiff: Path) -> Path:
@@ -121,10 +120,19 @@ class PendingChunk:
 
 
 class ChunkStore:
-    """Finished chunks of one image, one ``.npy`` each, named by their window."""
+    """Finished chunks of one image, one ``.npy`` each, named by their window.
 
-    def __init__(self, directory: Path) -> None:
+    The directory lives in edown's own folders under ``root``; every operation first checks that no
+    component below ``root`` is a symbolic link, so a planted link can neither receive chunks nor lose
+    its target's files when the store is cleaned.
+    """
+
+    _CHUNK = re.compile(r"c(-?\d+)_r(-?\d+)_w(\d+)_h(\d+)\.npy")
+    _TEMP = re.compile(r"\.tmp-[A-Za-z0-9_]+\.npy")
+
+    def __init__(self, directory: Path, root: Path) -> None:
         self.directory = directory
+        self.root = root
 
     @staticmethod
     def file_name(window: Window) -> str:
@@ -132,6 +140,10 @@ class ChunkStore:
 
     def path_for(self, window: Window) -> Path:
         return self.directory / self.file_name(window)
+
+    def check(self) -> None:
+        """Refuse a store reached through a symbolic link (bad input: exit 2)."""
+        check_no_links(self.root, self.directory)
 
     def save(self, window: Window, data: np.ndarray) -> Path:
         """Store a chunk atomically (temp name, fsync, rename)."""
@@ -152,21 +164,36 @@ class ChunkStore:
 
     def begin(self, window: Window) -> PendingChunk:
         """A chunk file being written under a temporary name; it appears as ``window``'s chunk on commit."""
+        self.check()
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.check()
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=self.directory)
         return PendingChunk(os.fdopen(fd, "w+b"), Path(tmp), self.path_for(window))
+
+    def _own_files(self) -> list[Path]:
+        """Regular files in the store named as edown names chunks and their temporaries (never links)."""
+        self.check()
+        if not self.directory.is_dir():
+            return []
+        return sorted(
+            path
+            for path in self.directory.iterdir()
+            if (self._CHUNK.fullmatch(path.name) or self._TEMP.fullmatch(path.name))
+            and not path.is_symlink()
+            and path.is_file()
+        )
 
     def existing(self, bands: int, dtype: str, cleanup: bool = True) -> list[StoredChunk]:
         """Chunks already on disk whose header matches the expected shape and dtype.
 
-        With ``cleanup`` unusable files (wrong header, leftover temporaries) are deleted.
+        With ``cleanup`` unusable chunk files and leftover chunk temporaries are deleted.
         """
-        if not self.directory.is_dir():
-            return []
         found = []
-        for path in sorted(self.directory.glob("c*_r*_w*_h*.npy")):
-            m = re.fullmatch(r"c(-?\d+)_r(-?\d+)_w(\d+)_h(\d+)\.npy", path.name)
+        for path in self._own_files():
+            m = self._CHUNK.fullmatch(path.name)
             if not m:
+                if cleanup:
+                    path.unlink(missing_ok=True)
                 continue
             window = Window(*(int(g) for g in m.groups()))
             try:
@@ -178,9 +205,6 @@ class ChunkStore:
                 found.append(StoredChunk(window, path))
             elif cleanup:
                 path.unlink(missing_ok=True)
-        if cleanup:
-            for stale in self.directory.glob(".tmp-*"):
-                stale.unlink(missing_ok=True)
         return found
 
     def load(self, chunk: StoredChunk) -> np.ndarray:
@@ -188,10 +212,15 @@ class ChunkStore:
         return data
 
     def remove(self) -> None:
-        if self.directory.is_dir():
-            for path in self.directory.iterdir():
-                path.unlink(missing_ok=True)
+        """Delete the chunks and the folder; anything else someone put in there is left (with the folder)."""
+        for path in self._own_files():
+            path.unlink(missing_ok=True)
+        try:
             self.directory.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            log.warning("left %s in place: it holds files edown did not write", self.directory)
 
 
 def covered_by(window: Window, chunks: list[StoredChunk]) -> list[StoredChunk] | None:
@@ -206,71 +235,10 @@ def covered_by(window: Window, chunks: list[StoredChunk]) -> list[StoredChunk] |
     return inside
 
 
-# ---- lock -------------------------------------------------------------------------------------------
-
-# What edown itself creates half-made and only renames into place when complete: atomic JSON/GeoTIFF
-# writes (``.<name>.tmp``, ``.<name>.<random>.tmp``) and stores being built or swapped out
-# (``<group>.zarr.tmp-<hex>``, ``<group>.zarr.old-<hex>``). Partial-download directories are not here:
-# they are resume state.
-_TEMPORARY = re.compile(r"^\..+\.tmp$|\.zarr\.(?:tmp|old)-[0-9a-f]{8}$")
+# ---- temporaries --------------------------------------------------------------------------------------
 
 
 def store_temporary(store: Path, kind: Literal["tmp", "old"]) -> Path:
-    """A unique sibling name for ``store`` while it is built (``tmp``) or swapped out (``old``); named
-    here, beside the sweep, so that whatever a killed run leaves is recognised."""
+    """A unique sibling name for ``store`` while it is built (``tmp``) or swapped out (``old``); the name
+    matches what :func:`edown.rootstate.sweep` accepts from the journal."""
     return store.with_name(f"{store.name}.{kind}-{uuid.uuid4().hex[:8]}")
-
-
-def sweep_temporaries(output_root: Path) -> list[Path]:
-    """Remove what a killed edown run left half-made under ``output_root``; return what was removed.
-
-    Only safe while holding the output lock: then no live edown process owns any of these names.
-    """
-    removed = []
-    for dirpath, dirnames, filenames in os.walk(output_root):
-        here = Path(dirpath)
-        for name in [d for d in dirnames if _TEMPORARY.search(d)]:
-            shutil.rmtree(here / name, ignore_errors=True)
-            removed.append(here / name)
-        # Finished stores and partial downloads hold thousands of files and never a temporary of ours.
-        dirnames[:] = [
-            d for d in dirnames if not _TEMPORARY.search(d) and not d.endswith((".zarr", ".partial"))
-        ]
-        for name in filenames:
-            if _TEMPORARY.search(name):
-                (here / name).unlink(missing_ok=True)
-                removed.append(here / name)
-    return removed
-
-
-@contextlib.contextmanager
-def output_lock(output_root: Path, purpose: str) -> Iterator[None]:
-    """Hold ``output_root/.edown.lock`` for the duration; another holder means a clear refusal.
-
-    Taking the lock also sweeps away the temporaries of an earlier run that was killed, so a crash
-    never leaves litter that later runs would not clean.
-    """
-    output_root.mkdir(parents=True, exist_ok=True)
-    lock_path = output_root / ".edown.lock"
-    handle = lock_path.open("a+", encoding="utf-8")
-    try:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise OutputLockedError(
-                f"{output_root} is in use by another edown run ({holder})",
-                hint="wait for it to finish, or give a different --output-root",
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}, {purpose}")
-        handle.flush()
-        sweep_temporaries(output_root)
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            handle.seek(0)
-            handle.truncate()
-        handle.close()

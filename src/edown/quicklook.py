@@ -1,21 +1,28 @@
 """Pictures of what was downloaded: a PNG of one GeoTIFF, or a dated time strip of a datacube.
 
-True colour when the red/green/blue bands can be found by name (S2 ``B4/B3/B2``, Landsat
-``SR_B4/SR_B3/SR_B2``, MODIS ``sur_refl_b01/b04/b03``), else the first three bands (or one band in grey).
-Each channel is stretched between its 2nd and 98th percentiles over the valid pixels (the top capped so
-that clouds do not darken the land); nodata is transparent. Pillow only: no plotting stack needed.
+One band is drawn in grey, three as red, green, blue. Without a choice of bands: true colour when the
+red/green/blue bands can be found by name (S2 ``B4/B3/B2``, Landsat ``SR_B4/SR_B3/SR_B2``, MODIS
+``sur_refl_b01/b04/b03``), else the first three bands; with only two bands (S2 ``B4`` and ``B8``, say) the
+first in grey. Whenever bands were left out the caller is told, in one line, what is drawn and how to
+choose (``notify``). Each channel is stretched between its 2nd and 98th percentiles over the valid pixels
+(the top capped so that clouds do not darken the land); nodata is transparent (PNG alpha). Pillow only:
+no plotting stack needed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edown.errors import ConfigError
+from edown.config import check_parent_folder
+from edown.errors import ConfigError, user_folder
+
+log = logging.getLogger("edown.quicklook")
 
 RGB_NAMES = (
     ("B4", "B3", "B2"),
@@ -25,18 +32,33 @@ RGB_NAMES = (
 )
 
 
-def pick_bands(names: Sequence[str], wanted: Sequence[str] | None) -> list[int]:
-    """Indices of the bands to show: ``wanted`` by name, else true colour, else the first three."""
+def pick_bands(names: Sequence[str], wanted: Sequence[str] | None) -> tuple[list[int], str | None]:
+    """Indices of the bands to draw (one: grey, three: RGB) and, when bands were left out, a one-line
+    notice of what is drawn and how to choose."""
     names = list(names)
     if wanted:
         missing = [w for w in wanted if w not in names]
         if missing:
             raise ConfigError("bands", f"{', '.join(missing)} not in {', '.join(names)}")
-        return [names.index(w) for w in wanted]
-    for trio in RGB_NAMES:
-        if all(n in names for n in trio):
-            return [names.index(n) for n in trio]
-    return list(range(min(3, len(names)))) if len(names) >= 3 else [0]
+        if len(wanted) not in (1, 3):
+            raise ConfigError(
+                "bands",
+                f"{len(wanted)} bands given ({', '.join(wanted)}); a picture takes one (grey) or three (R, G, B)",
+                f"e.g. -b {wanted[0]} for grey, or three -b for red, green, blue",
+            )
+        return [names.index(w) for w in wanted], None
+    choose = "choose with -b BAND (grey) or three -b (R, G, B)"
+    if len(names) == 1:
+        return [0], None
+    if len(names) == 2:
+        return [0], f"{names[0]} drawn in grey (of {', '.join(names)}); {choose}"
+    trio = next((t for t in RGB_NAMES if all(n in names for n in t)), None)
+    picked = [names.index(n) for n in trio] if trio else [0, 1, 2]
+    if len(names) == 3:
+        return picked, None
+    shown = ", ".join(names[i] for i in picked)
+    kind = "true colour" if trio else "the first three"
+    return picked, f"{shown} drawn as red, green, blue ({kind} of {', '.join(names)}); {choose}"
 
 
 def stretch_limits(data: np.ndarray, valid: np.ndarray) -> list[tuple[float, float]]:
@@ -58,7 +80,10 @@ def stretch_limits(data: np.ndarray, valid: np.ndarray) -> list[tuple[float, flo
 def to_rgba(
     data: np.ndarray, valid: np.ndarray, limits: list[tuple[float, float]] | None = None
 ) -> np.ndarray:
-    """(bands, h, w) values -> (h, w, 4) uint8 stretched by ``limits``; invalid pixels transparent."""
+    """(bands, h, w) values -> (h, w, 4) uint8 stretched by ``limits``; invalid pixels transparent.
+
+    One band fills red, green and blue alike (grey); see :func:`to_image` for a grey PNG.
+    """
     limits = limits or stretch_limits(data, valid)
     channels = []
     for band, (lo, hi) in zip(data, limits, strict=True):
@@ -70,6 +95,16 @@ def to_rgba(
     return np.dstack([*channels, alpha])
 
 
+def to_image(data: np.ndarray, valid: np.ndarray, limits: list[tuple[float, float]] | None = None) -> Any:
+    """A PIL image: grey with alpha (``LA``) for one band, ``RGBA`` for three."""
+    from PIL import Image
+
+    rgba = to_rgba(data, valid, limits)
+    if len(data) == 1:
+        return Image.fromarray(np.ascontiguousarray(rgba[..., [0, 3]]), "LA")
+    return Image.fromarray(rgba, "RGBA")
+
+
 def _valid(data: np.ndarray, nodata: float | None) -> np.ndarray:
     if nodata is None:
         return np.ones(data.shape[1:], dtype=bool)
@@ -77,25 +112,35 @@ def _valid(data: np.ndarray, nodata: float | None) -> np.ndarray:
     return ~missing.any(axis=0)
 
 
-def render_geotiff(path: Path, out: Path, bands: Sequence[str] | None = None, max_size: int = 1024) -> Path:
+def render_geotiff(
+    path: Path,
+    out: Path,
+    bands: Sequence[str] | None = None,
+    max_size: int = 1024,
+    notify: Callable[[str], None] | None = None,
+) -> Path:
     """A PNG of one GeoTIFF (decimated to at most ``max_size`` pixels per side)."""
     import rasterio
-    from PIL import Image
 
     with rasterio.open(path) as src:
-        idx = pick_bands([d or f"band{i + 1}" for i, d in enumerate(src.descriptions)], bands)
+        idx, notice = pick_bands([d or f"band{i + 1}" for i, d in enumerate(src.descriptions)], bands)
         factor = max(1, int(np.ceil(max(src.width, src.height) / max_size)))
         shape = (len(idx), max(1, src.height // factor), max(1, src.width // factor))
         data = src.read([i + 1 for i in idx], out_shape=shape)
         nodata = src.nodata
-    image = Image.fromarray(to_rgba(data, _valid(data, nodata)), "RGBA")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out)
+    _tell(notice, notify)
+    image = to_image(data, _valid(data, nodata))
+    _save(image, out)
     return out
 
 
 def render_stack(
-    path: Path, out: Path, bands: Sequence[str] | None = None, max_frames: int = 12, thumb: int = 256
+    path: Path,
+    out: Path,
+    bands: Sequence[str] | None = None,
+    max_frames: int = 12,
+    thumb: int = 256,
+    notify: Callable[[str], None] | None = None,
 ) -> Path:
     """A time strip of a datacube: one thumbnail per time step (at most ``max_frames``), dated."""
     from PIL import Image, ImageDraw
@@ -104,7 +149,8 @@ def render_stack(
 
     ds = open_stack(path)
     data_var = ds["data"]
-    idx = pick_bands([str(b) for b in ds.band.values], bands)
+    idx, notice = pick_bands([str(b) for b in ds.band.values], bands)
+    _tell(notice, notify)
     times = ds.time.values
     picks = np.unique(np.linspace(0, len(times) - 1, num=min(max_frames, len(times))).round().astype(int))
     nodata = data_var.attrs.get("_FillValue")
@@ -116,20 +162,36 @@ def render_stack(
     everything = np.concatenate(cubes, axis=2)
     limits = stretch_limits(everything, _valid(everything, fill))
     frames = [
-        (times[t], to_rgba(cube, _valid(cube, fill), limits)) for t, cube in zip(picks, cubes, strict=True)
+        (times[t], to_image(cube, _valid(cube, fill), limits)) for t, cube in zip(picks, cubes, strict=True)
     ]
-    height, width = frames[0][1].shape[:2]
+    width, height = frames[0][1].size
     label = 16
-    strip = Image.new("RGBA", (len(frames) * (width + 4) + 4, height + label + 8), (255, 255, 255, 255))
+    mode = frames[0][1].mode
+    strip = Image.new(mode, (len(frames) * (width + 4) + 4, height + label + 8), "white")
     draw = ImageDraw.Draw(strip)
-    for i, (stamp, rgba) in enumerate(frames):
+    for i, (stamp, tile) in enumerate(frames):
         x = 4 + i * (width + 4)
-        tile = Image.fromarray(rgba, "RGBA")
         strip.paste(tile, (x, 4), tile)
-        draw.text((x, height + 6), _date(stamp), fill=(0, 0, 0, 255))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    strip.save(out)
+        draw.text((x, height + 6), _date(stamp), fill="black")
+    _save(strip, out)
     return out
+
+
+def _save(image: Any, out: Path) -> None:
+    """Write the PNG (:func:`render` has refused a missing folder the user named; the demo's own
+    ``quicklooks`` folder is made here)."""
+    with user_folder(out.parent, "quicklook folder", "--output"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        image.save(out)
+
+
+def _tell(notice: str | None, notify: Callable[[str], None] | None) -> None:
+    if notice is None:
+        return
+    if notify is None:
+        log.info("quicklook: %s", notice)
+    else:
+        notify(notice)
 
 
 def _date(stamp: Any) -> str:
@@ -137,11 +199,22 @@ def _date(stamp: Any) -> str:
     return dt.datetime.fromtimestamp(millis / 1000, tz=dt.timezone.utc).strftime("%Y-%m-%d")
 
 
-def render(path: Path, out: Path | None = None, bands: Sequence[str] | None = None) -> Path:
-    """A PNG of a GeoTIFF or a Zarr datacube, next to it unless ``out`` is given."""
+def render(
+    path: Path,
+    out: Path | None = None,
+    bands: Sequence[str] | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> Path:
+    """A PNG of a GeoTIFF or a Zarr datacube, next to it unless ``out`` is given.
+
+    ``out`` must be in an existing folder (a missing one is more likely a typo than a wish).
+    ``notify`` receives the one-line notice when bands are left out (else it is logged).
+    """
     path = Path(path)
+    if out is not None:
+        check_parent_folder(Path(out), "output")
     if path.suffix.lower() in (".tif", ".tiff") and path.is_file():
-        return render_geotiff(path, out or path.with_suffix(".png"), bands)
+        return render_geotiff(path, out or path.with_suffix(".png"), bands, notify=notify)
     if path.suffix == ".zarr" and path.is_dir():
-        return render_stack(path, out or path.with_name(path.stem + ".png"), bands)
+        return render_stack(path, out or path.with_name(path.stem + ".png"), bands, notify=notify)
     raise ConfigError("path", f"{path} is neither a GeoTIFF nor a .zarr datacube")

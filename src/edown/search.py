@@ -14,6 +14,8 @@ image on the finest selected grid and lets Earth Engine resample the coarser ban
 from __future__ import annotations
 
 import datetime as dt
+import difflib
+import itertools
 import logging
 import time
 from collections import OrderedDict
@@ -31,6 +33,8 @@ from edown.records import AlignmentGroup, ImageRecord, SearchResult, parse_utc
 log = logging.getLogger("edown.search")
 
 PLUGIN_BATCH = 25
+#: Images looked at to list a collection's property names when a filtered search finds nothing.
+PROPERTY_PROBE = 50
 
 
 def search_images(config: SearchConfig) -> SearchResult:
@@ -51,7 +55,7 @@ def search_images(config: SearchConfig) -> SearchResult:
     records, warnings = _build_records(
         config, assets, band_lists, transformed=plugin is not None or bool(config.scale_map)
     )
-    groups = _alignment_groups(records)
+    groups = alignment_groups(records)
     selected = list(OrderedDict.fromkeys(b for r in records for b in r.selected_band_ids))
     names = list(OrderedDict.fromkeys(n for r in records for n in r.output_band_names))
     return SearchResult(
@@ -91,6 +95,8 @@ def _discover(
             policy,
         )
     )
+    if not assets and filters:
+        _check_filtered_properties(conn, config, policy)
     if not assets:
         parts = [
             f"no images in {config.collection_id} from {config.start_date} to {config.end_date} (inclusive)",
@@ -105,6 +111,40 @@ def _discover(
     if config.max_images is not None:
         assets = assets[: config.max_images]
     return assets
+
+
+def _check_filtered_properties(
+    conn: earthengine.Connection, config: SearchConfig, policy: earthengine.RetryPolicy
+) -> None:
+    """After a filtered search found nothing, look at one unfiltered page (one request, only then): a
+    filter on a property that none of those images has is a typo, not an empty result."""
+    images = list(
+        itertools.islice(
+            earthengine.list_images(
+                conn,
+                config.collection_id,
+                date_filter(config),
+                config.aoi.geometry,
+                [],
+                policy,
+                page_size=PROPERTY_PROBE,
+            ),
+            PROPERTY_PROBE,
+        )
+    )
+    if not images:
+        return
+    known = sorted({name for image in images for name in (image.get("properties") or {})})
+    unknown = [f.name for f in config.parsed_property_filters if f.name not in known]
+    if unknown:
+        guesses = [g for name in unknown for g in difflib.get_close_matches(name, known, n=1)]
+        raise ConfigError(
+            "property_filters",
+            f"no image of {config.collection_id} in these dates and AOI has {', '.join(repr(n) for n in unknown)}"
+            + (f" (did you mean {', '.join(repr(g) for g in guesses)}?)" if guesses else "")
+            + f"; they have: {', '.join(known) or 'no properties'}",
+            "property names are case-sensitive",
+        )
 
 
 def _describe_plain(assets: list[dict[str, Any]]) -> list[list[BandMeta]]:
@@ -247,7 +287,9 @@ def _version(asset: dict[str, Any]) -> int | None:
     return round(parse_utc(stamp).timestamp() * 1_000_000) if stamp else None
 
 
-def _alignment_groups(records: list[ImageRecord]) -> list[AlignmentGroup]:
+def alignment_groups(records: list[ImageRecord]) -> list[AlignmentGroup]:
+    """Records on one grid with the same bands and dtype, each group on the common grid of its members'
+    AOI windows; also used to regroup the records of several manifests stacked together."""
     by_sig: OrderedDict[str, list[ImageRecord]] = OrderedDict()
     for record in records:
         if record.outside_aoi or record.missing_bands:

@@ -37,7 +37,7 @@ import shutil
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -46,12 +46,15 @@ import numpy as np
 
 from edown.config import StackConfig
 from edown.crs import crs_wkt
-from edown.errors import DiskFullError, EdownError, StackError, is_disk_full
+from edown.errors import DiskFullError, EdownError, ManifestError, StackError, UnsafePathError, is_disk_full
+from edown.geotiff import GTIFF_ONLY
 from edown.grid import Transform, offset_in
 from edown.manifest import Manifest, config_to_dict, load_manifest
-from edown.outputs import output_lock, stack_path, store_temporary
+from edown.outputs import stack_path, store_temporary
 from edown.progress import Counters, Reporter
 from edown.records import AlignmentGroup, DownloadResult, ImageRecord, StackResult, utc_iso
+from edown.rootstate import check_no_links, journalled, locked_root
+from edown.search import alignment_groups
 
 log = logging.getLogger("edown.stack")
 
@@ -86,7 +89,10 @@ def write_time_slice(task: SliceTask) -> dict[str, float]:
     array = zarr.open_array(task.store, path="data", mode="r+")
     fill = np.array(task.nodata, dtype=task.dtype)
     with rasterio.Env(GDAL_CACHEMAX=64), contextlib.ExitStack() as stack:
-        sources = [(stack.enter_context(rasterio.open(path)), dc, dr) for path, dc, dr in task.sources]
+        sources = [
+            (stack.enter_context(rasterio.open(path, driver=GTIFF_ONLY)), dc, dr)
+            for path, dc, dr in task.sources
+        ]
         for cy in range(0, task.height, task.chunk):
             for cx in range(0, task.width, task.chunk):
                 h = min(task.chunk, task.height - cy)
@@ -296,38 +302,34 @@ def _executor(
 
 
 def stack_images(config: StackConfig) -> list[StackResult]:
-    """Build (or extend) one Zarr datacube per alignment group of a download manifest."""
+    """Build (or extend) one Zarr datacube per alignment group of one or several download manifests."""
     _require_zarr3()
-    manifest = load_manifest(config.manifest_path)
-    search = manifest.search
-    if search is None:
-        raise StackError(
-            f"manifest_path: {config.manifest_path} has no search section", hint="give a download manifest"
-        )
-    downloads = manifest.download_results
-    if not downloads:
-        raise StackError(
-            f"manifest_path: {config.manifest_path} records no downloads",
-            hint="run `edown download` first and stack the manifest it writes",
-        )
-    output_root = config.output_root or manifest.output_root
+    sources = _merge(config)
+    manifest = sources.newest
+    output_root = config.output_root or sources.output_root
+    records = {r.record_key: r for r in sources.records}
     available = {
         r.record_key: r
-        for r in downloads
-        if r.status in ("downloaded", "skipped_existing") and r.tiff_path is not None and r.tiff_path.exists()
+        for r in sources.downloads
+        if r.status in ("downloaded", "skipped_existing")
+        and r.tiff_path is not None
+        and r.tiff_path.is_file()
     }
-    records = {r.record_key: r for r in search.images}
     results: list[StackResult] = []
-    with output_lock(output_root, f"stack of {config.manifest_path.name}"):
-        for group in search.alignment_groups:
+    purpose = f"stack of {manifest.path.name}" + (
+        f" and {len(sources.paths) - 1} more manifest(s)" if len(sources.paths) > 1 else ""
+    )
+    with locked_root(output_root, purpose, ("stacks",)):
+        for group in sources.groups:
             members = [(records[k], available[k]) for k in group.record_keys if k in available]
-            target = stack_path(output_root, search.collection_id, group.group_id)
+            target = stack_path(output_root, sources.collection_id, group.group_id)
+            check_no_links(output_root.absolute(), target.absolute())
             if not members:
                 results.append(StackResult(group.group_id, 0, None, "no downloaded images in this group"))
                 continue
             try:
                 results.append(
-                    _stack_group(config, search.collection_id, group, members, target, output_root, manifest)
+                    _stack_group(config, sources.collection_id, group, members, target, output_root, manifest)
                 )
             except (StackError, OSError, RuntimeError, ValueError) as exc:
                 log.exception("stacking group %s failed", group.group_id)
@@ -336,8 +338,129 @@ def stack_images(config: StackConfig) -> list[StackResult]:
                     failure.message if isinstance(failure, EdownError) else f"{type(exc).__name__}: {exc}"
                 )
                 results.append(StackResult(group.group_id, 0, None, None, error=message))
-        _record(manifest, config, results, output_root)
+        _record(manifest, config, results, output_root, sources.paths)
     return results
+
+
+# ---- which manifests ------------------------------------------------------------------------------------
+
+
+def manifest_files(paths: Iterable[Path]) -> list[Path]:
+    """The manifest files named by ``paths``: files as they are, a folder as all its ``run-*.json``.
+
+    Each file appears once, in the order given (a folder's files by name, i.e. by start time).
+    """
+    found: OrderedDict[Path, None] = OrderedDict()
+    for path in paths:
+        path = Path(path).expanduser()
+        if path.is_dir():
+            runs = sorted(path.glob("run-*.json"))
+            if not runs:
+                raise StackError(
+                    f"manifest_path: {path} is a folder without run-*.json manifests",
+                    hint="give the manifests folder of an output root (OUTPUT_ROOT/manifests) or a manifest file",
+                )
+            found.update((run.resolve(), None) for run in runs)
+        else:
+            found[path.resolve() if path.exists() else path] = None
+    return list(found)
+
+
+def latest_manifest(output_root: Path) -> Path:
+    """The manifest of the newest download into ``output_root`` (by the time it started)."""
+    folder = Path(output_root).expanduser() / "manifests"
+    runs = sorted(folder.glob("run-*.json")) if folder.is_dir() else []
+    if not runs:
+        raise StackError(
+            f"manifest_path: latest: no run-*.json manifest in {folder}",
+            hint="download into that output root first, or give --output-root where you downloaded",
+        )
+    return max((load_manifest(p) for p in runs), key=_recency).path
+
+
+def _recency(manifest: Manifest) -> tuple[str, str]:
+    started = (manifest.doc.get("download") or {}).get("started_utc") or manifest.doc.get("created_utc")
+    return (str(started or ""), manifest.path.name)
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """What several manifests say together: an image in several is taken from the newest."""
+
+    paths: tuple[Path, ...]
+    newest: Manifest
+    collection_id: str
+    output_root: Path
+    records: tuple[ImageRecord, ...]
+    downloads: tuple[DownloadResult, ...]
+    groups: tuple[AlignmentGroup, ...]
+
+
+def _merge(config: StackConfig) -> _Sources:
+    manifests = sorted(
+        (_download_manifest(p) for p in manifest_files((config.manifest_path, *config.manifest_paths))),
+        key=_recency,
+    )
+    newest = manifests[-1]
+    searches = [m.search for m in manifests]
+    collections = sorted({s.collection_id for s in searches if s is not None})
+    if len(collections) > 1:
+        raise StackError(
+            f"manifest_path: the manifests are of different collections ({', '.join(collections)})",
+            hint="stack each collection's manifests separately",
+        )
+    # A manifest's root is used only where edown made it (rootstate.trusted_root); the GeoTIFFs are read
+    # from there, and the datacubes go to the root the user names, else to that same root.
+    sources = [_source_root(m, config.output_root) for m in manifests]
+    roots = sorted({str(r) for r in sources})
+    if len(roots) > 1 and config.output_root is None:
+        raise StackError(
+            f"manifest_path: the manifests come from different output roots ({', '.join(roots)})",
+            hint="give --output-root / output_root for the datacubes, or stack each root separately",
+        )
+    records: OrderedDict[str, ImageRecord] = OrderedDict()
+    downloads: dict[str, DownloadResult] = {}
+    for manifest, search, root in zip(manifests, searches, sources, strict=True):
+        assert search is not None
+        records.update((r.record_key, r) for r in search.images)
+        downloads.update((r.record_key, r) for r in manifest.downloads_in(root))
+    if len(manifests) == 1:
+        assert searches[0] is not None
+        groups = searches[0].alignment_groups
+    else:
+        ordered = sorted(records.values(), key=lambda r: (r.acquisition_time_utc, r.image_id))
+        groups = tuple(alignment_groups(ordered))
+    return _Sources(
+        paths=tuple(m.path for m in manifests),
+        newest=newest,
+        collection_id=collections[0],
+        output_root=sources[-1],
+        records=tuple(records.values()),
+        downloads=tuple(downloads.values()),
+        groups=groups,
+    )
+
+
+def _source_root(manifest: Manifest, named: Path | None) -> Path:
+    """Where ``manifest``'s GeoTIFFs are: its own root if edown can trust it, else the root the user named."""
+    if named is None:
+        return manifest.trusted_root()
+    try:
+        return manifest.trusted_root()
+    except (UnsafePathError, ManifestError):
+        return named
+
+
+def _download_manifest(path: Path) -> Manifest:
+    manifest = load_manifest(path)
+    if manifest.search is None:
+        raise StackError(f"manifest_path: {path} has no search section", hint="give a download manifest")
+    if not (manifest.doc.get("download") or {}).get("results"):
+        raise StackError(
+            f"manifest_path: {path} records no downloads",
+            hint="run `edown download` first and stack the manifest it writes",
+        )
+    return manifest
 
 
 def _require_zarr3() -> None:
@@ -381,14 +504,15 @@ def _stack_group(
     ds = _template(group, steps, nodata, config.chunk_size, attrs)
     tmp = store_temporary(target, "tmp")
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        _to_zarr(ds, tmp, config.chunk_size)
-        tasks = _tasks(str(tmp), group, steps, 0, nodata, config.chunk_size)
-        _run(config, tasks, log_dir)
-        _replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with journalled(tmp, "dir"):
+        try:
+            _to_zarr(ds, tmp, config.chunk_size)
+            tasks = _tasks(str(tmp), group, steps, 0, nodata, config.chunk_size)
+            _run(config, tasks, log_dir)
+            _replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return StackResult(
         group.group_id,
         len(steps),
@@ -480,12 +604,13 @@ def _consolidate(path: Path) -> None:
 
 def _replace(tmp: Path, target: Path) -> None:
     """Swap ``tmp`` into ``target``: an existing store is moved aside first and deleted after."""
-    old = None
-    if target.exists():
-        old = store_temporary(target, "old")
+    if not target.exists():
+        tmp.rename(target)
+        return
+    old = store_temporary(target, "old")
+    with journalled(old, "dir"):
         target.rename(old)
-    tmp.rename(target)
-    if old is not None:
+        tmp.rename(target)
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -581,9 +706,16 @@ def _append(
     )
 
 
-def _record(manifest: Manifest, config: StackConfig, results: list[StackResult], output_root: Path) -> None:
+def _record(
+    manifest: Manifest,
+    config: StackConfig,
+    results: list[StackResult],
+    output_root: Path,
+    sources: tuple[Path, ...],
+) -> None:
     manifest.doc["stack"] = {
         "config": config_to_dict(config),
+        "manifests": [str(p) for p in sources],
         "finished_utc": utc_iso(_now()),
         "results": [r.to_dict(output_root) for r in results],
     }
