@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 
 from edown import StackConfig, download_images, search_images, stack_images
-from edown.download import decode_npy
 from edown.emulator import serve
 from edown.emulator.server import Emulator
 from edown.errors import OutputLockedError, UnsafePathError
 from edown.grid import Window
 from edown.manifest import load_manifest, new_manifest, set_search
-from edown.outputs import image_tiff_path, partial_dir
+from edown.outputs import ChunkStore, image_tiff_path, partial_dir
 from edown.rootstate import journalled, locked_root
+from edown.writer import ChunkSink
 from tests.helpers import check_all_exact, config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -340,15 +340,17 @@ def test_a_refused_second_run_leaves_the_first_runs_chunks(ee_emulator: Emulator
 # ---- 8: NPY bodies in Fortran order -----------------------------------------------------------------------
 
 
-def test_decode_honours_fortran_order() -> None:
+def test_decode_honours_fortran_order(tmp_path: Path) -> None:
     window = Window(0, 0, 5, 3)
     values = np.arange(15, dtype=np.uint16).reshape(3, 5)
     structured = np.zeros((3, 5), dtype=[("B4", "<u2")])
     structured["B4"] = values
-    for array in (structured, np.asfortranarray(structured)):
+    for i, array in enumerate((structured, np.asfortranarray(structured))):
         buffer = io.BytesIO()
         np.save(buffer, array)
-        decoded = decode_npy(buffer.getvalue(), ("B4",), "uint16", window, None)
+        sink = ChunkSink(ChunkStore(tmp_path / str(i), tmp_path), window, ("B4",), "uint16", None)
+        sink.write(buffer.getvalue())
+        decoded = np.load(sink.commit())
         np.testing.assert_array_equal(decoded[0], values)
 
 

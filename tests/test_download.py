@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -18,10 +19,12 @@ import rasterio
 from edown import AOI, download_images, search_images
 from edown.emulator import EmulatorConfig, FaultPlan, FaultRule, Latency, Limits, serve
 from edown.emulator.server import Emulator
-from edown.errors import ConfigError, OutputExistsError, OutputLockedError
+from edown.errors import ConfigError, EarthEngineError, OutputExistsError, OutputLockedError
+from edown.grid import Window
 from edown.manifest import load_manifest
-from edown.outputs import collection_dir, image_tiff_path, safe_name
+from edown.outputs import ChunkStore, collection_dir, image_tiff_path, safe_name
 from edown.rootstate import locked_root
+from edown.writer import ChunkSink
 from tests.helpers import check_all_exact, config
 
 S2 = "COPERNICUS/S2_SR_HARMONIZED"
@@ -221,6 +224,95 @@ def test_auto_chunks_never_exceed_the_limit_counting_the_mask_byte(
     assert len({g["width"] for g in grids if g["width"] % 256}) <= 1
     assert len({g["height"] for g in grids if g["height"] % 256}) <= 1
     assert {r["status"] for r in log if r["kind"] == "computePixels"} == {200}
+
+
+def test_the_plan_learns_an_endpoint_slower_than_its_defaults_and_fetches_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    # The planner starts from 0.25 s + 40 MB/s per request; this endpoint takes 0.6 s + 4 MB/s.
+    slow = Latency(base_seconds=0.6, bandwidth_bytes_per_second=4e6)
+    with serve(EmulatorConfig(latency=slow)) as emu:
+        summary = download_images(
+            config(emu, tmp_path, bands=("B4",), end_date="2024-07-05", max_concurrent_requests=2)
+        )
+        check_all_exact(emu, summary)
+        log = [r for r in emu.stats(include_log=True)["log"] if r["kind"] == "computePixels"]
+    learned = summary.stats["planner"]
+    assert learned["responses_measured"] == len(log) and learned["replans"] >= 1
+    # What the endpoint really took (the emulator's model, or its own compute time when that is longer,
+    # as on a busy machine) is what the learned model must predict; the defaults would say ~0.3 s.
+    served = [r["finished"] - r["started"] for r in log]
+    predicted = [
+        learned["latency_seconds"] + r["bytes_out"] / (learned["bandwidth_mb_per_s"] * 1e6) for r in log
+    ]
+    assert sum(predicted) == pytest.approx(sum(served), rel=0.2)
+    assert min(served) >= 0.6 + 2e6 / 4e6 * 0.9 and learned["latency_seconds"] > 2 * 0.25
+    # Re-planning re-cut only chunks not yet sent: every chunk was requested exactly once.
+    assert len(log) == sum(r.chunk_count for r in summary.results) == summary.stats["requests"]
+    windows = [
+        (r["asset"], tuple(r["grid"]["transform"]), r["grid"]["width"], r["grid"]["height"]) for r in log
+    ]
+    assert len(set(windows)) == len(windows)
+
+
+def test_a_default_run_with_enough_work_keeps_the_concurrency_quota_full(tmp_path: Path) -> None:
+    # max_inflight_chunks (32) bounds bytes queued for the writer, not requests: 40 run at once.
+    with serve(EmulatorConfig(latency=Latency(base_seconds=0.5))) as emu:
+        summary = download_images(
+            config(
+                emu, tmp_path, bands=("B4",), end_date="2024-06-10", chunk_size=128, chunk_size_mode="fixed"
+            )
+        )
+        check_all_exact(emu, summary)
+        stats = emu.stats()
+    assert sum(r.chunk_count for r in summary.results) > 40
+    assert stats["max_concurrency"] == 40 and summary.stats["peak_inflight"] == 40
+
+
+def npy_body(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def test_a_streamed_body_becomes_a_band_major_chunk_in_small_pieces(tmp_path: Path) -> None:
+    window = Window(10, 20, 300, 7)
+    records = np.zeros((7, 300), dtype=[("B8", "<f4"), ("B4", "<f4")])
+    records["B4"] = np.arange(2100, dtype=np.float32).reshape(7, 300)
+    records["B8"] = -records["B4"]
+    records["B4"][3, 5] = np.finfo(np.float32).min  # Earth Engine's fill for "no data" when nodata is NaN
+    body = npy_body(records)
+    for order in ("C", "F"):
+        data = body if order == "C" else npy_body(np.asfortranarray(records))
+        sink = ChunkSink(
+            ChunkStore(tmp_path / order, tmp_path), window, ("B4", "B8"), "float32", float(np.finfo("f4").min)
+        )
+        for i in range(0, len(data), 1000):  # as the transport hands it over
+            sink.write(data[i : i + 1000])
+        chunk = np.load(sink.commit())
+        assert chunk.shape == (2, 7, 300) and chunk.dtype == np.float32
+        assert np.isnan(chunk[0, 3, 5]) and np.isnan(chunk).sum() == 1
+        expected = records["B4"].copy()
+        expected[3, 5] = np.nan
+        np.testing.assert_array_equal(chunk[0], expected)
+        np.testing.assert_array_equal(chunk[1], records["B8"])
+
+
+def test_a_short_or_unexpected_body_leaves_no_chunk(tmp_path: Path) -> None:
+    window = Window(0, 0, 40, 30)
+    store = ChunkStore(tmp_path / "store", tmp_path)
+    body = npy_body(np.zeros((30, 40), dtype=[("B4", "<u2")]))
+    short = ChunkSink(store, window, ("B4",), "uint16", None)
+    short.write(body[:-10])
+    with pytest.raises(EarthEngineError, match="truncated") as info:
+        short.commit()
+    assert info.value.transient
+    wrong_type = ChunkSink(store, window, ("B4",), "int16", None)
+    with pytest.raises(EarthEngineError, match="as uint16, expected int16") as info:
+        wrong_type.write(body)
+    assert not info.value.transient
+    wrong_type.abort()
+    assert list(store.directory.iterdir()) == []
 
 
 # ---- Earth Engine misbehaving -------------------------------------------------------------------------

@@ -3,16 +3,21 @@
 The run has three stages:
 
 1. **Plan** (``prepare_workers`` threads): for every search record decide its output path and status
-   (missing bands, outside the AOI, existing output), cut its AOI window into chunks that Earth Engine
-   accepts (:func:`edown.grid.plan_chunks`), and find chunks already stored by an interrupted run.
-2. **Fetch** (up to ``max_inflight_chunks`` requests in flight, paced by the connection's
-   :class:`~edown.earthengine.RequestPacer` to the project's quotas): one shared priority queue holds the
-   chunks of *all* images, oldest image first, so the quota stays busy and images finish in order. A
-   request Earth Engine refuses as too large is split in two and requeued; transient failures are retried
-   with backoff; any other error fails that image at once with Earth Engine's message.
-3. **Write** (``download_workers`` threads): each chunk is stored atomically as soon as it arrives; when
-   an image's last chunk lands its GeoTIFF is assembled, verified and renamed into place, with a JSON
-   sidecar. Chunks of an interrupted image stay on disk, so the next run fetches only what is missing.
+   (missing bands, outside the AOI, existing output), and find chunks already stored by an interrupted
+   run. ``auto`` chunks are cut for the whole run at once by the cost model of :mod:`edown.plan` (the
+   fewest, largest requests that still keep the quota busy, within Earth Engine's limits); ``fixed``
+   chunks by :func:`edown.grid.plan_chunks`.
+2. **Fetch** (:mod:`edown.scheduler`; ``max_concurrent_requests`` threads, paced by the connection's
+   :class:`~edown.earthengine.RequestPacer` to the project's quotas): one queue holds the chunks of *all*
+   images, oldest image first, so the quota stays busy and images finish in order. Each response streams
+   straight into its chunk file; ``max_inflight_chunks`` bounds the bytes in flight or waiting for the
+   writer (that many requests of the largest size), not the requests. The measured latency and bandwidth
+   re-cut the chunks not yet sent. A request Earth Engine refuses as too large is split in two and
+   requeued; transient failures are retried with backoff; any other error fails that image at once.
+3. **Write** (:mod:`edown.writer`, ``download_workers`` threads): when an image's last chunk is stored
+   its GeoTIFF is assembled, verified and renamed into place, with a JSON sidecar (one at a time while
+   responses still arrive). Chunks of an interrupted image stay on disk, so the next run fetches only
+   what is missing.
 
 Nodata: Earth Engine serves masked pixels as zeros, which are valid values, so each request asks for
 ``unmask(fill, sameFootprint=False)``: pixels without data arrive as ``nodata`` (default: NaN for floats,
@@ -22,12 +27,8 @@ the dtype's maximum for integers).
 from __future__ import annotations
 
 import datetime as dt
-import io
-import itertools
-import json
 import logging
 import math
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -44,16 +45,13 @@ from edown.config import DownloadConfig, SearchConfig
 from edown.errors import (
     ConfigError,
     DiskFullError,
-    EarthEngineError,
     EdownError,
     OutputExistsError,
-    RequestTooLargeError,
     is_disk_full,
 )
-from edown.geotiff import OutputSpec, describe, tags_for, write_geotiff
-from edown.grid import Window, plan_chunks, request_bytes, split_in_two, target_chunk_bytes
+from edown.geotiff import OutputSpec, describe, tags_for
+from edown.grid import Window, plan_chunks, request_bytes
 from edown.manifest import (
-    atomic_write_text,
     config_to_dict,
     load_manifest,
     new_manifest,
@@ -66,19 +64,18 @@ from edown.outputs import (
     covered_by,
     image_tiff_path,
     partial_dir,
-    sidecar_path,
 )
+from edown.plan import Area, CostModel, plan_requests
 from edown.plugins import bind, load_plugin
 from edown.progress import Counters, Reporter
 from edown.records import DownloadResult, DownloadSummary, ImageRecord, SearchResult, utc_iso
 from edown.rootstate import check_no_links, locked_root
+from edown.scheduler import Fetcher, FetchQueue
 from edown.search import search_images
+from edown.writer import ByteBudget, ChunkWriter
 
 log = logging.getLogger("edown.download")
 
-#: What a dry run assumes a request costs on Earth Engine's high-volume endpoint (see the protocol notes).
-ASSUMED_LATENCY_S = 0.3
-ASSUMED_BANDWIDTH_BPS = 2 * 1024 * 1024
 MANIFEST_EVERY_S = 5.0
 
 
@@ -153,6 +150,7 @@ class Plan:
     jobs: list[ImageJob]
     skipped: list[DownloadResult]
     order: list[str]  # record keys in search order, for the results
+    model: CostModel = field(default_factory=CostModel)
 
     def totals(self) -> dict[str, Any]:
         chunks = [w for j in self.jobs for w in j.chunks]
@@ -184,13 +182,8 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
     """Decide every record's fate and chunking without fetching anything."""
     plugin = load_plugin(config.transform_plugin) if config.transform_plugin else None
     records = list(search.images)
-    downloadable = [r for r in records if not r.missing_bands and not r.outside_aoi]
-    run_bytes = sum(
-        request_bytes(r.aoi_window.pixels, len(r.output_band_names), np.dtype(r.output_dtype).itemsize)
-        for r in downloadable
-    )
-    concurrency = min(config.max_inflight_chunks, config.max_concurrent_requests)
-    target = target_chunk_bytes(run_bytes, concurrency, config.request_byte_limit)
+    model = run_cost_model(config)
+    planned = _planned_chunks(config, records, model)
     existing_conflicts: list[Path] = []
     root = config.output_root.absolute()
 
@@ -244,15 +237,16 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
             else:
                 existing_conflicts.append(tiff)
                 return _skipped(record, "failed", None, "output exists")
-        chunks = plan_chunks(
-            window,
-            len(names),
-            np.dtype(dtype).itemsize,
-            config.request_byte_limit,
-            chunk_size=config.chunk_size,
-            mode=config.chunk_size_mode,
-            target_bytes=target,
-        )
+        chunks = planned.get(index)
+        if chunks is None:
+            chunks = plan_chunks(
+                window,
+                len(names),
+                np.dtype(dtype).itemsize,
+                config.request_byte_limit,
+                chunk_size=config.chunk_size,
+                mode=config.chunk_size_mode,
+            )
         reuse = config.resume and not config.overwrite
         stored = store.existing(len(names), dtype, cleanup=not config.dry_run) if reuse else []
         job = ImageJob(index, record, tiff, spec, store, chunks, stored, nodata)
@@ -277,7 +271,33 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
         )
     jobs = [p for p in prepared if isinstance(p, ImageJob)]
     skipped = [p for p in prepared if isinstance(p, DownloadResult)]
-    return Plan(jobs, skipped, [r.record_key for r in records])
+    return Plan(jobs, skipped, [r.record_key for r in records], model)
+
+
+def run_cost_model(config: DownloadConfig) -> CostModel:
+    """The cost model a run starts from: documented defaults under the run's own quotas."""
+    return CostModel(
+        requests_per_second=config.max_requests_per_second, concurrency=config.max_concurrent_requests
+    )
+
+
+def _area(record: ImageRecord) -> Area:
+    return Area(record.aoi_window, len(record.output_band_names), np.dtype(record.output_dtype).itemsize)
+
+
+def _planned_chunks(
+    config: DownloadConfig, records: list[ImageRecord], model: CostModel
+) -> dict[int, list[Window]]:
+    """The ``auto`` cut of every downloadable record by the cost model, for the whole run at once
+    (``fixed`` chunks, or ``auto`` with a ``chunk_size`` cap, are cut per image by :func:`plan_chunks`)."""
+    if config.chunk_size_mode != "auto" or config.chunk_size is not None:
+        return {}
+    areas = {
+        i: _area(r)
+        for i, r in enumerate(records)
+        if not r.missing_bands and not r.outside_aoi and not r.aoi_window.is_empty
+    }
+    return plan_requests(areas, model, config.request_byte_limit)
 
 
 def metadata_from_record(record: ImageRecord) -> dict[str, Any]:
@@ -337,55 +357,10 @@ def _existing_mismatch(tiff: Path, spec: OutputSpec) -> str | None:
 # ---- fetch + write ------------------------------------------------------------------------------------
 
 
-def decode_npy(
-    data: bytes, names: tuple[str, ...], dtype: str, window: Window, nan_fill: float | None
-) -> np.ndarray:
-    """The (bands, height, width) array of an NPY response; a short or malformed body is a transient error.
-
-    The structured array is a zero-copy view of the response bytes: one copy (into the band-major
-    output) per chunk instead of three, which matters with 40 large chunks in flight.
-    """
-    try:
-        header = io.BytesIO(data[:65536])
-        version = np.lib.format.read_magic(header)
-        reader = (
-            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran_order, field_types = reader(header)
-        count = math.prod(shape)
-        offset = header.tell()
-        if len(data) - offset < count * field_types.itemsize:
-            raise ValueError(f"{len(data) - offset} data bytes for {count} x {field_types.itemsize}")
-        # Earth Engine sends C order; a Fortran-ordered body is still valid NPY and must not be transposed.
-        arr = np.frombuffer(data, dtype=field_types, count=count, offset=offset).reshape(
-            shape, order="F" if fortran_order else "C"
-        )
-    except (ValueError, EOFError, OSError) as exc:
-        raise EarthEngineError(
-            f"truncated or corrupt NPY response ({len(data)} bytes): {exc}", transient=True
-        ) from None
-    if arr.shape != (window.height, window.width) or arr.dtype.names is None:
-        raise EarthEngineError(
-            f"NPY response has shape {arr.shape}, expected {(window.height, window.width)}", transient=True
-        )
-    missing = [n for n in names if n not in arr.dtype.names]
-    if missing:
-        raise EarthEngineError(f"NPY response lacks band(s) {missing}; got {list(arr.dtype.names)}")
-    out = np.empty((len(names), window.height, window.width), dtype=dtype)
-    for i, name in enumerate(names):
-        field_dtype = arr.dtype[name]
-        if field_dtype != out.dtype:
-            raise EarthEngineError(
-                f"Earth Engine returned band {name} as {field_dtype}, expected {out.dtype}"
-            )
-        out[i] = arr[name]
-    if nan_fill is not None:
-        out[out == nan_fill] = np.nan
-    return out
-
-
 class _Run:
-    """The shared fetch/write machinery of one download run."""
+    """One download run's threads: fetchers (:class:`~edown.scheduler.Fetcher`) feed the writer
+    (:class:`~edown.writer.ChunkWriter`); this class only reconciles stored chunks, starts and stops them,
+    and waits until every image has an outcome."""
 
     def __init__(
         self,
@@ -394,88 +369,115 @@ class _Run:
         jobs: list[ImageJob],
         counters: Counters,
         on_image_done: Callable[[], None],
+        model: CostModel | None = None,
     ) -> None:
         self.config = config
         self.conn = conn
         self.jobs = jobs
         self.counters = counters
         self.on_image_done = on_image_done
+        self.model = model or run_cost_model(config)
         self.policy = earthengine.RetryPolicy(
             max_retries=config.max_retries, base_delay=config.retry_delay_seconds
         )
-        self.tasks: queue.PriorityQueue[tuple[int, int, int, Window]] = queue.PriorityQueue()
-        self.writes: queue.Queue[tuple[ImageJob, Window, np.ndarray] | None] = queue.Queue(
-            maxsize=2 * config.download_workers
-        )
         self.stop = threading.Event()
-        self.seq = itertools.count()
         self.remaining = 0
         self.done_cond = threading.Condition()
         self.jobs_by_index = {j.index: j for j in jobs}
+        #: Bytes of responses in flight or waiting to be stored (``max_inflight_chunks`` of the largest size).
+        self.budget = ByteBudget(config.max_inflight_chunks * config.request_byte_limit)
+        self.queue: FetchQueue | None = None
         #: Set when writing can no longer succeed (a full disk): the run stops and this is raised.
         self.fatal: EdownError | None = None
 
     # -- lifecycle --
     def run(self) -> None:
         reuse = self.config.resume and not self.config.overwrite
+        todo: dict[int, list[Window]] = {}
         for job in self.jobs:
             if not reuse:
                 job.store.remove()
                 job.stored = []
-            todo = []
-            for window in job.chunks:
-                if covered_by(window, job.stored) is None:
-                    todo.append(window)
+            todo[job.index] = [w for w in job.chunks if covered_by(w, job.stored) is None]
             # Stored pieces that do not tile a planned chunk (a different chunking) cannot be reused.
             keep = {c.path for w in job.chunks if (cov := covered_by(w, job.stored)) for c in cov}
             for chunk in job.stored:
                 if chunk.path not in keep:
                     chunk.path.unlink(missing_ok=True)
             job.stored = [c for c in job.stored if c.path in keep]
-            job.outstanding = len(todo)
-            for window in todo:
-                self.tasks.put((job.index, next(self.seq), 0, window))
+            job.outstanding = len(todo[job.index])
         self.remaining = len(self.jobs)
         self.counters.add(chunks_done=sum(len(j.chunks) - j.outstanding for j in self.jobs))
-        fetchers = [
-            threading.Thread(target=self._fetch_loop, name=f"edown-fetch-{i}", daemon=True)
-            for i in range(self.config.max_inflight_chunks)
-        ]
-        writers = [
-            threading.Thread(target=self._write_loop, name=f"edown-write-{i}", daemon=True)
-            for i in range(self.config.download_workers)
-        ]
+        self.queue = FetchQueue(
+            {j.index: _area(j.record) for j in self.jobs},
+            todo,
+            self.model,
+            self.config.request_byte_limit,
+            learn=self.config.chunk_size_mode == "auto" and self.config.chunk_size is None,
+            on_replan=self._replanned,
+        )
+        writer = ChunkWriter(
+            self.config.download_workers, self.counters, self.budget, self._finish, self._disk_full
+        )
+        fetcher = Fetcher(
+            self.config.max_concurrent_requests,
+            self.conn,
+            self.policy,
+            self.queue,
+            self.budget,
+            writer,
+            self.jobs_by_index,
+            self.counters,
+            self._finish,
+            self.stop,
+        )
         # Decided before any thread starts: once fetching begins, an image can reach zero outstanding
         # chunks on its own, and must then not be assembled a second time from here.
         complete_already = [job for job in self.jobs if job.outstanding == 0]
-        for t in (*fetchers, *writers):
-            t.start()
+        writer.start()
+        fetcher.start()
         try:
             for job in complete_already:
-                self._put_write((job, Window(0, 0, 0, 0), np.empty(0)))  # assemble from stored chunks
+                writer.assemble_later(job)
             with self.done_cond:
                 while self.remaining > 0 and self.fatal is None:
-                    self.done_cond.wait(timeout=0.5)
+                    self.done_cond.wait(timeout=0.1)
+                    if self.queue.empty and self.budget.used == 0:
+                        writer.fetching_done()
         except KeyboardInterrupt:
             self.stop.set()
             raise
         finally:
             self.stop.set()
-            for _ in writers:
-                self._put_write(None, force=True)
-            for t in fetchers:
-                t.join(timeout=2)
-            for t in writers:
-                t.join(timeout=60)
+            self.queue.close()
+            fetcher.join(timeout=2)
+            writer.stop(timeout=60)
 
-    def _put_write(self, item: tuple[ImageJob, Window, np.ndarray] | None, force: bool = False) -> None:
-        while True:
-            try:
-                self.writes.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                if self.stop.is_set() and not force:
-                    raise InterruptedError("stopping") from None
+    def planner_stats(self) -> dict[str, Any]:
+        """What the planner learned: the cost model the responses imply and how often it re-cut unsent
+        chunks."""
+        model = self.queue.learned() if self.queue is not None else self.model
+        return {
+            "latency_seconds": round(model.latency_seconds, 3),
+            "bandwidth_mb_per_s": round(model.bandwidth_bytes_per_second / 1e6, 2),
+            "responses_measured": self.queue.learner.count if self.queue is not None else 0,
+            "replans": self.queue.replans if self.queue is not None else 0,
+            "peak_queued_mb": round(self.budget.peak / 1e6, 1),
+        }
+
+    def _replanned(self, index: int, removed: list[Window], added: list[Window]) -> None:
+        job = self.jobs_by_index[index]
+        gone = set(removed)
+        with job.lock:
+            job.chunks = [c for c in job.chunks if c not in gone] + added
+            job.outstanding += len(added) - len(removed)
+        self.counters.add(chunks_total=len(added) - len(removed))
+
+    def _disk_full(self) -> None:
+        self.fatal = DiskFullError(str(self.config.output_root))
+        self.stop.set()
+        with self.done_cond:
+            self.done_cond.notify_all()
 
     def _finish(self, job: ImageJob, status: str, error: str | None = None) -> None:
         with job.lock:
@@ -492,141 +494,6 @@ class _Run:
             self.remaining -= 1
             self.done_cond.notify_all()
         self.on_image_done()
-
-    # -- fetchers --
-    def _fetch_loop(self) -> None:
-        while not self.stop.is_set():
-            try:
-                _, _, attempt, window = item = self.tasks.get(timeout=0.25)
-            except queue.Empty:
-                continue
-            job = self.jobs_by_index[item[0]]
-            if job.status is not None:
-                continue
-            try:
-                data = self._fetch(job, window)
-            except InterruptedError:
-                return
-            except RequestTooLargeError as err:
-                halves = split_in_two(window)
-                if len(halves) == 1:
-                    self._finish(job, "failed", f"Earth Engine refused even a 1-pixel request: {err.message}")
-                    continue
-                with job.lock:
-                    job.chunks = [c for c in job.chunks if c != window] + halves
-                    job.outstanding += 1
-                self.counters.add(chunks_total=1)
-                log.info("split %s of %s after: %s", window, job.record.record_key, err.message)
-                for half in halves:
-                    self.tasks.put((job.index, next(self.seq), attempt + 1, half))
-                continue
-            except EarthEngineError as err:
-                self._finish(job, "failed", err.message)
-                continue
-            except Exception as exc:  # a bug or an unexpected library error: fail this image, keep going
-                log.exception("unexpected error fetching %s", job.record.record_key)
-                self._finish(job, "failed", f"{type(exc).__name__}: {exc}")
-                continue
-            try:
-                self._put_write((job, window, data))
-            except InterruptedError:
-                return
-
-    def _fetch(self, job: ImageJob, window: Window) -> np.ndarray:
-        grid = job.record.grid.to_request(window)
-        nan_fill = fill_value(job.spec.dtype, job.nodata) if job.nodata != job.nodata else None
-        sizes = {"bytes": 0}
-
-        def attempt() -> np.ndarray:
-            with job.lock:
-                job.requests += 1
-                if job.started is None:
-                    job.started = time.monotonic()
-            raw = earthengine.compute_pixels_npy(self.conn, job.expression, grid)
-            sizes["bytes"] = len(raw)
-            return decode_npy(raw, job.spec.band_names, job.spec.dtype, window, nan_fill)
-
-        def on_retry(err: EarthEngineError) -> None:
-            with job.lock:
-                job.retries += 1
-            self.counters.add(retries=1, throttled=1 if err.status == 429 else 0)
-
-        data = earthengine.call(self.conn, attempt, self.policy, stop=self.stop, on_retry=on_retry)
-        with job.lock:
-            job.bytes += sizes["bytes"]
-            job.fetched += 1
-        self.counters.add(bytes=sizes["bytes"])
-        return data
-
-    # -- writers --
-    def _write_loop(self) -> None:
-        while True:
-            item = self.writes.get()
-            if item is None:
-                return
-            job, window, data = item
-            if job.status is not None:
-                continue
-            try:
-                if not window.is_empty:
-                    stored = StoredChunk(window, job.store.save(window, data))
-                    with job.lock:
-                        job.stored.append(stored)
-                        job.outstanding -= 1
-                        complete = job.outstanding == 0
-                    self.counters.add(chunks_done=1)
-                else:
-                    complete = True
-                if complete:
-                    self._assemble(job)
-            except Exception as exc:
-                if is_disk_full(exc):
-                    self.fatal = DiskFullError(str(self.config.output_root))
-                    self.stop.set()
-                    with self.done_cond:
-                        self.done_cond.notify_all()
-                    self._finish(job, "failed", "no space left on device (run again to resume)")
-                    continue
-                log.exception("writing %s failed", job.record.record_key)
-                self._finish(job, "failed", f"writing the output failed: {type(exc).__name__}: {exc}")
-
-    def _assemble(self, job: ImageJob) -> None:
-        pieces: list[StoredChunk] = []
-        for window in job.chunks:
-            cover = covered_by(window, job.stored)
-            if cover is None:
-                raise RuntimeError(f"chunk {window} of {job.record.record_key} is missing at assembly")
-            pieces.extend(cover)
-        origin = job.record.aoi_window
-        _write_sidecar(job)
-        write_geotiff(job.tiff, job.spec, job.store, pieces, origin)
-        job.store.remove()
-        self._finish(job, "downloaded")
-
-
-def _write_sidecar(job: ImageJob) -> None:
-    record = job.record
-    doc = {
-        "image_id": record.image_id,
-        "collection_id": record.collection_id,
-        "version": record.version,
-        "acquisition_time_utc": utc_iso(record.acquisition_time_utc),
-        "band_names": list(job.spec.band_names),
-        "source_bands": [b for b in record.selected_band_ids if b not in record.missing_bands],
-        "dtype": job.spec.dtype,
-        "nodata": "nan" if job.nodata != job.nodata else job.nodata,
-        "crs": record.native_crs,
-        "transform": list(job.spec.transform),
-        "width": job.spec.width,
-        "height": job.spec.height,
-        "native_window": list(record.window),
-        "alignment_signature": record.alignment_signature,
-        "grid_label": record.grid_label,
-        "properties": record.properties,
-        "footprint": record.footprint,
-        "chunks": len(job.chunks),
-    }
-    atomic_write_text(sidecar_path(job.tiff), json.dumps(doc, indent=1, default=str) + "\n")
 
 
 # ---- orchestration ------------------------------------------------------------------------------------
@@ -712,6 +579,7 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
         base = config.output_root
         last_write = [0.0]
         write_lock = threading.Lock()
+        runs: list[_Run] = []
 
         def results_now() -> list[DownloadResult]:
             by_key = {r.record_key: r for r in plan.skipped}
@@ -727,7 +595,7 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
                 if not final and now - last_write[0] < MANIFEST_EVERY_S:
                     return
                 last_write[0] = now
-                stats = _stats(conn, before, counters, plan, time.monotonic() - started)
+                stats = _stats(conn, before, counters, plan, time.monotonic() - started, runs)
                 manifest.doc["download"] = _download_section(
                     config,
                     started_wall,
@@ -754,7 +622,8 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
             if is_disk_full(exc):
                 raise DiskFullError(str(config.output_root)) from None
             raise
-        run = _Run(config, conn, plan.jobs, counters, progress_manifest)
+        run = _Run(config, conn, plan.jobs, counters, progress_manifest, plan.model)
+        runs.append(run)
         interrupted = False
         try:
             with Reporter(counters, "download", enabled=config.progress):
@@ -780,12 +649,17 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
         search=search,
         plan=plan.totals(),
         elapsed_seconds=time.monotonic() - started,
-        stats=_stats(conn, before, counters, plan, time.monotonic() - started),
+        stats=_stats(conn, before, counters, plan, time.monotonic() - started, runs),
     )
 
 
 def _stats(
-    conn: earthengine.Connection, before: dict[str, Any], counters: Counters, plan: Plan, elapsed: float
+    conn: earthengine.Connection,
+    before: dict[str, Any],
+    counters: Counters,
+    plan: Plan,
+    elapsed: float,
+    runs: list[_Run],
 ) -> dict[str, Any]:
     pacer = conn.pacer.snapshot()
     snap = counters.snapshot()
@@ -800,6 +674,7 @@ def _stats(
         "megapixels_per_second": round(pixels / 1e6 / elapsed, 3) if elapsed else None,
         "peak_inflight": pacer["peak_inflight"],
         "concurrency_window": pacer["window"],
+        "planner": runs[0].planner_stats() if runs else None,
     }
 
 
@@ -807,22 +682,18 @@ def _dry_run_summary(
     config: DownloadConfig, search: SearchResult, plan: Plan, manifest_path: Path, elapsed: float
 ) -> DownloadSummary:
     totals = plan.totals()
-    concurrency = min(config.max_inflight_chunks, config.max_concurrent_requests)
-    per_request = [
-        ASSUMED_LATENCY_S
-        + request_bytes(w.pixels, len(j.spec.band_names), np.dtype(j.spec.dtype).itemsize)
-        / ASSUMED_BANDWIDTH_BPS
+    model = plan.model
+    sizes = [
+        w.pixels * len(j.spec.band_names) * np.dtype(j.spec.dtype).itemsize
         for j in plan.jobs
         for w in _missing(j)
     ]
-    busy = sum(per_request) / concurrency if per_request else 0.0
-    paced = len(per_request) / config.max_requests_per_second
     totals.update(
         {
-            "concurrency": concurrency,
-            "estimated_seconds": round(max(busy, paced), 1),
-            "assumptions": f"{ASSUMED_LATENCY_S} s + bytes at {ASSUMED_BANDWIDTH_BPS / 2**20:.0f} MiB/s per request, "
-            f"{concurrency} concurrent, <= {config.max_requests_per_second:g} requests/s",
+            "concurrency": model.concurrency,
+            "estimated_seconds": round(model.makespan(sizes), 1),
+            "assumptions": f"{model.latency_seconds:g} s + bytes at {model.bandwidth_bytes_per_second / 1e6:g} MB/s "
+            f"per request, {model.concurrency} concurrent, <= {model.requests_per_second:g} requests/s",
         }
     )
     results = [*plan.skipped, *(j.result("planned", None) for j in plan.jobs)]
