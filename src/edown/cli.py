@@ -411,7 +411,8 @@ def download_options(func: F) -> F:
             type=int,
             default=32,
             show_default=True,
-            help="Chunk requests in flight at once.",
+            help="Bound on response bytes in flight or queued for the writer, in largest-size requests "
+            "(requests in flight follow --max-concurrent-requests).",
         ),
         click.option(
             "--max-retries",
