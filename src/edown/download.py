@@ -15,7 +15,7 @@ The run has three stages:
    re-cut the chunks not yet sent. A request Earth Engine refuses as too large is split in two and
    requeued; transient failures are retried with backoff; any other error fails that image at once.
 3. **Write** (:mod:`edown.writer`, ``download_workers`` threads): when an image's last chunk is stored
-   its GeoTIFF is assembled, verified and renamed into place, with a JSON sidecar (one at a time while
+   its GeoTIFF is assembled, verified and renamed into place, with a JSON sidecar (two at a time while
    responses still arrive). Chunks of an interrupted image stay on disk, so the next run fetches only
    what is missing.
 

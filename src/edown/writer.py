@@ -234,9 +234,9 @@ class ChunkWriter:
         self.on_disk_full = on_disk_full
         self.queue: queue.Queue[tuple[ImageJob, Window, Path | None, int] | None] = queue.Queue()
         self.workers = workers
-        #: GeoTIFFs assembled at once: one while responses still arrive (compressing competes with
+        #: GeoTIFFs assembled at once: two while responses still arrive (compressing competes with
         #: receiving them for the CPU, and the quota is the scarce resource), every worker after.
-        self.assembly_limit = 1
+        self.assembly_limit = 2
         self._assembling = 0
         self._assembly = threading.Condition()
         self.threads = [
