@@ -490,6 +490,7 @@ def _stack_group(
     nodata = _common_nodata(members)
     pairs = [(record, result.tiff_path) for record, result in members if result.tiff_path is not None]
     log_dir = output_root / "stacks" / ".slurm-logs"
+    check_no_links(output_root, log_dir)
     if target.exists() and not config.overwrite:
         return _append(config, group, pairs, target, nodata, log_dir, started)
     steps = _time_steps(pairs)
