@@ -45,6 +45,7 @@ from shapely.geometry import Polygon, box
 from shapely.geometry.base import BaseGeometry
 
 from edown.crs import resolve_crs
+from edown.emulator.budget import charge
 from edown.emulator.model import BandInfo, Footprint, Grid, ImageAsset, PixelType
 
 DAY_MS = 86_400_000
@@ -415,6 +416,7 @@ class Sentinel2(SyntheticCollection):
         out = []
         for k in range(k_lo, k_hi + 1):
             for j in range(j_lo, j_hi + 1):
+                charge()  # a query over the whole world looks at thousands of tiles
                 tile = MgrsTile(zone, north, k, j)
                 _, clat = tile.center_lonlat
                 if not -56.0 <= clat <= 84.0 or not _square_in_zone(tile, zlon0):
@@ -435,6 +437,7 @@ class Sentinel2(SyntheticCollection):
             phase = _s2_phase(tile)
             first = days.start + ((phase - days.start) % self.revisit_days)
             for day in range(first, days.stop, self.revisit_days):
+                charge()
                 asset = self._asset(tile, day)
                 if self.in_time(asset, start_ms, end_ms):
                     found.append(asset)
@@ -635,6 +638,7 @@ class Landsat(SyntheticCollection):
             phase = (path * 7 + self.cycle_offset) % self.repeat_days
             first = days.start + ((phase - days.start) % self.repeat_days)
             for day in range(first, days.stop, self.repeat_days):
+                charge()
                 asset = _landsat_asset(self.id, self.prefix, self.spacecraft, path, row, day)
                 if self.in_time(asset, start_ms, end_ms) and (
                     region is None or asset.footprint.lonlat.intersects(region)
@@ -789,6 +793,7 @@ class DailyGlobal(SyntheticCollection):
         if region is not None and not self.footprint_polygon.intersects(region):
             return
         for day in days:
+            charge()
             asset = self._asset(day)
             if self.in_time(asset, start_ms, end_ms):
                 yield asset

@@ -16,6 +16,7 @@ from typing import Any
 
 from edown.crs import crs_is_geographic
 from edown.emulator import images as im
+from edown.emulator.budget import charge
 from edown.emulator.catalog import AssetNotFoundError, Catalog
 from edown.emulator.images import EEImage, EvaluationError
 from edown.emulator.values import (
@@ -71,22 +72,34 @@ class Evaluator:
         return _Run(self, values).ref(result, None)
 
 
+class _Scope:
+    """The arguments of one call of a client-side function, and the values already evaluated in it.
+
+    Within one call a value reference always means the same value, so it is evaluated once, as EE does;
+    re-evaluating each use would double the work per level of sharing (``n.add(n)``).
+    """
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        self.args = args
+        self.memo: dict[str, Any] = {}
+
+
 class _Run:
     def __init__(self, evaluator: Evaluator, values: dict[str, Any]) -> None:
         self.evaluator = evaluator
         self.values = values
         self.memo: dict[str, Any] = {}
 
-    def ref(self, key: str, scope: dict[str, Any] | None) -> Any:
+    def ref(self, key: str, scope: _Scope | None) -> Any:
         if key not in self.values:
             raise EvaluationError(f"Invalid expression: unknown value reference '{key}'.")
-        if scope is None:
-            if key not in self.memo:
-                self.memo[key] = self.node(self.values[key], None)
-            return self.memo[key]
-        return self.node(self.values[key], scope)
+        memo = self.memo if scope is None else scope.memo
+        if key not in memo:
+            memo[key] = self.node(self.values[key], scope)
+        return memo[key]
 
-    def node(self, node: Any, scope: dict[str, Any] | None) -> Any:
+    def node(self, node: Any, scope: _Scope | None) -> Any:
+        charge()
         if not isinstance(node, dict) or len(node) != 1:
             raise EvaluationError(f"Invalid expression node: {str(node)[:80]}")
         kind, body = next(iter(node.items()))
@@ -101,9 +114,9 @@ class _Run:
         if kind == "valueReference":
             return self.ref(body, scope)
         if kind == "argumentReference":
-            if scope is None or body not in scope:
+            if scope is None or body not in scope.args:
                 raise EvaluationError(f"Invalid expression: unbound argument '{body}'.")
-            return scope[body]
+            return scope.args[body]
         if kind == "bytesValue":
             return base64.b64decode(body)
         if kind == "functionDefinitionValue":
@@ -112,18 +125,18 @@ class _Run:
             return self.invoke(body, scope)
         raise EvaluationError(f"Invalid expression: unknown node kind '{kind}'.")
 
-    def define(self, body: dict[str, Any], scope: dict[str, Any] | None) -> EEFunction:
+    def define(self, body: dict[str, Any], scope: _Scope | None) -> EEFunction:
         names = tuple(body.get("argumentNames", []))
         result_key = body["body"]
 
         def call(args: dict[str, Any]) -> Any:
-            inner = dict(scope or {})
+            inner = dict(scope.args) if scope is not None else {}
             inner.update(args)
-            return self.ref(result_key, inner)
+            return self.ref(result_key, _Scope(inner))
 
         return EEFunction(names, call)
 
-    def invoke(self, body: dict[str, Any], scope: dict[str, Any] | None) -> Any:
+    def invoke(self, body: dict[str, Any], scope: _Scope | None) -> Any:
         args = {k: self.node(v, scope) for k, v in body.get("arguments", {}).items()}
         if "functionReference" in body:
             target = self.ref(body["functionReference"], scope)

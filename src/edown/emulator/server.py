@@ -4,12 +4,20 @@ Served on loopback over HTTP/1.1 with keep-alive and TCP_NODELAY (without it eve
 of Nagle plus delayed ACK). Errors use Google's JSON error body, so the client raises the same
 ``EEException`` it would against Earth Engine; the emulator never answers 401 (the client would try to
 refresh the token and fail outside ``EEException``).
+
+No client can knock it over: bodies are capped (413) and need a valid ``Content-Length`` (400); a
+connection must finish its headers and body within deadlines (not merely keep dribbling bytes), and at
+most ``max_connections`` are held at once; every evaluation runs under a step and time budget
+(:mod:`edown.emulator.budget`). It has no authentication, so it warns when bound beyond loopback and then
+refuses its ``/_emulator/*`` control calls to other machines unless told otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import ipaddress
 import json
 import logging
 import re
@@ -40,6 +48,7 @@ from edown.emulator.behaviour import (
     Limits,
     RequestRecord,
 )
+from edown.emulator.budget import BudgetExceededError, enforce
 from edown.emulator.catalog import AssetNotFoundError, Catalog, CatalogError
 from edown.emulator.discovery import algorithm_names, algorithms_document, discovery_document
 from edown.emulator.expressions import Evaluator
@@ -66,6 +75,8 @@ class ApiError(Exception):
         400: "INVALID_ARGUMENT",
         403: "PERMISSION_DENIED",
         404: "NOT_FOUND",
+        408: "DEADLINE_EXCEEDED",
+        413: "INVALID_ARGUMENT",
         429: "RESOURCE_EXHAUSTED",
         500: "INTERNAL",
         503: "UNAVAILABLE",
@@ -99,6 +110,23 @@ class EmulatorConfig:
     #: Memoise pixel responses up to this many MiB (0: off). Latency and faults still apply; only the CPU
     #: of computing pixels is saved, so that a benchmark's repeated runs measure the client.
     response_cache_mb: int = 0
+    #: Largest request body accepted (Earth Engine's own payload limit, 10 MiB); larger ones get 413.
+    max_body_bytes: int = 10 * 1024 * 1024
+    #: Seconds a kept-alive connection may wait for its next request before it is closed.
+    idle_timeout_seconds: float = 60.0
+    #: Seconds from a request's first byte to the end of its headers (a deadline, not a per-read timeout).
+    header_timeout_seconds: float = 10.0
+    #: Seconds to receive a request body once its headers are in (also bounds sending one response).
+    body_timeout_seconds: float = 60.0
+    #: Connections held at once; more are answered 503 and closed at once.
+    max_connections: int = 256
+    #: Accept ``/_emulator/*`` control calls from non-loopback clients (only relevant off loopback).
+    allow_remote_control: bool = False
+
+    @property
+    def loopback_only(self) -> bool:
+        """True when the listening address is reachable from this machine only."""
+        return _is_loopback(self.host)
 
 
 @dataclass
@@ -110,14 +138,101 @@ class _Outcome:
     fault: FaultRule | None = None
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+_BUSY = json.dumps(
+    {
+        "error": {
+            "code": 503,
+            "message": "The edown emulator is at its connection limit.",
+            "status": "UNAVAILABLE",
+        }
+    }
+).encode()
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     block_on_close = False
+    # socketserver's default backlog of 5 drops bursts of connections (clients then wait 1 s to retry).
+    request_queue_size = 128
 
     def __init__(self, addr: tuple[str, int], emulator: Emulator) -> None:
         self.emulator = emulator
+        self.connections = 0
+        self._connections_lock = threading.Lock()
+        if ":" in addr[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(addr, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            admitted = self.connections < self.emulator.config.max_connections
+            if admitted:
+                self.connections += 1
+        if admitted:
+            super().process_request(request, client_address)
+            return
+        # Answered from the accepting thread, so it must never block: a full send buffer just drops it.
+        with contextlib.suppress(OSError):
+            request.setblocking(False)
+            request.send(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=UTF-8\r\n"
+                + f"Content-Length: {len(_BUSY)}\r\nConnection: close\r\n\r\n".encode()
+                + _BUSY
+            )
+        self.shutdown_request(request)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._connections_lock:
+                self.connections -= 1
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket reader with a deadline for a whole phase (headers, body), not just for each read.
+
+    A per-read timeout is defeated by a client that sends one byte just before it expires; a deadline is
+    not. ``arm(first, then)`` allows ``first`` seconds until any byte arrives, then ``then`` seconds more.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.deadline = float("inf")
+        self.after_first_byte: float | None = None
+        self.phase = "request"
+
+    def arm(self, seconds: float, then: float | None = None, phase: str = "request") -> None:
+        self.deadline = time.monotonic() + seconds
+        self.after_first_byte = then
+        self.phase = phase
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"{self.phase} deadline passed")
+        self.sock.settimeout(remaining)
+        count = self.sock.recv_into(buffer)
+        if count and self.after_first_byte is not None:
+            self.deadline = time.monotonic() + self.after_first_byte
+            self.after_first_byte = None
+        return count
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -125,9 +240,65 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: _Server
 
+    def setup(self) -> None:
+        super().setup()
+        self.reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self.reader, 65536)
+
+    def handle_one_request(self) -> None:
+        config = self.server.emulator.config
+        self.reader.arm(config.idle_timeout_seconds, then=config.header_timeout_seconds)
+        super().handle_one_request()
+
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.emulator.config.log_requests:
             log.info("%s - %s", self.address_string(), format % args)
+
+    def log_error(self, format: str, *args: Any) -> None:
+        # Timeouts and malformed requests from clients are routine for a server; never a traceback.
+        log.debug("%s - %s", self.address_string(), format % args)
+
+    def read_body(self) -> bytes:
+        """The request body, refusing what cannot be read safely: no or a bad length, too big, too slow."""
+        config = self.server.emulator.config
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise ApiError(
+                400, "A request body needs a Content-Length header (chunked bodies are not accepted)."
+            )
+        declared = self.headers.get_all("Content-Length") or []
+        if not declared:
+            return b""
+        if len(set(declared)) != 1 or not declared[0].strip().isdigit():
+            self.close_connection = True
+            raise ApiError(400, f"Invalid Content-Length header: {', '.join(declared)!r}.")
+        length = int(declared[0])
+        if length > config.max_body_bytes:
+            self.close_connection = True
+            raise ApiError(
+                413,
+                f"Request payload size exceeds the limit: {config.max_body_bytes} bytes "
+                f"(the edown emulator's EmulatorConfig.max_body_bytes; this request declares {length}).",
+            )
+        if not length:
+            return b""
+        self.reader.arm(config.body_timeout_seconds, phase="body")
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            raise ApiError(
+                408,
+                f"The request body did not arrive within {config.body_timeout_seconds:g} s "
+                "(the edown emulator's EmulatorConfig.body_timeout_seconds).",
+            ) from None
+        if len(body) != length:
+            self.close_connection = True
+            raise ApiError(400, f"The request body ended after {len(body)} of {length} bytes.")
+        return body
+
+    def client_is_local(self) -> bool:
+        return _is_loopback(str(self.client_address[0]))
 
     def do_GET(self) -> None:
         self.server.emulator.handle(self, "GET")
@@ -145,6 +316,8 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> None:
         if fault is not None and fault.kind == "short_body":
             body = body[: max(1, int(len(body) * fault.fraction))]
+        # A reader that stops reading must not hold the thread forever either.
+        self.connection.settimeout(self.server.emulator.config.body_timeout_seconds)
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -194,18 +367,39 @@ class Emulator:
         if self._server is None:
             raise RuntimeError("emulator not started")
         host, port = self._server.server_address[:2]
-        return f"http://{host if isinstance(host, str) else host.decode()}:{port}"
+        host = host if isinstance(host, str) else host.decode()
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def open_connections(self) -> int:
+        """Connections being served right now (kept-alive ones included)."""
+        return self._server.connections if self._server is not None else 0
+
+    def _bind(self) -> _Server:
+        discovery_document()  # fail fast (and pay the parse once) if the ee package lacks the files
+        server = _Server((self.config.host, self.config.port), self)
+        if not self.config.loopback_only:
+            port = server.server_address[1]
+            log.warning(
+                "the edown emulator listens on %s:%s, beyond loopback: anyone who can reach it can use it (it "
+                "has no authentication). Control calls (/_emulator/*) are %s. Use --host 127.0.0.1 unless other "
+                "machines must reach it.",
+                self.config.host,
+                port,
+                "allowed from other machines"
+                if self.config.allow_remote_control
+                else "refused from other machines (--allow-remote-control allows them)",
+            )
+        return server
 
     def start(self) -> str:
-        discovery_document()  # fail fast (and pay the parse once) if the ee package lacks the files
-        self._server = _Server((self.config.host, self.config.port), self)
+        """Bind and serve on a background thread; ``OSError`` (e.g. ``EADDRINUSE``) if the port is taken."""
+        self._server = self._bind()
         self._thread = threading.Thread(target=self._server.serve_forever, name="edown-emulator", daemon=True)
         self._thread.start()
         return self.url
 
     def serve_forever(self) -> None:
-        discovery_document()
-        self._server = _Server((self.config.host, self.config.port), self)
+        self._server = self._bind()
         try:
             self._server.serve_forever()
         finally:
@@ -246,8 +440,12 @@ class Emulator:
         parts = urlsplit(req.path)
         path = unquote(parts.path)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        length = int(req.headers.get("Content-Length") or 0)
-        raw_body = req.rfile.read(length) if length else b""
+        try:
+            raw_body = req.read_body()
+        except ApiError as err:
+            with contextlib.suppress(OSError):
+                req.send_body(err.code, err.body(), "application/json; charset=UTF-8")
+            return
         kind, project, asset = self._classify(method, path, req)
         admitted = False
         rec = RequestRecord(
@@ -274,6 +472,13 @@ class Emulator:
             None,
         )
         try:
+            if kind == "control" and not (self.config.allow_remote_control or req.client_is_local()):
+                raise ApiError(
+                    403,
+                    "The edown emulator accepts /_emulator/ control calls from loopback clients only; start it "
+                    f"with --allow-remote-control (EmulatorConfig.allow_remote_control=True) to accept them from "
+                    f"{req.client_address[0]}.",
+                )
             self._check_project(kind, project)
             refusal = self.behaviour.admit(kind, project or "")
             if refusal is not None:
@@ -302,8 +507,8 @@ class Emulator:
             self.behaviour.record(rec)
         try:
             req.send_body(*response)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            req.close_connection = True
         finally:
             if admitted:
                 self.behaviour.release(kind, project or "")
@@ -380,21 +585,23 @@ class Emulator:
             if kind == "unknown":
                 raise ApiError(404, f"The requested URL {path} was not found on this server.")
             body = _json_body(raw) if method == "POST" else {}
-            if kind == "compute":
-                return self._compute(body)
-            if kind == "computePixels":
-                return self._pixels(kind, None, body, rec)
-            assert asset is not None
-            asset_id = _asset_id(asset)
-            if kind == "getAsset":
-                return self._get_asset(asset_id)
-            if kind == "listAssets":
-                return self._list_assets(asset_id, query)
-            if kind == "getPixels":
-                return self._pixels(kind, asset_id, body, rec)
+            limits = self.config.limits
+            with enforce(limits.max_evaluation_nodes, limits.max_evaluation_seconds):
+                if kind == "compute":
+                    return self._compute(body)
+                if kind == "computePixels":
+                    return self._pixels(kind, None, body, rec)
+                assert asset is not None
+                asset_id = _asset_id(asset)
+                if kind == "getAsset":
+                    return self._get_asset(asset_id)
+                if kind == "listAssets":
+                    return self._list_assets(asset_id, query)
+                if kind == "getPixels":
+                    return self._pixels(kind, asset_id, body, rec)
         except AssetNotFoundError as exc:
             raise ApiError(404, str(exc)) from None
-        except (CatalogError, EvaluationError, FilterSyntaxError, CRSError) as exc:
+        except (CatalogError, EvaluationError, FilterSyntaxError, CRSError, BudgetExceededError) as exc:
             raise ApiError(400, str(exc)) from None
         except ApiError:
             raise

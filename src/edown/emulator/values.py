@@ -19,6 +19,7 @@ from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box, shap
 from shapely.geometry.base import BaseGeometry
 
 from edown.crs import resolve_crs, same_crs
+from edown.emulator.budget import charge
 from edown.emulator.catalog import Catalog
 from edown.emulator.images import EEImage, EvaluationError, load_image
 from edown.emulator.model import mapping_json, parse_rfc3339
@@ -445,10 +446,14 @@ class EECollection:
             leading = leading.meet(arg.bounds())
         items: list[Any]
         if self.source is not None:
-            assets = self.catalog.query(self.source, leading.start, leading.end, leading.region)
-            items = [load_image(a) for a in assets]
+            items = []
+            # Charged one by one: a query without a region enumerates the whole world, slowly.
+            for asset in self.catalog.query(self.source, leading.start, leading.end, leading.region):
+                charge()
+                items.append(load_image(asset))
         else:
             items = list(self.images or ())
+            charge(len(items))
         for op, arg in self.ops:
             if op == "filter":
                 items = [el for el in items if arg.test(el)]
@@ -467,6 +472,8 @@ class EECollection:
                     items = items[: int(count)]
             elif op == "merge":
                 items = items + arg.elements()
+            # Every element produced is a step: a collection merged with itself doubles per level.
+            charge(len(items))
         return items
 
     def to_info(self) -> dict[str, Any]:
