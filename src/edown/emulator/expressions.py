@@ -16,9 +16,20 @@ from typing import Any
 
 from edown.crs import crs_is_geographic
 from edown.emulator import images as im
+from edown.emulator import scalars
 from edown.emulator.budget import charge
 from edown.emulator.catalog import AssetNotFoundError, Catalog
 from edown.emulator.images import EEImage, EvaluationError
+from edown.emulator.reducers import (
+    DEFAULT_MAX_PIXELS,
+    REDUCER_KINDS,
+    EEReducer,
+    composite,
+    get_region,
+    make_reducer,
+    mosaic,
+    reduce_region,
+)
 from edown.emulator.values import (
     AndFilter,
     CalendarFilter,
@@ -137,6 +148,12 @@ class _Run:
         return EEFunction(names, call)
 
     def invoke(self, body: dict[str, Any], scope: _Scope | None) -> Any:
+        if body.get("functionName") == "If":
+            # Only the branch taken is evaluated, as in EE: the other may well be an error.
+            raw = body.get("arguments", {})
+            condition = self.node(raw["condition"], scope) if "condition" in raw else None
+            branch = raw.get("trueCase" if scalars.truthy(condition) else "falseCase")
+            return None if branch is None else self.node(branch, scope)
         args = {k: self.node(v, scope) for k, v in body.get("arguments", {}).items()}
         if "functionReference" in body:
             target = self.ref(body["functionReference"], scope)
@@ -548,6 +565,8 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
             )
         if isinstance(object, EEFeature):
             return EEFeature(object.geometry, {**object.properties, key: value})
+        if isinstance(object, EECollection):
+            return object.then("set", (key, value))
         raise EvaluationError("Element.set: Expected an element.")
 
     @fn("Element.propertyNames")
@@ -559,6 +578,8 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
             return sorted(names)
         if isinstance(element, EEFeature):
             return sorted(element.properties)
+        if isinstance(element, EECollection):
+            return sorted(element.properties())
         raise EvaluationError("Element.propertyNames: Expected an element.")
 
     @fn("Element.toDictionary")
@@ -608,15 +629,85 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
     def _dictionary(input: Any = None) -> dict[str, Any]:
         return dict(input or {})
 
-    for op, func in (
-        ("add", lambda a, b: a + b),
-        ("subtract", lambda a, b: a - b),
-        ("multiply", lambda a, b: a * b),
-        ("divide", lambda a, b: a / b if b else 0),
-    ):
-        reg[f"Number.{op}"] = lambda left, right, _f=func: _f(left, right)
+    # -- reducers and reductions --
+    for kind in REDUCER_KINDS:
+        reg[f"Reducer.{kind}"] = lambda _k=kind, **_: make_reducer(_k)
 
+    @fn("Reducer.percentile")
+    def _percentile(
+        percentiles: list[Any],
+        outputNames: list[str] | None = None,
+        maxBuckets: Any = None,
+        minBucketWidth: Any = None,
+        maxRaw: Any = None,
+    ) -> EEReducer:
+        return make_reducer("percentile", percentiles, outputNames)
+
+    @fn("Image.reduceRegion")
+    def _reduce_region(
+        image: Any,
+        reducer: Any,
+        geometry: Any = None,
+        scale: Any = None,
+        crs: Any = None,
+        crsTransform: Any = None,
+        bestEffort: bool = False,
+        maxPixels: Any = DEFAULT_MAX_PIXELS,
+        tileScale: Any = 1,
+    ) -> dict[str, Any]:
+        return reduce_region(
+            _image(image, "Image.reduceRegion"),
+            _reducer(reducer, "Image.reduceRegion"),
+            None if geometry is None else geometry_argument(geometry),
+            None if scale is None else float(scale),
+            crs_of(crs),
+            crsTransform or (crs.transform if isinstance(crs, EEProjection) and scale is None else None),
+            bool(bestEffort),
+            float(maxPixels if maxPixels is not None else DEFAULT_MAX_PIXELS),
+        )
+
+    for kind in ("mean", "median", "min", "max", "sum", "count"):
+        reg[f"reduce.{kind}"] = lambda collection, _k=kind: composite(
+            _images(collection, f"ImageCollection.{_k}"), make_reducer(_k), suffix=False
+        )
+
+    @fn("ImageCollection.reduce")
+    def _ic_reduce(collection: Any, reducer: Any, parallelScale: Any = 1) -> EEImage:
+        return composite(
+            _images(collection, "ImageCollection.reduce"),
+            _reducer(reducer, "ImageCollection.reduce"),
+            suffix=True,
+        )
+
+    @fn("ImageCollection.mosaic")
+    def _mosaic(collection: Any) -> EEImage:
+        return mosaic(_images(collection, "ImageCollection.mosaic"))
+
+    @fn("ImageCollection.getRegion")
+    def _get_region(
+        collection: Any, geometry: Any, scale: Any = None, crs: Any = None, crsTransform: Any = None
+    ) -> list[list[Any]]:
+        return get_region(
+            _images(collection, "ImageCollection.getRegion"),
+            geometry_argument(geometry),
+            None if scale is None else float(scale),
+            crs_of(crs),
+            crsTransform,
+        )
+
+    scalars.register(reg)
     return reg
+
+
+def _images(value: Any, function: str) -> list[EEImage]:
+    items = _collection(value, function).elements()
+    return [im.as_image(i) for i in items]
+
+
+def _reducer(value: Any, function: str) -> EEReducer:
+    if not isinstance(value, EEReducer):
+        raise EvaluationError(f"{function}: Expected a Reducer, got {type(value).__name__}.")
+    return value
 
 
 def _collection(value: Any, function: str) -> EECollection:

@@ -182,6 +182,8 @@ class EEImage:
         return EEImage(bands=tuple(bands), footprint=self.footprint)
 
     def property(self, name: str) -> Any:
+        if name == "system:id":
+            return self.image_id
         if self.asset is not None:
             value = self.asset.property_value(name)
             if value is not None or name in self.asset.properties:

@@ -206,6 +206,8 @@ def element_property(element: Any, name: str) -> Any:
         return element.property(name)
     if isinstance(element, EEFeature):
         return element.properties.get(name)
+    if isinstance(element, EECollection):
+        return element.properties().get(name)
     raise EvaluationError(f"Element.get: Expected an element, got {type(element).__name__}.")
 
 
@@ -435,6 +437,17 @@ class EECollection:
     images: tuple[EEImage, ...] | None = None
     ops: tuple[tuple[str, Any], ...] = ()
 
+    def properties(self) -> dict[str, Any]:
+        """The collection's own properties (a collection is an element too), ``system:id`` included."""
+        props: dict[str, Any] = {}
+        if self.source is not None:
+            props.update(self.catalog.collection(self.source).to_info_header()["properties"])
+            props["system:id"] = self.source
+        for op, arg in self.ops:
+            if op == "set":
+                props[arg[0]] = arg[1]
+        return props
+
     def then(self, op: str, arg: Any) -> EECollection:
         return EECollection(self.catalog, self.source, self.images, (*self.ops, (op, arg)))
 
@@ -486,6 +499,9 @@ class EECollection:
             header = self.catalog.collection(self.source).to_info_header()
         else:
             header = {"type": "ImageCollection", "bands": []}
+        own = {k: v for k, v in self.properties().items() if k != "system:id"}
+        if own:
+            header["properties"] = {k: to_info(v) for k, v in own.items()}
         header["features"] = [to_info(el) for el in elements]
         return header
 

@@ -1,0 +1,434 @@
+"""Reducers and reductions: ``reduceRegion``, per-pixel collection composites, ``mosaic`` and ``getRegion``.
+
+What Earth Engine computes, on the emulator's exact pixels:
+
+* A region reduction covers the pixels of one grid whose **centres** fall in the region (a point or a
+  line covers the pixels it touches). The grid is ``crsTransform`` if given; otherwise the CRS of ``crs``
+  (or of the image's first band) at ``scale`` (or the band's native scale), aligned to that band's native
+  origin; a scale in metres on a geographic CRS becomes degrees at the equator (1° = 111319.49 m). Each
+  pixel weighs 1 (EE weighs by the mask, which is 0 or 1 for every emulated image).
+* Composites (``median()``, ``mean()``, ``mosaic()``...) work per pixel over the images' valid pixels,
+  each image read on the request grid by nearest neighbour; their default projection is EPSG:4326 at 1°,
+  as in EE, which is why exports reproject or ``clipToBoundsAndScale`` them. ``mosaic`` puts later images
+  on top. Band names are the inputs' for the shortcuts and ``<band>_<reducer>`` for ``reduce(reducer)``.
+* Types follow EE: a mean is double; a sum of integers is a 64-bit integer and of floats a double; a
+  count is an integer; min, max, median, percentiles, first and mosaic keep the input's type (an integer
+  median of an even count is the mean of the middle two, truncated). Percentiles interpolate linearly
+  between the sorted values (EE reads them off a histogram, which can differ by a bucket width).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import shapely
+from pyproj import Transformer
+from shapely.geometry.base import BaseGeometry
+
+from edown.crs import crs_is_geographic, resolve_crs, same_crs
+from edown.emulator.budget import charge
+from edown.emulator.images import (
+    DEFAULT_GRID,
+    EEBand,
+    EEImage,
+    EvalContext,
+    EvaluationError,
+    Raster,
+    cast_values,
+    inside_mask,
+    union_type,
+)
+from edown.emulator.model import Grid, PixelType
+
+#: Metres per degree at the equator: how EE turns a scale in metres into degrees on a geographic CRS.
+METRES_PER_DEGREE = 111319.49079327357
+#: EE's default ``maxPixels`` for region reductions.
+DEFAULT_MAX_PIXELS = 10_000_000
+#: ``getRegion`` refuses to return more values than this (EE's limit).
+MAX_REGION_VALUES = 1_048_576
+
+Kernel = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class EEReducer:
+    """A reducer value: its kind plus, for percentiles, the percentiles and their output names."""
+
+    kind: str
+    percentiles: tuple[float, ...] = ()
+    names: tuple[str, ...] = ()
+
+    def to_info(self) -> dict[str, Any]:
+        return {"type": "Reducer", "reducer": self.kind}
+
+    def outputs(self) -> list[tuple[str, Kernel]]:
+        """``(output name, kernel)`` per output; a kernel reduces axis 0 of (values, valid)."""
+        if self.kind == "minMax":
+            return [("min", _KERNELS["min"]), ("max", _KERNELS["max"])]
+        if self.kind == "percentile":
+            names = self.names or tuple(f"p{_num_text(p)}" for p in self.percentiles)
+            return [(n, _percentile_kernel(p)) for n, p in zip(names, self.percentiles, strict=True)]
+        return [(self.kind, _KERNELS[self.kind])]
+
+    def output_type(self, input_type: PixelType, count: int) -> PixelType:
+        if self.kind == "mean":
+            return PixelType("double")
+        if self.kind == "sum":
+            return PixelType.of_dtype("int64") if input_type.is_integer else PixelType("double")
+        if self.kind == "count":
+            return PixelType("int", 0, max(count, 1))
+        return input_type
+
+
+def make_reducer(kind: str, percentiles: Sequence[Any] = (), names: Sequence[str] | None = None) -> EEReducer:
+    if kind == "percentile":
+        if not percentiles:
+            raise EvaluationError("Reducer.percentile: At least one percentile is required.")
+        values = tuple(float(p) for p in percentiles)
+        if any(not 0 <= p <= 100 for p in values):
+            raise EvaluationError("Reducer.percentile: Percentiles must be between 0 and 100.")
+        if names is not None and len(names) != len(values):
+            raise EvaluationError("Reducer.percentile: outputNames must match the percentiles.")
+        return EEReducer(kind, values, tuple(str(n) for n in names or ()))
+    return EEReducer(kind)
+
+
+def _num_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _masked_float(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    return np.where(valid, values.astype(np.float64, copy=False), np.nan)
+
+
+def _mean(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    count = valid.sum(axis=0)
+    total = np.where(valid, values.astype(np.float64, copy=False), 0.0).sum(axis=0)
+    with np.errstate(all="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), 0.0), count > 0
+
+
+def _sum(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    zero = np.zeros((), dtype=np.int64 if values.dtype.kind in "iub" else np.float64)
+    wide = values.astype(zero.dtype, copy=False)
+    return np.where(valid, wide, zero).sum(axis=0), valid.any(axis=0)
+
+
+def _count(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    count = valid.sum(axis=0).astype(np.int64)
+    return count, np.ones(count.shape, dtype=bool)
+
+
+def _extreme(pick: Callable[..., np.ndarray], fill: float) -> Kernel:
+    def kernel(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        any_valid = valid.any(axis=0)
+        out = pick(np.where(valid, values.astype(np.float64, copy=False), fill), axis=0)
+        return np.where(any_valid, out, 0.0), any_valid
+
+    return kernel
+
+
+def _percentile_kernel(p: float) -> Kernel:
+    def kernel(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        any_valid = valid.any(axis=0)
+        if not any_valid.any():
+            return np.zeros(any_valid.shape), any_valid
+        with np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                out = np.nanpercentile(_masked_float(values, valid), p, axis=0)
+        return np.where(any_valid, out, 0.0), any_valid
+
+    return kernel
+
+
+def _first(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    index = np.argmax(valid, axis=0)
+    out = np.take_along_axis(values, index[None, ...], axis=0)[0]
+    return out, valid.any(axis=0)
+
+
+def _last(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    flipped_values, flipped_valid = values[::-1], valid[::-1]
+    return _first(flipped_values, flipped_valid)
+
+
+_KERNELS: dict[str, Kernel] = {
+    "mean": _mean,
+    "sum": _sum,
+    "count": _count,
+    "min": _extreme(np.min, np.inf),
+    "max": _extreme(np.max, -np.inf),
+    "median": _percentile_kernel(50.0),
+    "first": _first,
+    "firstNonNull": _first,
+    "mosaic": _last,
+}
+REDUCER_KINDS = ("mean", "sum", "count", "min", "max", "median", "minMax", "first", "firstNonNull")
+
+
+# ---- composites ---------------------------------------------------------------------------------------
+
+
+def composite(images: Sequence[EEImage], reducer: EEReducer, suffix: bool) -> EEImage:
+    """Per-pixel reduction of a collection; ``suffix`` names outputs ``<band>_<output>`` (EE's ``reduce``)."""
+    if not images:
+        return EEImage(bands=())
+    names = images[0].band_names()
+    bands: list[EEBand] = []
+    for name in names:
+        sources: list[EEBand] = []
+        for image in images:
+            match = [b for b in image.bands if b.name == name]
+            if not match:
+                raise EvaluationError(
+                    f"ImageCollection.reduce: Image {image.image_id or ''} has no band '{name}' "
+                    f"(bands: {image.band_names()})."
+                )
+            sources.append(match[0])
+        in_type = sources[0].pixel_type
+        for other in sources[1:]:
+            in_type = union_type(in_type, other.pixel_type)
+        outputs = reducer.outputs()
+        for out_name, kernel in outputs:
+            ptype = reducer.output_type(in_type, len(sources))
+            band_name = f"{name}_{out_name}" if suffix or len(outputs) > 1 else name
+
+            def compute(
+                ctx: EvalContext,
+                parts: tuple[EEBand, ...] = tuple(sources),
+                k: Kernel = kernel,
+                t: PixelType = ptype,
+            ) -> Raster:
+                charge(len(parts))
+                rasters = [p.evaluate(ctx) for p in parts]
+                shape = ctx.shape
+                values = np.stack([np.broadcast_to(r.values, shape) for r in rasters])
+                valid = np.stack([np.broadcast_to(r.mask, shape) for r in rasters])
+                footprint = np.any(np.stack([np.broadcast_to(r.footprint, shape) for r in rasters]), axis=0)
+                out, ok = k(values, valid)
+                return Raster(_typed(out, t), ok, footprint | ok)
+
+            bands.append(EEBand(band_name, ptype, None, compute))
+    return EEImage(bands=tuple(bands))
+
+
+def mosaic(images: Sequence[EEImage]) -> EEImage:
+    """``ImageCollection.mosaic``: the last valid pixel wins (later images on top)."""
+    return composite(images, EEReducer("mosaic"), suffix=False)
+
+
+def _typed(values: np.ndarray, ptype: PixelType) -> np.ndarray:
+    if ptype.is_integer:
+        return cast_values(np.asarray(values), ptype)
+    return np.asarray(values, dtype=np.float64)
+
+
+# ---- region grids ------------------------------------------------------------------------------------
+
+
+def projection_grid(
+    default: Grid | None, crs: str | None, transform: Sequence[float] | None, scale: float | None
+) -> tuple[str, tuple[float, float, float, float, float, float]]:
+    """The CRS and affine transform a reduction works in (see the module docstring for the rules)."""
+    base = default or DEFAULT_GRID
+    if transform is not None:
+        if len(transform) != 6:
+            raise EvaluationError("crsTransform must have 6 numbers.")
+        t = tuple(float(v) for v in transform)
+        return crs or base.crs, t  # type: ignore[return-value]
+    out_crs = crs or base.crs
+    if crs is not None and not same_crs(crs, base.crs):
+        base_t: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
+    else:
+        base_t = base.transform
+    if scale is None:
+        return out_crs, base_t  # type: ignore[return-value]
+    size = float(scale)
+    if size <= 0:
+        raise EvaluationError("scale must be positive.")
+    if crs_is_geographic(out_crs):
+        size = size / METRES_PER_DEGREE
+    _, _, tx, _, sy, ty = base_t
+    return out_crs, (size, 0.0, tx, 0.0, -size if sy <= 0 else size, ty)
+
+
+def region_grid(
+    geometry: BaseGeometry, crs: str, transform: tuple[float, float, float, float, float, float]
+) -> Grid:
+    """The smallest grid of ``transform`` (no shear) covering ``geometry`` (lon/lat)."""
+    sx, shx, tx, shy, sy, ty = transform
+    if shx or shy:
+        raise EvaluationError("Sheared crsTransforms are not supported by the edown emulator.")
+    local = _to_crs(geometry, crs)
+    x0, y0, x1, y1 = local.bounds
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise EvaluationError("The region cannot be represented in the requested projection.")
+    cols = sorted(((x0 - tx) / sx, (x1 - tx) / sx))
+    rows = sorted(((y0 - ty) / sy, (y1 - ty) / sy))
+    c0, r0 = math.floor(cols[0]), math.floor(rows[0])
+    c1 = max(c0 + 1, math.ceil(cols[1]) if cols[1] > cols[0] else c0 + 1)
+    r1 = max(r0 + 1, math.ceil(rows[1]) if rows[1] > rows[0] else r0 + 1)
+    return Grid(crs, (sx, 0.0, tx + c0 * sx, 0.0, sy, ty + r0 * sy), c1 - c0, r1 - r0)
+
+
+def _to_crs(geometry: BaseGeometry, crs: str) -> BaseGeometry:
+    if same_crs(crs, "EPSG:4326"):
+        return geometry
+    to_crs = Transformer.from_crs("EPSG:4326", resolve_crs(crs), always_xy=True)
+    return shapely.transform(geometry, to_crs.transform, interleaved=False)
+
+
+def covered(ctx: EvalContext, geometry: BaseGeometry) -> np.ndarray:
+    """Pixels of the request grid the region covers: centres inside an area; any touch for points/lines."""
+    if geometry.area > 0:
+        return inside_mask(ctx, geometry)
+    grid = ctx.grid
+    local = _to_crs(geometry, grid.crs)
+    sx, _, tx, _, sy, ty = grid.transform
+    cols = np.arange(grid.width)
+    rows = np.arange(grid.height)
+    xs0, ys0 = tx + cols * sx, ty + rows * sy
+    boxes = shapely.box(
+        np.minimum(xs0, xs0 + sx)[None, :],
+        np.minimum(ys0, ys0 + sy)[:, None],
+        np.maximum(xs0, xs0 + sx)[None, :],
+        np.maximum(ys0, ys0 + sy)[:, None],
+    )
+    return np.asarray(shapely.intersects(boxes, local), dtype=bool)
+
+
+def check_pixels(grid: Grid, max_pixels: float, function: str) -> None:
+    count = grid.width * grid.height
+    if count > max_pixels:
+        raise EvaluationError(
+            f"{function}: Too many pixels in the region. Found {count}, but maxPixels allows only "
+            f"{int(max_pixels)}. Ensure that you are not aggregating at a higher resolution than you intended; "
+            "that is a frequent cause of this error. If not, then you may set the 'maxPixels' argument to a "
+            "limit suitable for your computation; set 'bestEffort' to true to aggregate at whatever scale "
+            "results in maxPixels total pixels; or both."
+        )
+
+
+def reduce_region(
+    image: EEImage,
+    reducer: EEReducer,
+    geometry: BaseGeometry | None,
+    scale: float | None,
+    crs: str | None,
+    crs_transform: Sequence[float] | None,
+    best_effort: bool,
+    max_pixels: float,
+) -> dict[str, Any]:
+    """``Image.reduceRegion``: one dictionary entry per band and reducer output."""
+    region = geometry if geometry is not None else image.footprint
+    if region is None:
+        raise EvaluationError(
+            "Image.reduceRegion: Provide 'geometry' parameter when aggregating over an unbounded image."
+        )
+    if not image.bands:
+        return {}
+    first = image.bands[0].grid
+    out_crs, transform = projection_grid(first, crs, crs_transform, scale)
+    grid = region_grid(region, out_crs, transform)
+    while best_effort and grid.width * grid.height > max_pixels:
+        factor = math.sqrt(grid.width * grid.height / max_pixels) * 1.01
+        sx, _, tx, _, sy, ty = transform
+        transform = (sx * factor, 0.0, tx, 0.0, sy * factor, ty)
+        grid = region_grid(region, out_crs, transform)
+    check_pixels(grid, max_pixels, "Image.reduceRegion")
+    ctx = EvalContext(grid)
+    inside = covered(ctx, region)
+    outputs = reducer.outputs()
+    result: dict[str, Any] = {}
+    for band in image.bands:
+        raster = band.evaluate(ctx)
+        values = np.broadcast_to(raster.values, ctx.shape)
+        valid = np.broadcast_to(raster.mask, ctx.shape) & inside
+        chosen = values[valid]
+        ones = np.ones(chosen.shape, dtype=bool)
+        for out_name, kernel in outputs:
+            key = band.name if len(outputs) == 1 else f"{band.name}_{out_name}"
+            value, ok = kernel(chosen, ones)
+            ptype = reducer.output_type(band.pixel_type, int(chosen.size))
+            result[key] = _scalar(value, bool(ok), ptype)
+    return result
+
+
+def _scalar(value: np.ndarray, ok: bool, ptype: PixelType) -> Any:
+    if not ok:
+        return None
+    number = float(value)
+    if ptype.is_integer:
+        return int(number)
+    return number
+
+
+def get_region(
+    images: Sequence[EEImage],
+    geometry: BaseGeometry,
+    scale: float | None,
+    crs: str | None,
+    crs_transform: Sequence[float] | None,
+) -> list[list[Any]]:
+    """``ImageCollection.getRegion``: a header row, then one row per image and covered pixel."""
+    out_crs, transform = projection_grid(
+        Grid("EPSG:4326", (1.0, 0.0, 0.0, 0.0, -1.0, 0.0)), crs or "EPSG:4326", crs_transform, scale
+    )
+    grid = region_grid(geometry, out_crs, transform)
+    ctx = EvalContext(grid)
+    inside = covered(ctx, geometry)
+    names = images[0].band_names() if images else []
+    total = int(inside.sum()) * len(images) * max(len(names), 1)
+    if total > MAX_REGION_VALUES:
+        raise EvaluationError(
+            f"ImageCollection.getRegion: Too many values: {int(inside.sum())} points x {len(names)} bands x "
+            f"{len(images)} images > {MAX_REGION_VALUES}."
+        )
+    xs, ys = ctx.centres()
+    xs, ys = np.broadcast_arrays(xs, ys)
+    lon, lat = xs[inside], ys[inside]
+    if not same_crs(out_crs, "EPSG:4326"):
+        to_ll = Transformer.from_crs(resolve_crs(out_crs), "EPSG:4326", always_xy=True)
+        lon, lat = (np.asarray(v) for v in to_ll.transform(lon, lat))
+    rows: list[list[Any]] = [["id", "longitude", "latitude", "time", *names]]
+    for image in images:
+        charge(int(inside.sum()))
+        columns = []
+        for name in names:
+            match = [b for b in image.bands if b.name == name]
+            if not match:
+                raise EvaluationError(f"ImageCollection.getRegion: Image has no band '{name}'.")
+            band = match[0]
+            raster = band.evaluate(ctx)
+            values = np.broadcast_to(raster.values, ctx.shape)[inside]
+            valid = np.broadcast_to(raster.mask, ctx.shape)[inside]
+            conv: Callable[[Any], Any] = int if band.pixel_type.is_integer else float
+            columns.append(
+                [conv(v) if ok else None for v, ok in zip(values.tolist(), valid.tolist(), strict=True)]
+            )
+        index = image.property("system:index")
+        time = image.property("system:time_start")
+        for i in range(len(lon)):
+            rows.append([index, float(lon[i]), float(lat[i]), time, *(c[i] for c in columns)])
+    return rows
+
+
+def reduce_list(values: Sequence[Any], reducer: EEReducer) -> Any:
+    """``List.reduce``: a number for one output, a dictionary ``{output: number}`` for several."""
+    numbers = np.asarray([float(v) for v in values if v is not None], dtype=np.float64)
+    ones = np.ones(numbers.shape, dtype=bool)
+    integral = all(isinstance(v, int) and not isinstance(v, bool) for v in values if v is not None)
+    in_type = PixelType("int", -(2**53), 2**53) if integral else PixelType("double")
+    outputs = reducer.outputs()
+    results = {}
+    for name, kernel in outputs:
+        value, ok = kernel(numbers, ones)
+        results[name] = _scalar(value, bool(ok), reducer.output_type(in_type, int(numbers.size)))
+    return results[outputs[0][0]] if len(outputs) == 1 else results
