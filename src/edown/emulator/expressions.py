@@ -16,7 +16,7 @@ from typing import Any
 
 from edown.crs import crs_is_geographic
 from edown.emulator import images as im
-from edown.emulator import scalars
+from edown.emulator import projections, scalars
 from edown.emulator.budget import charge
 from edown.emulator.catalog import AssetNotFoundError, Catalog
 from edown.emulator.images import EEImage, EvaluationError
@@ -58,6 +58,7 @@ from edown.emulator.values import (
     make_rectangle,
     to_millis,
 )
+from edown.emulator.visualize import visualize
 
 Function = Callable[..., Any]
 
@@ -693,6 +694,79 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
             None if scale is None else float(scale),
             crs_of(crs),
             crsTransform,
+        )
+
+    # -- grids and pictures --
+    def grid_args(crs: Any, crsTransform: Any, scale: Any) -> tuple[str | None, Any, float | None]:
+        transform = crsTransform
+        if transform is None and isinstance(crs, EEProjection) and crs.transform and scale is None:
+            transform = list(crs.transform)
+        return crs_of(crs), transform, None if scale is None else float(scale)
+
+    @fn("Image.setDefaultProjection")
+    def _set_default_projection(image: Any, crs: Any, crsTransform: Any = None, scale: Any = None) -> EEImage:
+        name, transform, size = grid_args(crs, crsTransform, scale)
+        assert name is not None
+        return projections.set_default_projection(
+            _image(image, "Image.setDefaultProjection"), name, transform, size
+        )
+
+    @fn("Image.reproject")
+    def _reproject(image: Any, crs: Any, crsTransform: Any = None, scale: Any = None) -> EEImage:
+        name, transform, size = grid_args(crs, crsTransform, scale)
+        assert name is not None
+        return projections.reproject(_image(image, "Image.reproject"), name, transform, size)
+
+    @fn("Image.resample")
+    def _resample(image: Any, mode: str = "bilinear") -> EEImage:
+        return projections.resample(_image(image, "Image.resample"), str(mode))
+
+    @fn("Image.clipToBoundsAndScale")
+    def _clip_to_bounds(
+        input: Any,
+        geometry: Any = None,
+        width: Any = None,
+        height: Any = None,
+        maxDimension: Any = None,
+        scale: Any = None,
+    ) -> EEImage:
+        img = _image(input, "Image.clipToBoundsAndScale")
+        region = geometry_argument(geometry) if geometry is not None else img.footprint
+        if region is None:
+            raise EvaluationError("Image.clipToBoundsAndScale: The image is unbounded; give a geometry.")
+        return projections.clip_to_bounds_and_scale(
+            img,
+            region,
+            None if width is None else int(width),
+            None if height is None else int(height),
+            None if maxDimension is None else int(maxDimension),
+            None if scale is None else float(scale),
+        )
+
+    @fn("Image.visualize")
+    def _visualize(
+        image: Any,
+        bands: Any = None,
+        gain: Any = None,
+        bias: Any = None,
+        min: Any = None,
+        max: Any = None,
+        gamma: Any = None,
+        opacity: Any = None,
+        palette: Any = None,
+        forceRgbOutput: bool = False,
+    ) -> EEImage:
+        return visualize(
+            _image(image, "Image.visualize"),
+            bands,
+            gain,
+            bias,
+            min,
+            max,
+            gamma,
+            opacity,
+            palette,
+            bool(forceRgbOutput),
         )
 
     scalars.register(reg)

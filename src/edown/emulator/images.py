@@ -205,16 +205,26 @@ class EEImage:
         return out
 
 
+@dataclass(frozen=True)
+class NativeRead:
+    """A catalogue band read by nearest neighbour onto the request grid (``resample`` can replace it)."""
+
+    asset: ImageAsset
+    band_id: str
+    grid: Grid
+    is_integer: bool
+
+    def __call__(self, ctx: EvalContext) -> Raster:
+        values, valid = ctx.reader(self.asset, self.grid).read(self.band_id)
+        return Raster(values, valid, valid)
+
+
 def load_image(asset: ImageAsset) -> EEImage:
     """``Image.load``: one lazily-read band per catalogue band."""
     bands = []
     for info in asset.bands:
-
-        def evaluate(ctx: EvalContext, band_id: str = info.id, native: Grid = info.grid) -> Raster:
-            values, valid = ctx.reader(asset, native).read(band_id)
-            return Raster(values, valid, valid)
-
-        bands.append(EEBand(info.id, info.pixel_type, info.grid, evaluate))
+        read = NativeRead(asset, info.id, info.grid, info.pixel_type.is_integer)
+        bands.append(EEBand(info.id, info.pixel_type, info.grid, read))
     return EEImage(
         bands=tuple(bands),
         image_id=asset.id,

@@ -51,10 +51,12 @@ from edown.emulator.behaviour import (
 from edown.emulator.budget import BudgetExceededError, enforce
 from edown.emulator.catalog import AssetNotFoundError, Catalog, CatalogError
 from edown.emulator.discovery import algorithm_names, algorithms_document, discovery_document
+from edown.emulator.encoding import encode_geotiff, encode_npy, encode_picture, encode_zip
 from edown.emulator.expressions import Evaluator
 from edown.emulator.images import EEImage, EvalContext, EvaluationError
 from edown.emulator.listing import FilterSyntaxError, parse_filter
 from edown.emulator.model import Grid
+from edown.emulator.reducers import region_grid
 from edown.emulator.values import EECollection, geometry_from_geojson, to_info
 
 log = logging.getLogger("edown.emulator")
@@ -341,8 +343,24 @@ _ASSET_ROUTE = re.compile(
     r"^/v1/projects/(?P<project>[^/]+)/assets/(?P<asset>.+?)(?::(?P<verb>listAssets|getPixels))?$"
 )
 _PROJECT_ROUTE = re.compile(
-    r"^/v1/projects/(?P<project>[^/:]+)(?P<rest>/algorithms|/value:compute|/image:computePixels|:listAssets)$"
+    r"^/v1/projects/(?P<project>[^/:]+)"
+    r"(?P<rest>/algorithms|/value:compute|/image:computePixels|:listAssets|/thumbnails)$"
 )
+_THUMBNAIL_ROUTE = re.compile(
+    r"^/v1/projects/(?P<project>[^/:]+)/thumbnails/(?P<thumb>[A-Za-z0-9_-]+):getPixels$"
+)
+#: Download and thumbnail formats (``thumbnails.create``), and the content type each is served with.
+THUMBNAIL_FORMATS = {
+    "NPY": "application/octet-stream",
+    "GEO_TIFF": "image/tiff",
+    "ZIPPED_GEO_TIFF": "application/zip",
+    "ZIPPED_GEO_TIFF_PER_BAND": "application/zip",
+    "PNG": "image/png",
+    "JPEG": "image/jpeg",
+    "AUTO_JPEG_PNG": "image/png",
+}
+#: Thumbnail ids remembered (oldest forgotten first), as EE's ids expire.
+MAX_THUMBNAILS = 1000
 
 
 class Emulator:
@@ -360,6 +378,7 @@ class Emulator:
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cache_bytes = 0
         self._cache_lock = threading.Lock()
+        self._thumbnails: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
 
     # -- lifecycle --
     @property
@@ -525,6 +544,9 @@ class Emulator:
             return "discovery", None, None
         if path.endswith("/token") and method == "POST":
             return "token", None, None
+        m = _THUMBNAIL_ROUTE.match(path)
+        if m:
+            return "thumbnailPixels", header_project or m.group("project"), m.group("thumb")
         m = _PROJECT_ROUTE.match(path)
         if m:
             rest = m.group("rest")
@@ -533,6 +555,7 @@ class Emulator:
                 "/value:compute": "compute",
                 "/image:computePixels": "computePixels",
                 ":listAssets": "listProjectAssets",
+                "/thumbnails": "thumbnails",
             }[rest]
             return kind, header_project or m.group("project"), None
         m = _ASSET_ROUTE.match(path)
@@ -591,6 +614,11 @@ class Emulator:
                     return self._compute(body)
                 if kind == "computePixels":
                     return self._pixels(kind, None, body, rec)
+                if kind == "thumbnails" and method == "POST":
+                    return self._create_thumbnail(project or "", body)
+                if kind == "thumbnailPixels" and method == "GET":
+                    assert asset is not None
+                    return self._thumbnail_pixels(project or "", asset, rec)
                 assert asset is not None
                 asset_id = _asset_id(asset)
                 if kind == "getAsset":
@@ -633,6 +661,70 @@ class Emulator:
             raise ApiError(400, "Invalid JSON payload: 'expression' is required.")
         value = self.evaluator.evaluate(body["expression"])
         return _Outcome(json.dumps({"result": to_info(value)}).encode())
+
+    def _create_thumbnail(self, project: str, body: dict[str, Any]) -> _Outcome:
+        """``thumbnails.create`` (getDownloadURL, getThumbURL): check the request, remember it, name it."""
+        unknown = sorted(set(body) - {"expression", "fileFormat", "filenamePrefix", "bandIds", "workloadTag"})
+        if unknown:
+            raise ApiError(
+                400, f'Invalid JSON payload received. Unknown name "{unknown[0]}": Cannot find field.'
+            )
+        fmt = body.get("fileFormat") or "AUTO_JPEG_PNG"
+        if fmt not in THUMBNAIL_FORMATS:
+            raise ApiError(
+                400,
+                f"File format {fmt} is not supported by the edown emulator (use one of {', '.join(THUMBNAIL_FORMATS)}).",
+            )
+        if "expression" not in body:
+            raise ApiError(400, "Invalid JSON payload: 'expression' is required.")
+        value = self.evaluator.evaluate(body["expression"])
+        if not isinstance(value, EEImage):
+            raise ApiError(
+                400, f"Thumbnails: The expression must evaluate to an Image, not {_type_name(value)}."
+            )
+        thumb = secrets.token_hex(16)
+        with self._cache_lock:
+            self._thumbnails[thumb] = (project, body)
+            while len(self._thumbnails) > MAX_THUMBNAILS:
+                self._thumbnails.popitem(last=False)
+        return _Outcome(json.dumps({"name": f"projects/{project}/thumbnails/{thumb}"}).encode())
+
+    def _thumbnail_pixels(self, project: str, thumb: str, rec: RequestRecord) -> _Outcome:
+        with self._cache_lock:
+            stored = self._thumbnails.get(thumb)
+        if stored is None or stored[0] != project:
+            raise ApiError(
+                404, f"Thumbnail projects/{project}/thumbnails/{thumb} does not exist or has expired."
+            )
+        body = stored[1]
+        fmt = body.get("fileFormat") or "AUTO_JPEG_PNG"
+        image = self.evaluator.evaluate(body["expression"])
+        rec.asset = image.image_id
+        band_ids = body.get("bandIds")
+        if band_ids:
+            image = im.select(image, [re.escape(str(b)) for b in band_ids])
+        grid = _request_grid(None, image)
+        rec.grid = {
+            "crs": grid.crs,
+            "transform": list(grid.transform),
+            "width": grid.width,
+            "height": grid.height,
+        }
+        self._check_limits(image, grid)
+        ctx = EvalContext(grid)
+        if fmt in ("PNG", "JPEG", "AUTO_JPEG_PNG"):
+            payload = encode_picture(image, ctx, "JPEG" if fmt == "JPEG" else "PNG")
+        else:
+            rendered = im.render(image, ctx)
+            prefix = body.get("filenamePrefix") or image.image_id or "download"
+            prefix = re.sub(r"[^\w.-]+", "_", str(prefix))
+            if fmt == "NPY":
+                payload = encode_npy(rendered)
+            elif fmt == "GEO_TIFF":
+                payload = encode_geotiff(rendered, grid)
+            else:
+                payload = encode_zip(rendered, grid, prefix, per_band=fmt == "ZIPPED_GEO_TIFF_PER_BAND")
+        return _Outcome(payload, THUMBNAIL_FORMATS[fmt])
 
     def _get_asset(self, asset_id: str) -> _Outcome:
         if self.catalog.has_collection(asset_id):
@@ -718,7 +810,7 @@ class Emulator:
         if body.get("region"):
             inside = im.inside_mask(ctx, geometry_from_geojson(body["region"]))
             rendered = [(n, np.where(inside, v, np.zeros((), v.dtype))) for n, v in rendered]
-        payload = _encode_npy(rendered) if fmt == "NPY" else _encode_geotiff(rendered, grid)
+        payload = encode_npy(rendered) if fmt == "NPY" else encode_geotiff(rendered, grid)
         self._cache_put(key, payload)
         return _Outcome(payload, "application/octet-stream", fault)
 
@@ -838,9 +930,15 @@ def _request_grid(raw: Any, image: EEImage) -> Grid:
         raise ApiError(400, "The image has no bands.")
     if raw is None:
         native = image.bands[0].grid
-        if native is None or not native.width:
-            raise ApiError(400, "A grid is required for images without a fixed native grid.")
-        return native
+        if native is not None and native.width:
+            return native
+        if native is not None and image.footprint is not None and not native.has_shear:
+            # A bounded image in a projection (``reproject`` then ``clip``): the pixels covering its bounds.
+            return region_grid(image.footprint, native.crs, native.transform)
+        raise ApiError(
+            400,
+            "A grid is required for images without a fixed native grid (give a region, or clip the image).",
+        )
     if not isinstance(raw, dict):
         raise ApiError(400, "grid must be an object.")
     dims = raw.get("dimensions") or {}
@@ -866,41 +964,6 @@ def _request_grid(raw: Any, image: EEImage) -> Grid:
     if (transform[0] == 0 and transform[1] == 0) or (transform[4] == 0 and transform[3] == 0):
         raise ApiError(400, "Invalid grid: the affine transform is degenerate.")
     return Grid(crs=crs, transform=transform, width=width, height=height)  # type: ignore[arg-type]
-
-
-def _encode_npy(bands: list[tuple[str, np.ndarray]]) -> bytes:
-    """A structured (H, W) array with one field per band, in request order, as EE's NPY output."""
-    h, w = bands[0][1].shape
-    out = np.empty((h, w), dtype=[(name, values.dtype) for name, values in bands])
-    for name, values in bands:
-        out[name] = values
-    buf = io.BytesIO()
-    np.save(buf, out, allow_pickle=False)
-    return buf.getvalue()
-
-
-def _encode_geotiff(bands: list[tuple[str, np.ndarray]], grid: Grid) -> bytes:
-    import rasterio
-    from rasterio.io import MemoryFile
-    from rasterio.transform import Affine
-
-    dtype = np.result_type(*[v.dtype for _, v in bands])
-    sx, shx, tx, shy, sy, ty = grid.transform
-    profile = {
-        "driver": "GTiff",
-        "width": grid.width,
-        "height": grid.height,
-        "count": len(bands),
-        "dtype": dtype.name,
-        "crs": rasterio.crs.CRS.from_wkt(resolve_crs(grid.crs).to_wkt()),
-        "transform": Affine(sx, shx, tx, shy, sy, ty),
-    }
-    with MemoryFile() as mem:
-        with mem.open(**profile) as dst:
-            for i, (name, values) in enumerate(bands, start=1):
-                dst.write(values.astype(dtype, copy=False), i)
-                dst.set_band_description(i, name)
-        return bytes(mem.read())
 
 
 @contextmanager
