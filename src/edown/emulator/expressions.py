@@ -28,6 +28,7 @@ from edown.emulator.reducers import (
     get_region,
     make_reducer,
     mosaic,
+    reduce_columns,
     reduce_region,
 )
 from edown.emulator.values import (
@@ -277,6 +278,21 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
         "inList",
     ):
         reg[f"Filter.{op}"] = compare(op)
+
+    @fn("Filter.listContains")
+    def _list_contains(
+        leftField: Any = None, rightValue: Any = None, rightField: Any = None, leftValue: Any = None
+    ) -> EEFilter:
+        # ee.Filter.inList(field, values) sends the list as leftValue and the field as rightField.
+        if leftValue is not None and rightField is not None:
+            return CompareFilter(
+                "inList", check_field(rightField, "Filter.listContains"), None, None, leftValue
+            )
+        if leftField is not None:
+            return CompareFilter(
+                "contains", check_field(leftField, "Filter.listContains"), None, None, rightValue
+            )
+        raise EvaluationError("Filter.listContains: Expected a field and a value.")
 
     @fn("Filter.dateRangeContains")
     def _drc(
@@ -609,6 +625,8 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
             out = _set(out, name, element_property(source, name))
         return out
 
+    reg["Image.copyProperties"] = _copy_props
+
     @fn("List.size")
     def _list_size(list: list[Any]) -> int:
         return len(list)
@@ -643,6 +661,33 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
         maxRaw: Any = None,
     ) -> EEReducer:
         return make_reducer("percentile", percentiles, outputNames)
+
+    @fn("Reducer.toList")
+    def _to_list_reducer(tupleSize: Any = None, numOptional: Any = None) -> EEReducer:
+        return EEReducer("toList")
+
+    @fn("Reducer.repeat")
+    def _repeat(reducer: Any, count: int) -> EEReducer:
+        base = _reducer(reducer, "Reducer.repeat")
+        return EEReducer(base.kind, base.percentiles, base.names, int(count))
+
+    @fn("Collection.reduceColumns")
+    def _reduce_columns(
+        collection: Any, reducer: Any, selectors: list[str], weightSelectors: Any = None
+    ) -> dict[str, Any]:
+        items = _collection(collection, "Collection.reduceColumns").elements()
+        columns = [[element_property(el, name) for el in items] for name in selectors]
+        return reduce_columns(columns, _reducer(reducer, "Collection.reduceColumns"))
+
+    @fn("Collection.iterate")
+    def _iterate(collection: Any, function: EEFunction, first: Any = None) -> Any:
+        if not isinstance(function, EEFunction) or len(function.arg_names) != 2:
+            raise EvaluationError("Collection.iterate: Expected a function of two arguments.")
+        element_arg, acc_arg = function.arg_names
+        acc = first
+        for element in _collection(collection, "Collection.iterate").elements():
+            acc = function(**{element_arg: element, acc_arg: acc})
+        return acc
 
     @fn("Image.reduceRegion")
     def _reduce_region(

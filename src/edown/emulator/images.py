@@ -319,7 +319,8 @@ def rename(image: EEImage, names: Sequence[str]) -> EEImage:
 def add_bands(
     dst: EEImage, src: EEImage, names: Sequence[str] | None = None, overwrite: bool = False
 ) -> EEImage:
-    """``Image.addBands``: append ``src``'s bands (optionally only ``names``), replacing on ``overwrite``."""
+    """``Image.addBands``: append ``src``'s bands (optionally only ``names``), replacing on ``overwrite``
+    and otherwise renaming a newcomer whose name is taken (``B4`` becomes ``B4_1``), as EE does."""
     incoming = list(src.bands)
     if names is not None:
         wanted = set(names)
@@ -327,13 +328,15 @@ def add_bands(
     bands = list(dst.bands)
     for band in incoming:
         existing = [i for i, b in enumerate(bands) if b.name == band.name]
-        if existing and not overwrite:
-            raise EvaluationError(
-                f"Image.addBands: Can't add a band named '{band.name}' to image because a band with this name "
-                "already exists. Existing bands: " + str([b.name for b in bands]) + "."
-            )
-        if existing:
+        if existing and overwrite:
             bands[existing[0]] = band
+        elif existing:
+            # EE keeps both: the newcomer is renamed with the first free numeric suffix (B4 -> B4_1).
+            taken = {b.name for b in bands}
+            k = 1
+            while f"{band.name}_{k}" in taken:
+                k += 1
+            bands.append(replace(band, name=f"{band.name}_{k}"))
         else:
             bands.append(band)
     return dst.with_bands(bands)

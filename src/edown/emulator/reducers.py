@@ -61,6 +61,8 @@ class EEReducer:
     kind: str
     percentiles: tuple[float, ...] = ()
     names: tuple[str, ...] = ()
+    #: ``Reducer.repeat(count)``: the reducer applied to ``count`` inputs, each output a list (0: plain).
+    repeat: int = 0
 
     def to_info(self) -> dict[str, Any]:
         return {"type": "Reducer", "reducer": self.kind}
@@ -418,6 +420,26 @@ def get_region(
         for i in range(len(lon)):
             rows.append([index, float(lon[i]), float(lat[i]), time, *(c[i] for c in columns)])
     return rows
+
+
+def reduce_columns(columns: Sequence[Sequence[Any]], reducer: EEReducer) -> dict[str, Any]:
+    """``Collection.reduceColumns``: one input per selector, outputs by name (lists when repeated)."""
+    expected = reducer.repeat or 1
+    if len(columns) != expected:
+        raise EvaluationError(
+            f"Collection.reduceColumns: Need {expected} selectors for this reducer, got {len(columns)}."
+        )
+    if reducer.kind == "toList":
+        lists = [list(c) for c in columns]
+        return {"list": lists if reducer.repeat else lists[0]}
+    per_input = []
+    for column in columns:
+        result = reduce_list(list(column), EEReducer(reducer.kind, reducer.percentiles, reducer.names))
+        per_input.append(result if isinstance(result, dict) else {reducer.outputs()[0][0]: result})
+    names = list(per_input[0])
+    if not reducer.repeat:
+        return per_input[0]
+    return {name: [r[name] for r in per_input] for name in names}
 
 
 def reduce_list(values: Sequence[Any], reducer: EEReducer) -> Any:

@@ -271,6 +271,7 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "stringStartsWith": lambda a, b: isinstance(a, str) and isinstance(b, str) and a.startswith(b),
     "stringEndsWith": lambda a, b: isinstance(a, str) and isinstance(b, str) and a.endswith(b),
     "inList": lambda a, b: isinstance(b, list) and a in b,
+    "contains": lambda a, b: isinstance(a, list) and b in a,
 }
 
 
