@@ -29,7 +29,14 @@ def encode_npy(bands: list[tuple[str, np.ndarray]]) -> bytes:
     return buf.getvalue()
 
 
-def encode_geotiff(bands: list[tuple[str, np.ndarray]], grid: Grid) -> bytes:
+def valid_everywhere(image: EEImage, ctx: EvalContext) -> np.ndarray:
+    """Pixels valid in every band: the GeoTIFF's dataset mask (GDAL keeps one mask per dataset)."""
+    masks = [np.broadcast_to(band.evaluate(ctx).mask, ctx.shape) for band in image.bands]
+    return np.logical_and.reduce(masks) if masks else np.ones(ctx.shape, dtype=bool)
+
+
+def encode_geotiff(bands: list[tuple[str, np.ndarray]], grid: Grid, valid: np.ndarray | None = None) -> bytes:
+    """A GeoTIFF; with ``valid``, an internal mask (as EE's, which readers such as geedim rely on)."""
     import rasterio
     from rasterio.io import MemoryFile
     from rasterio.transform import Affine
@@ -45,22 +52,32 @@ def encode_geotiff(bands: list[tuple[str, np.ndarray]], grid: Grid) -> bytes:
         "crs": rasterio.crs.CRS.from_wkt(resolve_crs(grid.crs).to_wkt()),
         "transform": Affine(sx, shx, tx, shy, sy, ty),
     }
-    with MemoryFile() as mem:
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), MemoryFile() as mem:
         with mem.open(**profile) as dst:
             for i, (name, values) in enumerate(bands, start=1):
                 dst.write(values.astype(dtype, copy=False), i)
                 dst.set_band_description(i, name)
+            if valid is not None and not valid.all():
+                dst.write_mask(np.where(valid, 255, 0).astype(np.uint8))
         return bytes(mem.read())
 
 
-def encode_zip(bands: list[tuple[str, np.ndarray]], grid: Grid, prefix: str, per_band: bool) -> bytes:
+def encode_zip(
+    bands: list[tuple[str, np.ndarray]],
+    grid: Grid,
+    prefix: str,
+    per_band: bool,
+    masks: list[np.ndarray] | None = None,
+) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
         if per_band:
-            for name, values in bands:
-                archive.writestr(f"{prefix}.{name}.tif", encode_geotiff([(name, values)], grid))
+            for i, (name, values) in enumerate(bands):
+                mask = masks[i] if masks is not None else None
+                archive.writestr(f"{prefix}.{name}.tif", encode_geotiff([(name, values)], grid, mask))
         else:
-            archive.writestr(f"{prefix}.tif", encode_geotiff(bands, grid))
+            valid = np.logical_and.reduce(masks) if masks else None
+            archive.writestr(f"{prefix}.tif", encode_geotiff(bands, grid, valid))
     return buf.getvalue()
 
 

@@ -14,12 +14,16 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import shapely.affinity
+from shapely.geometry.base import BaseGeometry
+
 from edown.crs import crs_is_geographic
 from edown.emulator import images as im
 from edown.emulator import projections, scalars
 from edown.emulator.budget import charge
 from edown.emulator.catalog import AssetNotFoundError, Catalog
 from edown.emulator.images import EEImage, EvaluationError
+from edown.emulator.neighbourhoods import fast_distance_transform
 from edown.emulator.reducers import (
     DEFAULT_MAX_PIXELS,
     REDUCER_KINDS,
@@ -28,6 +32,7 @@ from edown.emulator.reducers import (
     get_region,
     make_reducer,
     mosaic,
+    reduce_bands,
     reduce_columns,
     reduce_region,
 )
@@ -57,6 +62,7 @@ from edown.emulator.values import (
     make_point,
     make_polygon,
     make_rectangle,
+    to_lonlat,
     to_millis,
 )
 from edown.emulator.visualize import visualize
@@ -388,21 +394,32 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
             return crs
         raise EvaluationError("Geometry: Invalid crs argument.")
 
+    def placed(geom: BaseGeometry, crs: Any) -> BaseGeometry:
+        """Coordinates given in ``crs`` (a projection's transform maps them, as EE does) to lon/lat."""
+        if (
+            isinstance(crs, EEProjection)
+            and crs.transform
+            and crs.transform != (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+        ):
+            a, b, c, d, e, f = crs.transform
+            geom = shapely.affinity.affine_transform(geom, [a, b, d, e, c, f])
+        return to_lonlat(geom, crs_of(crs))
+
     @fn("GeometryConstructors.Polygon")
     def _polygon(
         coordinates: Any, crs: Any = None, geodesic: Any = None, maxError: Any = None, evenOdd: Any = True
     ) -> EEGeometry:
-        return EEGeometry(make_polygon(coordinates, crs_of(crs)), geodesic is not False)
+        return EEGeometry(placed(make_polygon(coordinates, None), crs), geodesic is not False)
 
     @fn("GeometryConstructors.MultiPolygon")
     def _mpolygon(
         coordinates: Any, crs: Any = None, geodesic: Any = None, maxError: Any = None, evenOdd: Any = True
     ) -> EEGeometry:
-        return EEGeometry(make_polygon(coordinates, crs_of(crs), multi=True), geodesic is not False)
+        return EEGeometry(placed(make_polygon(coordinates, None, multi=True), crs), geodesic is not False)
 
     @fn("GeometryConstructors.Rectangle")
     def _rect(coordinates: Any, crs: Any = None, geodesic: Any = None, evenOdd: Any = True) -> EEGeometry:
-        return EEGeometry(make_rectangle(coordinates, crs_of(crs)), geodesic is not False)
+        return EEGeometry(placed(make_rectangle(coordinates, None), crs), geodesic is not False)
 
     @fn("GeometryConstructors.BBox")
     def _bbox(west: float, south: float, east: float, north: float) -> EEGeometry:
@@ -410,11 +427,11 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
 
     @fn("GeometryConstructors.Point")
     def _point(coordinates: Any, crs: Any = None) -> EEGeometry:
-        return EEGeometry(make_point(coordinates, crs_of(crs)))
+        return EEGeometry(placed(make_point(coordinates, None), crs))
 
     @fn("GeometryConstructors.LineString")
     def _line(coordinates: Any, crs: Any = None, geodesic: Any = None, maxError: Any = None) -> EEGeometry:
-        return EEGeometry(make_linestring(coordinates, crs_of(crs)), geodesic is not False)
+        return EEGeometry(placed(make_linestring(coordinates, None), crs), geodesic is not False)
 
     @fn("Feature")
     def _feature(geometry: Any = None, metadata: Any = None, geometryKey: Any = None) -> EEFeature:
@@ -425,8 +442,10 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
 
     @fn("Projection")
     def _projection(crs: Any, transform: Any = None, transformWkt: Any = None) -> EEProjection:
-        name = crs.crs if isinstance(crs, EEProjection) else str(crs)
-        return EEProjection(name, tuple(float(v) for v in transform) if transform else None)
+        if isinstance(crs, EEProjection):
+            # ee.Projection(an existing projection) is that projection, transform included.
+            return crs if not transform else EEProjection(crs.crs, tuple(float(v) for v in transform))
+        return EEProjection(str(crs), tuple(float(v) for v in transform) if transform else None)
 
     @fn("Projection.crs")
     def _proj_crs(projection: EEProjection) -> str:
@@ -454,6 +473,11 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
     @fn("Image.select")
     def _select(input: Any, bandSelectors: list[Any], newNames: list[str] | None = None) -> EEImage:
         return im.select(_image(input, "Image.select"), bandSelectors, newNames)
+
+    @fn("Image.slice")
+    def _slice(image: Any, start: int, end: int | None = None) -> EEImage:
+        img = _image(image, "Image.slice")
+        return img.with_bands(img.bands[int(start) : None if end is None else int(end)])
 
     @fn("Image.rename")
     def _rename(input: Any, names: list[str]) -> EEImage:
@@ -724,6 +748,22 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
             _reducer(reducer, "ImageCollection.reduce"),
             suffix=True,
         )
+
+    @fn("Image.fastDistanceTransform")
+    def _fdt(
+        image: Any, neighborhood: Any = 256, units: str = "pixels", metric: str = "squared_euclidean"
+    ) -> EEImage:
+        return fast_distance_transform(
+            _image(image, "Image.fastDistanceTransform"), int(neighborhood), str(units), str(metric)
+        )
+
+    @fn("Image.clamp")
+    def _clamp(input: Any, low: float, high: float) -> EEImage:
+        return im.clamp(_image(input, "Image.clamp"), float(low), float(high))
+
+    @fn("Image.reduce")
+    def _image_reduce(image: Any, reducer: Any) -> EEImage:
+        return reduce_bands(_image(image, "Image.reduce"), _reducer(reducer, "Image.reduce"))
 
     @fn("ImageCollection.mosaic")
     def _mosaic(collection: Any) -> EEImage:

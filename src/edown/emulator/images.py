@@ -600,6 +600,19 @@ def unary(op: str, image: Any) -> EEImage:
     return img.with_bands(bands, keep_identity=False)
 
 
+def clamp(image: EEImage, low: float, high: float) -> EEImage:
+    """``Image.clamp``: values limited to ``[low, high]``, the type unchanged."""
+    bands = []
+    for band in image.bands:
+
+        def evaluate(ctx: EvalContext, src: EEBand = band) -> Raster:
+            r = src.evaluate(ctx)
+            return Raster(np.clip(r.values, low, high), r.mask, r.footprint)
+
+        bands.append(replace(band, compute=evaluate))
+    return image.with_bands(bands, keep_identity=False)
+
+
 def normalized_difference(image: EEImage, band_names: Sequence[str] | None) -> EEImage:
     pair = list(band_names) if band_names else image.band_names()[:2]
     if len(pair) != 2:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,8 @@ from edown.emulator.model import Grid, PixelType
 METRES_PER_DEGREE = 111319.49079327357
 #: EE's default ``maxPixels`` for region reductions.
 DEFAULT_MAX_PIXELS = 10_000_000
+#: Fraction of a pixel within which a region's bound counts as on a pixel edge.
+EDGE_TOLERANCE = 1e-6
 #: ``getRegion`` refuses to return more values than this (EE's limit).
 MAX_REGION_VALUES = 1_048_576
 
@@ -83,6 +85,8 @@ class EEReducer:
             return PixelType.of_dtype("int64") if input_type.is_integer else PixelType("double")
         if self.kind == "count":
             return PixelType("int", 0, max(count, 1))
+        if self.kind in ("allNonZero", "anyNonZero"):
+            return PixelType("int", 0, 1)
         return input_type
 
 
@@ -161,7 +165,17 @@ def _last(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return _first(flipped_values, flipped_valid)
 
 
+def _all_non_zero(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.all(~valid | (values != 0), axis=0).astype(np.int64), valid.any(axis=0)
+
+
+def _any_non_zero(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.any(valid & (values != 0), axis=0).astype(np.int64), valid.any(axis=0)
+
+
 _KERNELS: dict[str, Kernel] = {
+    "allNonZero": _all_non_zero,
+    "anyNonZero": _any_non_zero,
     "mean": _mean,
     "sum": _sum,
     "count": _count,
@@ -172,7 +186,19 @@ _KERNELS: dict[str, Kernel] = {
     "firstNonNull": _first,
     "mosaic": _last,
 }
-REDUCER_KINDS = ("mean", "sum", "count", "min", "max", "median", "minMax", "first", "firstNonNull")
+REDUCER_KINDS = (
+    "mean",
+    "sum",
+    "count",
+    "min",
+    "max",
+    "median",
+    "minMax",
+    "first",
+    "firstNonNull",
+    "allNonZero",
+    "anyNonZero",
+)
 
 
 # ---- composites ---------------------------------------------------------------------------------------
@@ -219,6 +245,21 @@ def composite(images: Sequence[EEImage], reducer: EEReducer, suffix: bool) -> EE
 
             bands.append(EEBand(band_name, ptype, None, compute))
     return EEImage(bands=tuple(bands))
+
+
+def reduce_bands(image: EEImage, reducer: EEReducer) -> EEImage:
+    """``Image.reduce``: per pixel across the bands, one band per reducer output named after it."""
+    if not image.bands:
+        raise EvaluationError("Image.reduce: The image has no bands.")
+    singles = [EEImage(bands=(replace(b, name="input"),)) for b in image.bands]
+    out = composite(singles, reducer, suffix=True)
+    names = [name for name, _ in reducer.outputs()]
+    return EEImage(
+        bands=tuple(
+            replace(b, name=n, grid=image.bands[0].grid) for b, n in zip(out.bands, names, strict=True)
+        ),
+        footprint=image.footprint,
+    )
 
 
 def mosaic(images: Sequence[EEImage]) -> EEImage:
@@ -274,9 +315,10 @@ def region_grid(
         raise EvaluationError("The region cannot be represented in the requested projection.")
     cols = sorted(((x0 - tx) / sx, (x1 - tx) / sx))
     rows = sorted(((y0 - ty) / sy, (y1 - ty) / sy))
-    c0, r0 = math.floor(cols[0]), math.floor(rows[0])
-    c1 = max(c0 + 1, math.ceil(cols[1]) if cols[1] > cols[0] else c0 + 1)
-    r1 = max(r0 + 1, math.ceil(rows[1]) if rows[1] > rows[0] else r0 + 1)
+    # A bound a hair off a pixel edge (a round trip through lon/lat) must not add a pixel.
+    c0, r0 = math.floor(cols[0] + EDGE_TOLERANCE), math.floor(rows[0] + EDGE_TOLERANCE)
+    c1 = max(c0 + 1, math.ceil(cols[1] - EDGE_TOLERANCE))
+    r1 = max(r0 + 1, math.ceil(rows[1] - EDGE_TOLERANCE))
     return Grid(crs, (sx, 0.0, tx + c0 * sx, 0.0, sy, ty + r0 * sy), c1 - c0, r1 - r0)
 
 

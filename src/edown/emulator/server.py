@@ -51,7 +51,7 @@ from edown.emulator.behaviour import (
 from edown.emulator.budget import BudgetExceededError, enforce
 from edown.emulator.catalog import AssetNotFoundError, Catalog, CatalogError
 from edown.emulator.discovery import algorithm_names, algorithms_document, discovery_document
-from edown.emulator.encoding import encode_geotiff, encode_npy, encode_picture, encode_zip
+from edown.emulator.encoding import encode_geotiff, encode_npy, encode_picture, encode_zip, valid_everywhere
 from edown.emulator.expressions import Evaluator
 from edown.emulator.images import EEImage, EvalContext, EvaluationError
 from edown.emulator.listing import FilterSyntaxError, parse_filter
@@ -718,12 +718,14 @@ class Emulator:
             rendered = im.render(image, ctx)
             prefix = body.get("filenamePrefix") or image.image_id or "download"
             prefix = re.sub(r"[^\w.-]+", "_", str(prefix))
+            masks = [np.broadcast_to(b.evaluate(ctx).mask, ctx.shape) for b in image.bands]
             if fmt == "NPY":
                 payload = encode_npy(rendered)
             elif fmt == "GEO_TIFF":
-                payload = encode_geotiff(rendered, grid)
+                payload = encode_geotiff(rendered, grid, valid_everywhere(image, ctx))
             else:
-                payload = encode_zip(rendered, grid, prefix, per_band=fmt == "ZIPPED_GEO_TIFF_PER_BAND")
+                per_band = fmt == "ZIPPED_GEO_TIFF_PER_BAND"
+                payload = encode_zip(rendered, grid, prefix, per_band, masks)
         return _Outcome(payload, THUMBNAIL_FORMATS[fmt])
 
     def _get_asset(self, asset_id: str) -> _Outcome:
@@ -810,7 +812,13 @@ class Emulator:
         if body.get("region"):
             inside = im.inside_mask(ctx, geometry_from_geojson(body["region"]))
             rendered = [(n, np.where(inside, v, np.zeros((), v.dtype))) for n, v in rendered]
-        payload = encode_npy(rendered) if fmt == "NPY" else encode_geotiff(rendered, grid)
+        if fmt == "NPY":
+            payload = encode_npy(rendered)
+        else:
+            valid = valid_everywhere(image, ctx)
+            if body.get("region"):
+                valid = valid & inside
+            payload = encode_geotiff(rendered, grid, valid)
         self._cache_put(key, payload)
         return _Outcome(payload, "application/octet-stream", fault)
 
