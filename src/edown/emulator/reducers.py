@@ -79,7 +79,7 @@ class EEReducer:
         return [(self.kind, _KERNELS[self.kind])]
 
     def output_type(self, input_type: PixelType, count: int) -> PixelType:
-        if self.kind == "mean":
+        if self.kind in ("mean", "stdDev", "variance", "sampleStdDev", "sampleVariance"):
             return PixelType("double")
         if self.kind == "sum":
             return PixelType.of_dtype("int64") if input_type.is_integer else PixelType("double")
@@ -165,6 +165,23 @@ def _last(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return _first(flipped_values, flipped_valid)
 
 
+def _spread(sample: bool, root: bool) -> Kernel:
+    """Variance or standard deviation; EE's ``stdDev``/``variance`` are the population ones."""
+
+    def kernel(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        count = valid.sum(axis=0)
+        x = np.where(valid, values.astype(np.float64, copy=False), 0.0)
+        with np.errstate(all="ignore"):
+            mean = x.sum(axis=0) / np.maximum(count, 1)
+            squares = np.where(valid, (values.astype(np.float64, copy=False) - mean) ** 2, 0.0).sum(axis=0)
+            divisor = count - 1 if sample else count
+            out = squares / np.maximum(divisor, 1)
+        ok = divisor > 0
+        return np.where(ok, np.sqrt(out) if root else out, 0.0), ok
+
+    return kernel
+
+
 def _all_non_zero(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.all(~valid | (values != 0), axis=0).astype(np.int64), valid.any(axis=0)
 
@@ -174,6 +191,10 @@ def _any_non_zero(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np
 
 
 _KERNELS: dict[str, Kernel] = {
+    "stdDev": _spread(sample=False, root=True),
+    "variance": _spread(sample=False, root=False),
+    "sampleStdDev": _spread(sample=True, root=True),
+    "sampleVariance": _spread(sample=True, root=False),
     "allNonZero": _all_non_zero,
     "anyNonZero": _any_non_zero,
     "mean": _mean,
@@ -198,6 +219,10 @@ REDUCER_KINDS = (
     "firstNonNull",
     "allNonZero",
     "anyNonZero",
+    "stdDev",
+    "variance",
+    "sampleStdDev",
+    "sampleVariance",
 )
 
 
