@@ -160,3 +160,42 @@ def test_landsat_median_composite_of_masked_images(ee_emulator_session: Emulator
     valid = ~np.isnan(expected)
     np.testing.assert_array_equal(~np.ma.getmaskarray(array), valid)
     np.testing.assert_array_equal(array.compressed(), np.trunc(expected[valid]).astype(array.dtype))
+
+
+def test_sentinel2_mask_clouds_uses_cloud_score_plus(ee_emulator_session: Emulator) -> None:
+    _, assets = _assets(ee_emulator_session, S2, "2024-06-01", "2024-06-30")
+    w = h = 32
+    asset, r0, c0 = next(
+        (a, r, c)
+        for a in sorted(assets, key=lambda a: -a.properties["CLOUDY_PIXEL_PERCENTAGE"])
+        for r in range(500, 10000, 1500)
+        for c in range(500, 10000, 1500)
+        if 0.2 < (read_window(a, "MSK_CLDPRB", r // 2, c // 2, h // 2, w // 2)[0] > 0).mean() < 0.8
+    )
+    scores = ee_emulator_session.catalog.image(
+        f"GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED/{asset.system_index}"
+    )
+    masked = ee.Image(asset.id).gd.addMaskBands().gd.maskClouds()
+    prepared = masked.gd.prepareForExport(bands=["B4"], **_native_export(asset, "B4", c0, r0, w, h))
+    array = prepared.gd.toNumPy(masked=True)[..., 0]
+    # geedim's rule: cloudy where cs <= 0.6; and every B* band must have data.
+    cs = read_window(scores, "cs", r0, c0, h, w)[0]
+    fill = np.logical_and.reduce(
+        [
+            read_band(asset, b, _positions(asset, b, r0, c0, h, w))[1]
+            for b in asset.band_ids()
+            if b.startswith("B")
+        ]
+    )
+    cloudless = (cs > np.float32(0.6)) & fill
+    assert 0 < cloudless.sum() < cloudless.size
+    np.testing.assert_array_equal(~np.ma.getmaskarray(array), cloudless)
+    np.testing.assert_array_equal(array.compressed(), read_window(asset, "B4", r0, c0, h, w)[0][cloudless])
+
+
+def _positions(asset: ImageAsset, band: str, r0: int, c0: int, h: int, w: int) -> Positions:
+    """Native positions of ``band`` under the 10 m pixels (r0, c0, h, w): 20/60 m bands by nearest neighbour."""
+    factor = int(asset.band(band).grid.transform[0] // 10)
+    rows = (r0 + np.arange(h)) // factor
+    cols = (c0 + np.arange(w)) // factor
+    return Positions(rows, cols, True)

@@ -203,3 +203,99 @@ def test_image_and_collection_properties_as_elements(ee_emulator_session: Emulat
 def test_unsupported_functions_still_fail_naming_them(ee_emulator_session: Emulator) -> None:
     with pytest.raises(ee.EEException, match=r"Function 'Reducer\.histogram' is not supported by the edown"):
         ee.Image.constant(1).reduceRegion(ee.Reducer.histogram(), ee.Geometry.Point([0, 0]), 10).getInfo()
+
+
+def test_the_srtm_dem_is_int16_at_one_arc_second_in_epsg4326(ee_emulator_session: Emulator) -> None:
+    dem = ee.Image("USGS/SRTMGL1_003")
+    band = dem.getInfo()["bands"][0]
+    step = 1 / 3600
+    assert band["id"] == "elevation" and band["crs"] == "EPSG:4326"
+    assert band["data_type"] == {"type": "PixelType", "precision": "int", "min": -32768, "max": 32767}
+    assert band["crs_transform"] == pytest.approx([step, 0, -180 - step / 2, 0, -step, 60 + step / 2])
+    asset = ee_emulator_session.catalog.image("USGS/SRTMGL1_003")
+    col = math.floor((SPOT[0] + 180 + step / 2) / step)
+    row = math.floor((60 + step / 2 - SPOT[1]) / step)
+    expected = read_window(asset, "elevation", row, col, 1, 1)[0][0, 0]
+    value = dem.reduceRegion(ee.Reducer.first(), ee.Geometry.Point(SPOT), 30.87).getInfo()["elevation"]
+    assert value == int(expected)
+    grid = {
+        "dimensions": {"width": 16, "height": 8},
+        "affineTransform": {
+            "scaleX": step,
+            "translateX": -180 - step / 2 + col * step,
+            "scaleY": -step,
+            "translateY": 60 + step / 2 - row * step,
+        },
+        "crsCode": "EPSG:4326",
+    }
+    out = ee.data.computePixels({"expression": dem, "fileFormat": "NUMPY_NDARRAY", "grid": grid})
+    assert out["elevation"].dtype == np.int16
+    np.testing.assert_array_equal(out["elevation"], read_window(asset, "elevation", row, col, 8, 16)[0])
+    hills = read_window(asset, "elevation", row + 36, col - 180, 8, 16)[0]  # near (-0.55, 51.49): land
+    assert hills.min() > 0
+
+
+def test_sample_returns_the_covered_pixels_as_features(ee_emulator_session: Emulator) -> None:
+    dem = ee.Image("USGS/SRTMGL1_003")
+    region = ee.Geometry.Rectangle([-0.55, 51.49, -0.549, 51.491])
+    samples = dem.sample(region, 30, geometries=True).getInfo()
+    assert samples["type"] == "FeatureCollection"
+    step = 30 / METRES_PER_DEGREE
+    origin_x, origin_y = -180 - 1 / 7200, 60 + 1 / 7200
+    asset = ee_emulator_session.catalog.image("USGS/SRTMGL1_003")
+    cols = np.arange(math.floor((-0.55 - origin_x) / step), math.ceil((-0.549 - origin_x) / step))
+    rows = np.arange(math.floor((origin_y - 51.491) / step), math.ceil((origin_y - 51.49) / step))
+    lon, lat = np.meshgrid(origin_x + (cols + 0.5) * step, origin_y - (rows + 0.5) * step)
+    inside = shapely.contains_xy(box(-0.55, 51.49, -0.549, 51.491), lon, lat)
+    assert len(samples["features"]) == int(inside.sum())
+    for feature in samples["features"]:
+        x, y = feature["geometry"]["coordinates"]
+        native_col = math.floor((x - origin_x) * 3600)
+        native_row = math.floor((origin_y - y) * 3600)
+        expected = read_window(asset, "elevation", native_row, native_col, 1, 1)[0][0, 0]
+        assert feature["properties"] == {"elevation": int(expected)}
+    assert dem.sample(region, 30, numPixels=5).size().getInfo() == 5
+
+
+def test_feature_collection_size_and_geodesic_area(ee_emulator_session: Emulator) -> None:
+    square = ee.Geometry.Rectangle([0, 0, 0.01, 0.01])
+    fc = ee.FeatureCollection([ee.Feature(square), ee.Feature(ee.Geometry.Point([1, 1]), {"a": 1})])
+    assert fc.size().getInfo() == 2
+    # 0.01 degrees at the equator is ~1113 m east-west and ~1106 m north-south on the WGS84 ellipsoid.
+    assert square.area(1).getInfo() == pytest.approx(1113.19 * 1105.75, rel=2e-3)
+    assert ee.Geometry.Point([1, 1]).area(1).getInfo() == 0
+
+
+def test_cloud_score_plus_and_cloud_probability_follow_the_s2_clouds(ee_emulator_session: Emulator) -> None:
+    _, assets = _june(ee_emulator_session)
+    indices = [a.system_index for a in assets]
+    cs = ee.ImageCollection("GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED").filterDate("2024-06-01", "2024-06-30")
+    cs = cs.filterBounds(ee.Geometry.Point(SPOT))
+    assert cs.aggregate_array("system:index").getInfo() == indices
+    size = 32
+    # A window where the S2 image is partly cloudy (found from the pixel function, deterministically).
+    asset, row0, col0 = next(
+        (a, r, c)
+        for a in sorted(assets, key=lambda a: -a.properties["CLOUDY_PIXEL_PERCENTAGE"])
+        for r in range(500, 10000, 1500)
+        for c in range(500, 10000, 1500)
+        if 0.2 < (read_window(a, "MSK_CLDPRB", r // 2, c // 2, size // 2, size // 2)[0] > 0).mean() < 0.8
+    )
+    scores = ee_emulator_session.catalog.image(
+        f"GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED/{asset.system_index}"
+    )
+    prob = ee_emulator_session.catalog.image(f"COPERNICUS/S2_CLOUD_PROBABILITY/{asset.system_index}")
+    assert scores.band("cs").grid == asset.band("B4").grid
+    linked = ee.Image(asset.id).linkCollection(cs, ["cs"]).select(["B4", "cs"])
+    grid = _native_grid(asset, row0, col0, size)
+    out = ee.data.computePixels({"expression": linked, "fileFormat": "NUMPY_NDARRAY", "grid": grid})
+    expected_cs = read_window(scores, "cs", row0, col0, size, size)[0]
+    np.testing.assert_array_equal(out["cs"], expected_cs)
+    probability = read_window(prob, "probability", row0, col0, size, size)[0]
+    # One cloud field: probability = floor(100 * (1 - cs)) up to float32 rounding of cs.
+    np.testing.assert_allclose(
+        probability, np.floor(100 * (1 - expected_cs.astype(np.float64)) + 1e-3), atol=1
+    )
+    # The brightest (cloudiest) S2 pixels are the least clear ones.
+    b2 = read_window(asset, "B2", row0, col0, size, size)[0]
+    assert np.corrcoef(b2.ravel(), expected_cs.ravel())[0, 1] < 0

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import shapely.affinity
+from shapely.geometry import Point
 from shapely.geometry.base import BaseGeometry
 
 from edown.crs import crs_is_geographic
@@ -29,12 +30,14 @@ from edown.emulator.reducers import (
     REDUCER_KINDS,
     EEReducer,
     composite,
+    geodesic_area,
     get_region,
     make_reducer,
     mosaic,
     reduce_bands,
     reduce_columns,
     reduce_region,
+    sample_pixels,
 )
 from edown.emulator.values import (
     AndFilter,
@@ -250,6 +253,59 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
         return _collection(collection1, "Collection.merge").then(
             "merge", _collection(collection2, "Collection.merge")
         )
+
+    @fn("Collection")
+    def _feature_collection(features: list[Any]) -> EECollection:
+        items = []
+        for f in features:
+            if isinstance(f, EEGeometry):
+                f = EEFeature(f, {})
+            if not isinstance(f, EEFeature):
+                raise EvaluationError(f"Collection: Expected features, got {type(f).__name__}.")
+            items.append(f)
+        return EECollection(catalog, images=tuple(items), kind="FeatureCollection")
+
+    @fn("ErrorMargin")
+    def _error_margin(value: Any = None, unit: str = "meters") -> dict[str, Any]:
+        return {"type": "ErrorMargin", "value": value, "unit": unit}
+
+    @fn("Geometry.area")
+    def _area(geometry: Any, maxError: Any = None, proj: Any = None) -> float:
+        if proj is not None:
+            raise UnsupportedFunctionError(
+                "Geometry.area with a projection is not supported by the edown emulator."
+            )
+        return geodesic_area(geometry_argument(geometry))
+
+    @fn("Image.sample")
+    def _sample(
+        image: Any,
+        region: Any = None,
+        scale: Any = None,
+        projection: Any = None,
+        factor: Any = None,
+        numPixels: Any = None,
+        seed: int = 0,
+        dropNulls: bool = True,
+        tileScale: Any = 1,
+        geometries: bool = False,
+    ) -> EECollection:
+        img = _image(image, "Image.sample")
+        rows = sample_pixels(
+            img,
+            None if region is None else geometry_argument(region),
+            None if scale is None else float(scale),
+            crs_of(projection),
+            None if factor is None else float(factor),
+            None if numPixels is None else int(numPixels),
+            int(seed),
+            bool(dropNulls),
+        )
+        features = tuple(
+            EEFeature(EEGeometry(Point(lon, lat)) if geometries else None, values)
+            for lon, lat, values in rows
+        )
+        return EECollection(catalog, images=features, kind="FeatureCollection")
 
     @fn("AggregateFeatureCollection.array")
     def _agg_array(collection: EECollection, property: str) -> list[Any]:
@@ -760,6 +816,28 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
     @fn("Image.clamp")
     def _clamp(input: Any, low: float, high: float) -> EEImage:
         return im.clamp(_image(input, "Image.clamp"), float(low), float(high))
+
+    @fn("Image.linkCollection")
+    def _link(
+        input: Any,
+        imageCollection: Any,
+        linkedBands: list[str] | None = None,
+        linkedProperties: list[str] | None = None,
+        matchPropertyName: str = "system:index",
+    ) -> EEImage:
+        img = _image(input, "Image.linkCollection")
+        value = img.property(matchPropertyName)
+        match_filter = CompareFilter("equals", matchPropertyName, None, None, value)
+        found = _collection(imageCollection, "Image.linkCollection").then("filter", match_filter).elements()
+        if not found:
+            return img  # EE: no match leaves the image as it is
+        other = im.as_image(found[0])
+        out = img
+        if linkedBands:
+            out = im.add_bands(out, im.select(other, [re.escape(b) for b in linkedBands]), None, True)
+        for name in linkedProperties or []:
+            out = _set(out, name, other.property(name))
+        return out
 
     @fn("Image.reduce")
     def _image_reduce(image: Any, reducer: Any) -> EEImage:

@@ -521,3 +521,71 @@ def reduce_list(values: Sequence[Any], reducer: EEReducer) -> Any:
         value, ok = kernel(numbers, ones)
         results[name] = _scalar(value, bool(ok), reducer.output_type(in_type, int(numbers.size)))
     return results[outputs[0][0]] if len(outputs) == 1 else results
+
+
+def sample_pixels(
+    image: EEImage,
+    region: BaseGeometry | None,
+    scale: float | None,
+    crs: str | None,
+    factor: float | None,
+    num_pixels: int | None,
+    seed: int,
+    drop_nulls: bool,
+) -> list[tuple[float, float, dict[str, Any]]]:
+    """``Image.sample``: the covered pixels of the region grid (as ``reduceRegion``), as lon/lat centres
+    and band values. ``factor``/``numPixels`` draw a subset with numpy's generator seeded by ``seed``
+    (EE's own random choice cannot be reproduced; the count and the values' origin are what is exact)."""
+    area = region if region is not None else image.footprint
+    if area is None:
+        raise EvaluationError("Image.sample: Provide 'region' when sampling an unbounded image.")
+    if not image.bands:
+        return []
+    out_crs, transform = projection_grid(image.bands[0].grid, crs, None, scale)
+    grid = region_grid(area, out_crs, transform)
+    check_pixels(grid, DEFAULT_MAX_PIXELS, "Image.sample")
+    ctx = EvalContext(grid)
+    inside = covered(ctx, area)
+    columns = {}
+    valid_all = inside.copy()
+    for band in image.bands:
+        raster = band.evaluate(ctx)
+        columns[band.name] = (
+            np.broadcast_to(raster.values, ctx.shape),
+            np.broadcast_to(raster.mask, ctx.shape),
+        )
+        if drop_nulls:
+            valid_all &= columns[band.name][1]
+    rows_idx, cols_idx = np.nonzero(valid_all)
+    order = np.arange(rows_idx.size)
+    if factor is not None or num_pixels is not None:
+        wanted = num_pixels if num_pixels is not None else round(rows_idx.size * float(factor or 0))
+        rng = np.random.default_rng(seed)
+        order = np.sort(rng.choice(rows_idx.size, size=min(wanted, rows_idx.size), replace=False))
+    charge(int(order.size))
+    xs, ys = ctx.centres()
+    xs, ys = np.broadcast_arrays(xs, ys)
+    px, py = xs[rows_idx[order], cols_idx[order]], ys[rows_idx[order], cols_idx[order]]
+    if not same_crs(out_crs, "EPSG:4326"):
+        to_ll = Transformer.from_crs(resolve_crs(out_crs), "EPSG:4326", always_xy=True)
+        px, py = (np.asarray(v) for v in to_ll.transform(px, py))
+    samples = []
+    for k, i in enumerate(order):
+        r, c = rows_idx[i], cols_idx[i]
+        values: dict[str, Any] = {}
+        for band in image.bands:
+            vals, mask = columns[band.name]
+            if mask[r, c]:
+                values[band.name] = int(vals[r, c]) if band.pixel_type.is_integer else float(vals[r, c])
+        samples.append((float(px[k]), float(py[k]), values))
+    return samples
+
+
+def geodesic_area(geometry: BaseGeometry) -> float:
+    """Area in square metres on the WGS84 ellipsoid (points and lines: 0), as ``Geometry.area``."""
+    from pyproj import Geod
+
+    if geometry.area == 0:
+        return 0.0
+    area, _ = Geod(ellps="WGS84").geometry_area_perimeter(geometry)
+    return abs(float(area))

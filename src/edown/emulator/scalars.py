@@ -254,6 +254,10 @@ def register(reg: dict[str, Function]) -> None:
 
         if not isinstance(reducer, EEReducer):
             raise EvaluationError("List.reduce: Expected a Reducer.")
+        if reducer.kind in ("first", "firstNonNull"):
+            # Any values, not only numbers: ee.List([image, fallback]).reduce(firstNonNull) picks one.
+            present = [v for v in list if v is not None] if reducer.kind == "firstNonNull" else list
+            return present[0] if present else None
         return reduce_list(list, reducer)
 
     # -- dictionaries --

@@ -7,6 +7,7 @@ bound what the catalogue enumerates (dates and region), and every filter is appl
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -20,7 +21,7 @@ from shapely.geometry.base import BaseGeometry
 
 from edown.crs import resolve_crs, same_crs
 from edown.emulator.budget import charge
-from edown.emulator.catalog import Catalog
+from edown.emulator.catalog import Catalog, CatalogError
 from edown.emulator.images import EEImage, EvaluationError, load_image
 from edown.emulator.model import mapping_json, parse_rfc3339
 
@@ -235,6 +236,8 @@ class Bounds:
     start: int | None = None
     end: int | None = None
     region: BaseGeometry | None = None
+    #: ``system:index`` equality: the one image the catalogue needs to look at.
+    index: str | None = None
 
     def meet(self, other: Bounds) -> Bounds:
         start = max((v for v in (self.start, other.start) if v is not None), default=None)
@@ -244,7 +247,7 @@ class Bounds:
             if other.region is None
             else (other.region if self.region is None else self.region.intersection(other.region))
         )
-        return Bounds(start, end, region)
+        return Bounds(start, end, region, self.index if self.index is not None else other.index)
 
 
 class EEFilter:
@@ -295,6 +298,13 @@ class CompareFilter(EEFilter):
             return False
 
     def bounds(self) -> Bounds:
+        if (
+            self.left_field == "system:index"
+            and self.right_field is None
+            and self.op in ("equals", "eq")
+            and isinstance(self.right_value, str)
+        ):
+            return Bounds(index=self.right_value)
         if self.left_field == "system:time_start" and self.right_field is None:
             value = comparable(self.right_value)
             if isinstance(value, int | float):
@@ -435,8 +445,10 @@ class EECollection:
 
     catalog: Catalog = field(compare=False, repr=False)
     source: str | None = None
-    images: tuple[EEImage, ...] | None = None
+    images: tuple[Any, ...] | None = None
     ops: tuple[tuple[str, Any], ...] = ()
+    #: ``ImageCollection`` or ``FeatureCollection`` (what ``getInfo`` calls it).
+    kind: str = "ImageCollection"
 
     def properties(self) -> dict[str, Any]:
         """The collection's own properties (a collection is an element too), ``system:id`` included."""
@@ -450,7 +462,7 @@ class EECollection:
         return props
 
     def then(self, op: str, arg: Any) -> EECollection:
-        return EECollection(self.catalog, self.source, self.images, (*self.ops, (op, arg)))
+        return EECollection(self.catalog, self.source, self.images, (*self.ops, (op, arg)), self.kind)
 
     def elements(self) -> list[Any]:
         leading = Bounds()
@@ -461,10 +473,15 @@ class EECollection:
         items: list[Any]
         if self.source is not None:
             items = []
-            # Charged one by one: a query without a region enumerates the whole world, slowly.
-            for asset in self.catalog.query(self.source, leading.start, leading.end, leading.region):
-                charge()
-                items.append(load_image(asset))
+            if leading.index is not None:
+                # Linking by system:index (Cloud Score+ to S2...): one look-up, as EE's index makes it.
+                with contextlib.suppress(CatalogError):
+                    items.append(load_image(self.catalog.image(f"{self.source}/{leading.index}")))
+            else:
+                # Charged one by one: a query without a region enumerates the whole world, slowly.
+                for asset in self.catalog.query(self.source, leading.start, leading.end, leading.region):
+                    charge()
+                    items.append(load_image(asset))
         else:
             items = list(self.images or ())
             charge(len(items))
@@ -499,7 +516,9 @@ class EECollection:
         if self.source is not None:
             header = self.catalog.collection(self.source).to_info_header()
         else:
-            header = {"type": "ImageCollection", "bands": []}
+            header = (
+                {"type": self.kind, "bands": []} if self.kind == "ImageCollection" else {"type": self.kind}
+            )
         own = {k: v for k, v in self.properties().items() if k != "system:id"}
         if own:
             header["properties"] = {k: to_info(v) for k, v in own.items()}
