@@ -241,3 +241,21 @@ def test_set_default_projection_declares_a_grid_without_changing_pixels(
     assert info["crs"] == "EPSG:3857" and info["crs_transform"] == [50, 0, 0, 0, 50, 0]
     grid = _native_request(asset, 800, 800, 8)
     np.testing.assert_array_equal(_pixels(moved, grid), _pixels(b4, grid))
+
+
+def test_get_map_id_serves_web_mercator_png_tiles(ee_emulator_session: Emulator) -> None:
+    asset = _asset(ee_emulator_session)
+    map_id = ee.Image(asset.id).getMapId({"min": 0, "max": 3000, "bands": ["B4", "B3", "B2"]})
+    zoom, x, y = 15, 16338, 10893  # a tile west of London, inside T30UXC
+    pixels = np.asarray(Image.open(io.BytesIO(_get(map_id["tile_fetcher"].format_tile_url(x, y, zoom)))))
+    assert pixels.shape == (256, 256, 4)
+    half = 20037508.342789244
+    side = 2 * half / 2**zoom
+    centres = -half + x * side + (np.arange(256) + 0.5) * side / 256
+    rows = half - y * side - (np.arange(256) + 0.5) * side / 256
+    gx, gy = np.meshgrid(centres, rows)
+    for channel, band in enumerate(("B4", "B3", "B2")):
+        np.testing.assert_array_equal(
+            pixels[..., channel], _stretch(_sample(asset, band, "EPSG:3857", gx, gy), 0, 3000)
+        )
+    assert np.all(pixels[..., 3] == 255)

@@ -299,3 +299,18 @@ def test_cloud_score_plus_and_cloud_probability_follow_the_s2_clouds(ee_emulator
     # The brightest (cloudiest) S2 pixels are the least clear ones.
     b2 = read_window(asset, "B2", row0, col0, size, size)[0]
     assert np.corrcoef(b2.ravel(), expected_cs.ravel())[0, 1] < 0
+
+
+def test_quality_mosaic_and_to_bands(ee_emulator_session: Emulator) -> None:
+    coll, assets = _june(ee_emulator_session)
+    row0, col0, size = 3000, 4000, 16
+    grid = _native_grid(assets[0], row0, col0, size)
+    quality = coll.select(["B4", "B8"]).qualityMosaic("B8")
+    out = ee.data.computePixels({"expression": quality, "fileFormat": "NUMPY_NDARRAY", "grid": grid})
+    b8, valid = _stack(assets, "B8", row0, col0, size)
+    b4, _ = _stack(assets, "B4", row0, col0, size)
+    best = np.argmax(np.where(valid, b8.astype(np.float64), -np.inf), axis=0)
+    np.testing.assert_array_equal(out["B8"], np.take_along_axis(b8, best[None], axis=0)[0])
+    np.testing.assert_array_equal(out["B4"], np.take_along_axis(b4, best[None], axis=0)[0])
+    names = coll.select("B4").toBands().bandNames().getInfo()
+    assert names == [f"{a.system_index}_B4" for a in assets]

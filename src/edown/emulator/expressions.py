@@ -34,10 +34,12 @@ from edown.emulator.reducers import (
     get_region,
     make_reducer,
     mosaic,
+    quality_mosaic,
     reduce_bands,
     reduce_columns,
     reduce_region,
     sample_pixels,
+    to_bands,
 )
 from edown.emulator.values import (
     AndFilter,
@@ -842,6 +844,14 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
     @fn("Image.reduce")
     def _image_reduce(image: Any, reducer: Any) -> EEImage:
         return reduce_bands(_image(image, "Image.reduce"), _reducer(reducer, "Image.reduce"))
+
+    @fn("ImageCollection.qualityMosaic")
+    def _quality_mosaic(collection: Any, qualityBand: str) -> EEImage:
+        return quality_mosaic(_images(collection, "ImageCollection.qualityMosaic"), str(qualityBand))
+
+    @fn("ImageCollection.toBands")
+    def _to_bands(collection: Any) -> EEImage:
+        return to_bands(_images(collection, "ImageCollection.toBands"))
 
     @fn("ImageCollection.mosaic")
     def _mosaic(collection: Any) -> EEImage:

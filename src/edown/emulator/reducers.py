@@ -589,3 +589,60 @@ def geodesic_area(geometry: BaseGeometry) -> float:
         return 0.0
     area, _ = Geod(ellps="WGS84").geometry_area_perimeter(geometry)
     return abs(float(area))
+
+
+def quality_mosaic(images: Sequence[EEImage], quality_band: str) -> EEImage:
+    """``ImageCollection.qualityMosaic``: per pixel, every band from the image whose ``quality_band`` is
+    highest among those valid there (the earliest such image on ties, as ``argmax`` picks)."""
+    if not images:
+        return EEImage(bands=())
+    qualities: list[EEBand] = []
+    for image in images:
+        match = [b for b in image.bands if b.name == quality_band]
+        if not match:
+            raise EvaluationError(f"ImageCollection.qualityMosaic: Image has no band '{quality_band}'.")
+        qualities.append(match[0])
+    bands: list[EEBand] = []
+    for name in images[0].band_names():
+        sources = []
+        for image in images:
+            match = [b for b in image.bands if b.name == name]
+            if not match:
+                raise EvaluationError(f"ImageCollection.qualityMosaic: Image has no band '{name}'.")
+            sources.append(match[0])
+        ptype = sources[0].pixel_type
+        for other in sources[1:]:
+            ptype = union_type(ptype, other.pixel_type)
+
+        def compute(
+            ctx: EvalContext, parts: tuple[EEBand, ...] = tuple(sources), t: PixelType = ptype
+        ) -> Raster:
+            charge(2 * len(parts))
+            shape = ctx.shape
+            q = [qb.evaluate(ctx) for qb in qualities]
+            score = np.stack(
+                [
+                    np.where(np.broadcast_to(r.mask, shape), np.broadcast_to(r.values, shape), -np.inf)
+                    for r in q
+                ]
+            ).astype(np.float64)
+            best = np.argmax(score, axis=0)
+            rasters = [p.evaluate(ctx) for p in parts]
+            values = np.stack([np.broadcast_to(r.values, shape) for r in rasters])
+            valid = np.stack([np.broadcast_to(r.mask, shape) for r in rasters])
+            chosen = np.take_along_axis(values, best[None], axis=0)[0]
+            ok = np.take_along_axis(valid, best[None], axis=0)[0] & np.isfinite(score.max(axis=0))
+            return Raster(_typed(chosen, t), ok, ok)
+
+        bands.append(EEBand(name, ptype, None, compute))
+    return EEImage(bands=tuple(bands))
+
+
+def to_bands(images: Sequence[EEImage]) -> EEImage:
+    """``ImageCollection.toBands``: every image's bands, named ``<system:index>_<band>``."""
+    bands: list[EEBand] = []
+    for i, image in enumerate(images):
+        index = image.property("system:index")
+        prefix = str(index) if index is not None else str(i)
+        bands.extend(replace(b, name=f"{prefix}_{b.name}") for b in image.bands)
+    return EEImage(bands=tuple(bands))

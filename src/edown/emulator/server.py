@@ -344,8 +344,14 @@ _ASSET_ROUTE = re.compile(
 )
 _PROJECT_ROUTE = re.compile(
     r"^/v1/projects/(?P<project>[^/:]+)"
-    r"(?P<rest>/algorithms|/value:compute|/image:computePixels|:listAssets|/thumbnails)$"
+    r"(?P<rest>/algorithms|/value:compute|/image:computePixels|:listAssets|/thumbnails|/maps)$"
 )
+_TILE_ROUTE = re.compile(
+    r"^/v1/projects/(?P<project>[^/:]+)/maps/(?P<map>[A-Za-z0-9_-]+)/tiles/(?P<z>\d+)/(?P<x>\d+)/(?P<y>\d+)$"
+)
+#: Half the side of the Web Mercator (EPSG:3857) world, in metres: map tiles divide it by powers of two.
+WEB_MERCATOR_HALF = 20037508.342789244
+TILE_SIZE = 256
 _THUMBNAIL_ROUTE = re.compile(
     r"^/v1/projects/(?P<project>[^/:]+)/thumbnails/(?P<thumb>[A-Za-z0-9_-]+):getPixels$"
 )
@@ -547,6 +553,9 @@ class Emulator:
         m = _THUMBNAIL_ROUTE.match(path)
         if m:
             return "thumbnailPixels", header_project or m.group("project"), m.group("thumb")
+        m = _TILE_ROUTE.match(path)
+        if m:
+            return "mapTile", header_project or m.group("project"), "/".join(m.group("map", "z", "x", "y"))
         m = _PROJECT_ROUTE.match(path)
         if m:
             rest = m.group("rest")
@@ -556,6 +565,7 @@ class Emulator:
                 "/image:computePixels": "computePixels",
                 ":listAssets": "listProjectAssets",
                 "/thumbnails": "thumbnails",
+                "/maps": "maps",
             }[rest]
             return kind, header_project or m.group("project"), None
         m = _ASSET_ROUTE.match(path)
@@ -614,8 +624,11 @@ class Emulator:
                     return self._compute(body)
                 if kind == "computePixels":
                     return self._pixels(kind, None, body, rec)
-                if kind == "thumbnails" and method == "POST":
-                    return self._create_thumbnail(project or "", body)
+                if kind in ("thumbnails", "maps") and method == "POST":
+                    return self._create_thumbnail(project or "", body, kind)
+                if kind == "mapTile" and method == "GET":
+                    assert asset is not None
+                    return self._map_tile(project or "", asset, rec)
                 if kind == "thumbnailPixels" and method == "GET":
                     assert asset is not None
                     return self._thumbnail_pixels(project or "", asset, rec)
@@ -662,8 +675,9 @@ class Emulator:
         value = self.evaluator.evaluate(body["expression"])
         return _Outcome(json.dumps({"result": to_info(value)}).encode())
 
-    def _create_thumbnail(self, project: str, body: dict[str, Any]) -> _Outcome:
-        """``thumbnails.create`` (getDownloadURL, getThumbURL): check the request, remember it, name it."""
+    def _create_thumbnail(self, project: str, body: dict[str, Any], kind: str = "thumbnails") -> _Outcome:
+        """``thumbnails.create`` (getDownloadURL, getThumbURL) or ``maps.create`` (getMapId): check the
+        request, remember it, name it."""
         unknown = sorted(set(body) - {"expression", "fileFormat", "filenamePrefix", "bandIds", "workloadTag"})
         if unknown:
             raise ApiError(
@@ -684,14 +698,43 @@ class Emulator:
             )
         thumb = secrets.token_hex(16)
         with self._cache_lock:
-            self._thumbnails[thumb] = (project, body)
+            self._thumbnails[f"{kind}/{thumb}"] = (project, body)
             while len(self._thumbnails) > MAX_THUMBNAILS:
                 self._thumbnails.popitem(last=False)
-        return _Outcome(json.dumps({"name": f"projects/{project}/thumbnails/{thumb}"}).encode())
+        return _Outcome(json.dumps({"name": f"projects/{project}/{kind}/{thumb}"}).encode())
+
+    def _map_tile(self, project: str, tile: str, rec: RequestRecord) -> _Outcome:
+        """One 256 x 256 PNG of the Web Mercator tile pyramid (``getMapId`` layers, geemap's maps)."""
+        map_id, z, x, y = tile.split("/")
+        with self._cache_lock:
+            stored = self._thumbnails.get(f"maps/{map_id}")
+        if stored is None or stored[0] != project:
+            raise ApiError(404, f"Map projects/{project}/maps/{map_id} does not exist or has expired.")
+        zoom, col, row = int(z), int(x), int(y)
+        if zoom > 30 or not (0 <= col < 2**zoom and 0 <= row < 2**zoom):
+            raise ApiError(400, f"Tile {zoom}/{col}/{row} is outside the map.")
+        side = 2 * WEB_MERCATOR_HALF / 2**zoom
+        res = side / TILE_SIZE
+        grid = Grid(
+            "EPSG:3857",
+            (res, 0.0, -WEB_MERCATOR_HALF + col * side, 0.0, -res, WEB_MERCATOR_HALF - row * side),
+            TILE_SIZE,
+            TILE_SIZE,
+        )
+        image = self.evaluator.evaluate(stored[1]["expression"])
+        rec.grid = {
+            "crs": grid.crs,
+            "transform": list(grid.transform),
+            "width": grid.width,
+            "height": grid.height,
+        }
+        fmt = stored[1].get("fileFormat") or "AUTO_JPEG_PNG"
+        picture = "JPEG" if fmt == "JPEG" else "PNG"
+        return _Outcome(encode_picture(image, EvalContext(grid), picture), THUMBNAIL_FORMATS[picture])
 
     def _thumbnail_pixels(self, project: str, thumb: str, rec: RequestRecord) -> _Outcome:
         with self._cache_lock:
-            stored = self._thumbnails.get(thumb)
+            stored = self._thumbnails.get(f"thumbnails/{thumb}")
         if stored is None or stored[0] != project:
             raise ApiError(
                 404, f"Thumbnail projects/{project}/thumbnails/{thumb} does not exist or has expired."
