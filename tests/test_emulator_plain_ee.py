@@ -314,3 +314,13 @@ def test_quality_mosaic_and_to_bands(ee_emulator_session: Emulator) -> None:
     np.testing.assert_array_equal(out["B4"], np.take_along_axis(b4, best[None], axis=0)[0])
     names = coll.select("B4").toBands().bandNames().getInfo()
     assert names == [f"{a.system_index}_B4" for a in assets]
+
+
+def test_geometry_bounds_centroid_and_buffer(ee_emulator_session: Emulator) -> None:
+    triangle = ee.Geometry.Polygon([[[0, 0], [0.02, 0], [0, 0.01]]])
+    ring = triangle.bounds().getInfo()["coordinates"][0]
+    assert {tuple(p) for p in ring} == {(0, 0), (0.02, 0), (0.02, 0.01), (0, 0.01)}
+    assert triangle.centroid().getInfo()["coordinates"] == pytest.approx([0.02 / 3, 0.01 / 3])
+    disc = ee.Geometry.Point([10, 45]).buffer(1000)
+    assert disc.area(1).getInfo() == pytest.approx(math.pi * 1000**2, rel=3e-3)
+    assert disc.bounds().getInfo()["coordinates"][0][2][1] == pytest.approx(45 + 1000 / 111132, rel=1e-4)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import shapely.affinity
+import shapely.geometry
 from shapely.geometry import Point
 from shapely.geometry.base import BaseGeometry
 
@@ -29,6 +30,7 @@ from edown.emulator.reducers import (
     DEFAULT_MAX_PIXELS,
     REDUCER_KINDS,
     EEReducer,
+    buffer_metres,
     composite,
     geodesic_area,
     get_region,
@@ -278,6 +280,30 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
                 "Geometry.area with a projection is not supported by the edown emulator."
             )
         return geodesic_area(geometry_argument(geometry))
+
+    @fn("Geometry.bounds")
+    def _bounds(geometry: Any, maxError: Any = None, proj: Any = None) -> EEGeometry:
+        if proj is not None:
+            raise UnsupportedFunctionError(
+                "Geometry.bounds with a projection is not supported by the edown emulator."
+            )
+        return EEGeometry(shapely.geometry.box(*geometry_argument(geometry).bounds), False)
+
+    @fn("Geometry.centroid")
+    def _centroid(geometry: Any, maxError: Any = None, proj: Any = None) -> EEGeometry:
+        if proj is not None:
+            raise UnsupportedFunctionError(
+                "Geometry.centroid with a projection is not supported by the edown emulator."
+            )
+        return EEGeometry(geometry_argument(geometry).centroid)
+
+    @fn("Geometry.buffer")
+    def _buffer(geometry: Any, distance: float, maxError: Any = None, proj: Any = None) -> EEGeometry:
+        if proj is not None:
+            raise UnsupportedFunctionError(
+                "Geometry.buffer with a projection is not supported by the edown emulator."
+            )
+        return EEGeometry(buffer_metres(geometry_argument(geometry), float(distance)))
 
     @fn("Image.sample")
     def _sample(

@@ -646,3 +646,14 @@ def to_bands(images: Sequence[EEImage]) -> EEImage:
         prefix = str(index) if index is not None else str(i)
         bands.extend(replace(b, name=f"{prefix}_{b.name}") for b in image.bands)
     return EEImage(bands=tuple(bands))
+
+
+def buffer_metres(geometry: BaseGeometry, distance: float) -> BaseGeometry:
+    """``Geometry.buffer`` by ``distance`` metres (negative shrinks), computed in an azimuthal equidistant
+    projection centred on the geometry, so distances are true ones near it."""
+    centre = geometry.centroid
+    local = f"+proj=aeqd +lat_0={centre.y} +lon_0={centre.x} +datum=WGS84 +units=m"
+    forward = Transformer.from_crs("EPSG:4326", local, always_xy=True)
+    back = Transformer.from_crs(local, "EPSG:4326", always_xy=True)
+    projected = shapely.transform(geometry, forward.transform, interleaved=False)
+    return shapely.transform(projected.buffer(distance, quad_segs=16), back.transform, interleaved=False)
