@@ -511,3 +511,38 @@ def test_a_query_over_the_whole_world_stops_at_the_time_budget() -> None:
         with pytest.raises(ee.EEException, match=r"Computation timed out.*1 s.*max_evaluation_seconds"):
             week.size().getInfo()
         assert time.monotonic() - started < 10
+
+
+@pytest.mark.timeout(120)
+def test_remembered_download_ids_cannot_fill_the_memory(ee_emulator: Emulator) -> None:
+    """Each thumbnails.create is remembered for its GET; beyond 64 MiB of requests the oldest are forgotten."""
+    padding = "x" * (9 * MiB)
+    expression = {
+        "result": "0",
+        "values": {
+            "0": {
+                "functionInvocationValue": {
+                    "functionName": "Element.set",
+                    "arguments": {
+                        "object": {
+                            "functionInvocationValue": {
+                                "functionName": "Image.constant",
+                                "arguments": {"value": {"constantValue": 1}},
+                            }
+                        },
+                        "key": {"constantValue": "pad"},
+                        "value": {"constantValue": padding},
+                    },
+                }
+            }
+        },
+    }
+    body = json.dumps({"expression": expression, "fileFormat": "NPY"}).encode()
+    names = []
+    for _ in range(9):
+        head = _post_head("/v1/projects/edown-tests/thumbnails", Content_Length=str(len(body)))
+        status, answer = _raw_request(ee_emulator.url, head, body, timeout=60)
+        assert status == 200
+        names.append(answer["name"])
+    assert _status(f"{ee_emulator.url}/v1/{names[0]}:getPixels") == 404  # forgotten: 81 MiB > 64 MiB
+    assert _status(f"{ee_emulator.url}/v1/{names[-1]}:getPixels") == 400  # kept (a constant has no grid)

@@ -367,6 +367,8 @@ THUMBNAIL_FORMATS = {
 }
 #: Thumbnail ids remembered (oldest forgotten first), as EE's ids expire.
 MAX_THUMBNAILS = 1000
+#: ...and at most this many bytes of their requests, so that stored ids cannot fill the memory.
+MAX_THUMBNAIL_BYTES = 64 * 1024 * 1024
 
 
 class Emulator:
@@ -384,7 +386,8 @@ class Emulator:
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cache_bytes = 0
         self._cache_lock = threading.Lock()
-        self._thumbnails: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
+        self._thumbnails: OrderedDict[str, tuple[str, dict[str, Any], int]] = OrderedDict()
+        self._thumbnail_bytes = 0
 
     # -- lifecycle --
     @property
@@ -697,10 +700,13 @@ class Emulator:
                 400, f"Thumbnails: The expression must evaluate to an Image, not {_type_name(value)}."
             )
         thumb = secrets.token_hex(16)
+        size = len(json.dumps(body))
         with self._cache_lock:
-            self._thumbnails[f"{kind}/{thumb}"] = (project, body)
-            while len(self._thumbnails) > MAX_THUMBNAILS:
-                self._thumbnails.popitem(last=False)
+            self._thumbnails[f"{kind}/{thumb}"] = (project, body, size)
+            self._thumbnail_bytes += size
+            while len(self._thumbnails) > MAX_THUMBNAILS or self._thumbnail_bytes > MAX_THUMBNAIL_BYTES:
+                _, (_, _, dropped) = self._thumbnails.popitem(last=False)
+                self._thumbnail_bytes -= dropped
         return _Outcome(json.dumps({"name": f"projects/{project}/{kind}/{thumb}"}).encode())
 
     def _map_tile(self, project: str, tile: str, rec: RequestRecord) -> _Outcome:
