@@ -116,3 +116,26 @@ def test_xee_loads_a_mapped_ndvi_collection(ee_emulator_session: Emulator) -> No
         got = ds["ndvi"].values[i]
         np.testing.assert_array_equal(np.isnan(got), ~valid)
         np.testing.assert_array_equal(got[valid], expected[valid])
+
+
+def test_xee_opens_a_single_image_the_srtm_dem(ee_emulator_session: Emulator) -> None:
+    asset = ee_emulator_session.catalog.image("USGS/SRTMGL1_003")
+    crs, transform = _native_window(asset, "elevation", 645_500, 30_500)  # near (-0.7, 51.5)
+    ds = _open(ee.Image("USGS/SRTMGL1_003"), crs, transform, (20, 10))
+    values, valid = read_window(asset, "elevation", 30_500, 645_500, 10, 20)
+    assert valid.all() and ds["elevation"].shape == (1, 10, 20)
+    np.testing.assert_array_equal(ds["elevation"].values[0], values.astype(np.float32))
+
+
+def test_xee_fast_time_slicing_reads_the_same_pixels(ee_emulator_session: Emulator) -> None:
+    coll, assets = _collection(ee_emulator_session, "COPERNICUS/S2_SR_HARMONIZED", "2024-06-01", "2024-06-12")
+    crs, transform = _native_window(assets[0], "B4", 4100, 3100)
+    ds = xr.open_dataset(
+        coll.select("B4"),
+        engine="ee",
+        crs=crs,
+        crs_transform=transform,
+        shape_2d=(16, 8),
+        fast_time_slicing=True,
+    ).load()
+    _check(ds, assets, "B4", 3100, 4100, 16, 8)
