@@ -27,12 +27,9 @@ from edown.emulator.catalog import AssetNotFoundError, Catalog
 from edown.emulator.images import EEImage, EvaluationError
 from edown.emulator.neighbourhoods import fast_distance_transform
 from edown.emulator.reducers import (
-    DEFAULT_MAX_PIXELS,
     REDUCER_KINDS,
     EEReducer,
-    buffer_metres,
     composite,
-    geodesic_area,
     get_region,
     make_reducer,
     mosaic,
@@ -43,6 +40,7 @@ from edown.emulator.reducers import (
     sample_pixels,
     to_bands,
 )
+from edown.emulator.regions import DEFAULT_MAX_PIXELS, METRES_PER_DEGREE
 from edown.emulator.values import (
     AndFilter,
     CalendarFilter,
@@ -61,9 +59,11 @@ from edown.emulator.values import (
     OrFilter,
     RangeFilter,
     advance,
+    buffer_metres,
     check_field,
     element_property,
     flatten_filters,
+    geodesic_area,
     geometry_argument,
     make_linestring,
     make_point,
@@ -543,7 +543,7 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
     def _nominal(proj: EEProjection) -> float:
         t = proj.transform or (1, 0, 0, 0, 1, 0)
         scale = math.hypot(t[0], t[3])
-        return scale * 111319.49079327357 if crs_is_geographic(proj.crs) else scale
+        return scale * METRES_PER_DEGREE if crs_is_geographic(proj.crs) else scale
 
     # -- images --
     @fn("Image.load")

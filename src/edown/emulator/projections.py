@@ -30,7 +30,7 @@ from edown.crs import resolve_crs, same_crs
 from edown.emulator.images import EEBand, EEImage, EvalContext, EvaluationError, NativeRead, Raster
 from edown.emulator.model import Grid
 from edown.emulator.pixels import Positions, read_band
-from edown.emulator.reducers import projection_grid, region_grid
+from edown.emulator.regions import projection_grid, region_grid
 
 Transform = tuple[float, float, float, float, float, float]
 

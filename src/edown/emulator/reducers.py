@@ -1,11 +1,9 @@
-"""Reducers and reductions: ``reduceRegion``, per-pixel collection composites, ``mosaic`` and ``getRegion``.
+"""Reducers and reductions: ``reduceRegion``, ``sample``, ``getRegion``, per-pixel collection composites
+(``median()``, ``mosaic()``, ``qualityMosaic``, ``toBands``...) and reductions of lists and columns.
 
 What Earth Engine computes, on the emulator's exact pixels:
 
-* A region reduction covers the pixels of one grid whose **centres** fall in the region (a point or a
-  line covers the pixels it touches). The grid is ``crsTransform`` if given; otherwise the CRS of ``crs``
-  (or of the image's first band) at ``scale`` (or the band's native scale), aligned to that band's native
-  origin; a scale in metres on a geographic CRS becomes degrees at the equator (1° = 111319.49 m). Each
+* A region reduction covers the pixels of the region grid (see :mod:`edown.emulator.regions`); each
   pixel weighs 1 (EE weighs by the mask, which is 0 or 1 for every emulated image).
 * Composites (``median()``, ``mean()``, ``mosaic()``...) work per pixel over the images' valid pixels,
   each image read on the request grid by nearest neighbour; their default projection is EPSG:4326 at 1°,
@@ -25,31 +23,23 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-import shapely
 from pyproj import Transformer
 from shapely.geometry.base import BaseGeometry
 
-from edown.crs import crs_is_geographic, resolve_crs, same_crs
+from edown.crs import resolve_crs, same_crs
 from edown.emulator.budget import charge
 from edown.emulator.images import (
-    DEFAULT_GRID,
     EEBand,
     EEImage,
     EvalContext,
     EvaluationError,
     Raster,
     cast_values,
-    inside_mask,
     union_type,
 )
 from edown.emulator.model import Grid, PixelType
+from edown.emulator.regions import DEFAULT_MAX_PIXELS, check_pixels, covered, projection_grid, region_grid
 
-#: Metres per degree at the equator: how EE turns a scale in metres into degrees on a geographic CRS.
-METRES_PER_DEGREE = 111319.49079327357
-#: EE's default ``maxPixels`` for region reductions.
-DEFAULT_MAX_PIXELS = 10_000_000
-#: Fraction of a pixel within which a region's bound counts as on a pixel edge.
-EDGE_TOLERANCE = 1e-6
 #: ``getRegion`` refuses to return more values than this (EE's limit).
 MAX_REGION_VALUES = 1_048_576
 
@@ -298,91 +288,7 @@ def _typed(values: np.ndarray, ptype: PixelType) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-# ---- region grids ------------------------------------------------------------------------------------
-
-
-def projection_grid(
-    default: Grid | None, crs: str | None, transform: Sequence[float] | None, scale: float | None
-) -> tuple[str, tuple[float, float, float, float, float, float]]:
-    """The CRS and affine transform a reduction works in (see the module docstring for the rules)."""
-    base = default or DEFAULT_GRID
-    if transform is not None:
-        if len(transform) != 6:
-            raise EvaluationError("crsTransform must have 6 numbers.")
-        t = tuple(float(v) for v in transform)
-        return crs or base.crs, t  # type: ignore[return-value]
-    out_crs = crs or base.crs
-    if crs is not None and not same_crs(crs, base.crs):
-        base_t: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
-    else:
-        base_t = base.transform
-    if scale is None:
-        return out_crs, base_t  # type: ignore[return-value]
-    size = float(scale)
-    if size <= 0:
-        raise EvaluationError("scale must be positive.")
-    if crs_is_geographic(out_crs):
-        size = size / METRES_PER_DEGREE
-    _, _, tx, _, sy, ty = base_t
-    return out_crs, (size, 0.0, tx, 0.0, -size if sy <= 0 else size, ty)
-
-
-def region_grid(
-    geometry: BaseGeometry, crs: str, transform: tuple[float, float, float, float, float, float]
-) -> Grid:
-    """The smallest grid of ``transform`` (no shear) covering ``geometry`` (lon/lat)."""
-    sx, shx, tx, shy, sy, ty = transform
-    if shx or shy:
-        raise EvaluationError("Sheared crsTransforms are not supported by the edown emulator.")
-    local = _to_crs(geometry, crs)
-    x0, y0, x1, y1 = local.bounds
-    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
-        raise EvaluationError("The region cannot be represented in the requested projection.")
-    cols = sorted(((x0 - tx) / sx, (x1 - tx) / sx))
-    rows = sorted(((y0 - ty) / sy, (y1 - ty) / sy))
-    # A bound a hair off a pixel edge (a round trip through lon/lat) must not add a pixel.
-    c0, r0 = math.floor(cols[0] + EDGE_TOLERANCE), math.floor(rows[0] + EDGE_TOLERANCE)
-    c1 = max(c0 + 1, math.ceil(cols[1] - EDGE_TOLERANCE))
-    r1 = max(r0 + 1, math.ceil(rows[1] - EDGE_TOLERANCE))
-    return Grid(crs, (sx, 0.0, tx + c0 * sx, 0.0, sy, ty + r0 * sy), c1 - c0, r1 - r0)
-
-
-def _to_crs(geometry: BaseGeometry, crs: str) -> BaseGeometry:
-    if same_crs(crs, "EPSG:4326"):
-        return geometry
-    to_crs = Transformer.from_crs("EPSG:4326", resolve_crs(crs), always_xy=True)
-    return shapely.transform(geometry, to_crs.transform, interleaved=False)
-
-
-def covered(ctx: EvalContext, geometry: BaseGeometry) -> np.ndarray:
-    """Pixels of the request grid the region covers: centres inside an area; any touch for points/lines."""
-    if geometry.area > 0:
-        return inside_mask(ctx, geometry)
-    grid = ctx.grid
-    local = _to_crs(geometry, grid.crs)
-    sx, _, tx, _, sy, ty = grid.transform
-    cols = np.arange(grid.width)
-    rows = np.arange(grid.height)
-    xs0, ys0 = tx + cols * sx, ty + rows * sy
-    boxes = shapely.box(
-        np.minimum(xs0, xs0 + sx)[None, :],
-        np.minimum(ys0, ys0 + sy)[:, None],
-        np.maximum(xs0, xs0 + sx)[None, :],
-        np.maximum(ys0, ys0 + sy)[:, None],
-    )
-    return np.asarray(shapely.intersects(boxes, local), dtype=bool)
-
-
-def check_pixels(grid: Grid, max_pixels: float, function: str) -> None:
-    count = grid.width * grid.height
-    if count > max_pixels:
-        raise EvaluationError(
-            f"{function}: Too many pixels in the region. Found {count}, but maxPixels allows only "
-            f"{int(max_pixels)}. Ensure that you are not aggregating at a higher resolution than you intended; "
-            "that is a frequent cause of this error. If not, then you may set the 'maxPixels' argument to a "
-            "limit suitable for your computation; set 'bestEffort' to true to aggregate at whatever scale "
-            "results in maxPixels total pixels; or both."
-        )
+# ---- region reductions ----------------------------------------------------------------------------------
 
 
 def reduce_region(
@@ -581,16 +487,6 @@ def sample_pixels(
     return samples
 
 
-def geodesic_area(geometry: BaseGeometry) -> float:
-    """Area in square metres on the WGS84 ellipsoid (points and lines: 0), as ``Geometry.area``."""
-    from pyproj import Geod
-
-    if geometry.area == 0:
-        return 0.0
-    area, _ = Geod(ellps="WGS84").geometry_area_perimeter(geometry)
-    return abs(float(area))
-
-
 def quality_mosaic(images: Sequence[EEImage], quality_band: str) -> EEImage:
     """``ImageCollection.qualityMosaic``: per pixel, every band from the image whose ``quality_band`` is
     highest among those valid there (the earliest such image on ties, as ``argmax`` picks)."""
@@ -646,14 +542,3 @@ def to_bands(images: Sequence[EEImage]) -> EEImage:
         prefix = str(index) if index is not None else str(i)
         bands.extend(replace(b, name=f"{prefix}_{b.name}") for b in image.bands)
     return EEImage(bands=tuple(bands))
-
-
-def buffer_metres(geometry: BaseGeometry, distance: float) -> BaseGeometry:
-    """``Geometry.buffer`` by ``distance`` metres (negative shrinks), computed in an azimuthal equidistant
-    projection centred on the geometry, so distances are true ones near it."""
-    centre = geometry.centroid
-    local = f"+proj=aeqd +lat_0={centre.y} +lon_0={centre.x} +datum=WGS84 +units=m"
-    forward = Transformer.from_crs("EPSG:4326", local, always_xy=True)
-    back = Transformer.from_crs(local, "EPSG:4326", always_xy=True)
-    projected = shapely.transform(geometry, forward.transform, interleaved=False)
-    return shapely.transform(projected.buffer(distance, quad_segs=16), back.transform, interleaved=False)

@@ -56,7 +56,7 @@ from edown.emulator.expressions import Evaluator
 from edown.emulator.images import EEImage, EvalContext, EvaluationError
 from edown.emulator.listing import FilterSyntaxError, parse_filter
 from edown.emulator.model import Grid
-from edown.emulator.reducers import region_grid
+from edown.emulator.regions import region_grid
 from edown.emulator.values import EECollection, geometry_from_geojson, to_info
 
 log = logging.getLogger("edown.emulator")

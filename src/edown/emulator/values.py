@@ -148,6 +148,30 @@ def make_linestring(coordinates: Any, crs: str | None) -> BaseGeometry:
     return to_lonlat(LineString(coordinates), crs)
 
 
+# ---- geometry measures ---------------------------------------------------------------------------
+
+
+def geodesic_area(geometry: BaseGeometry) -> float:
+    """Area in square metres on the WGS84 ellipsoid (points and lines: 0), as ``Geometry.area``."""
+    from pyproj import Geod
+
+    if geometry.area == 0:
+        return 0.0
+    area, _ = Geod(ellps="WGS84").geometry_area_perimeter(geometry)
+    return abs(float(area))
+
+
+def buffer_metres(geometry: BaseGeometry, distance: float) -> BaseGeometry:
+    """``Geometry.buffer`` by ``distance`` metres (negative shrinks), computed in an azimuthal equidistant
+    projection centred on the geometry, so distances are true ones near it."""
+    centre = geometry.centroid
+    local = f"+proj=aeqd +lat_0={centre.y} +lon_0={centre.x} +datum=WGS84 +units=m"
+    forward = Transformer.from_crs("EPSG:4326", local, always_xy=True)
+    back = Transformer.from_crs(local, "EPSG:4326", always_xy=True)
+    projected = shapely.transform(geometry, forward.transform, interleaved=False)
+    return shapely.transform(projected.buffer(distance, quad_segs=16), back.transform, interleaved=False)
+
+
 # ---- dates --------------------------------------------------------------------------------------------
 
 
