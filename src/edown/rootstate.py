@@ -307,7 +307,7 @@ def locked_root(output_root: Path, purpose: str, writes: tuple[str, ...] = ()) -
     with user_folder(given, what, option):
         given.mkdir(parents=True, exist_ok=True)
         state = given / STATE_DIR
-        _safe_mkdir(path, path / STATE_DIR / "journal")
+        _safe_mkdir(given, state / "journal")
         try:
             fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
         except OSError as exc:
