@@ -713,6 +713,9 @@ def stack(
         **{k: v for k, v in params.items() if v is not None},
         progress=True,
     )
+    if not click.get_current_context().meta.get(VERBOSE):
+        # Dask's scheduler and workers (other processes too) log every start at INFO; -v shows them.
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     results = stack_images(config)
     _stderr_console().print(
         f"manifests: {', '.join(str(_relative(p)) for p in paths)}"

@@ -46,7 +46,15 @@ import numpy as np
 
 from edown.config import StackConfig
 from edown.crs import crs_wkt
-from edown.errors import DiskFullError, EdownError, ManifestError, StackError, UnsafePathError, is_disk_full
+from edown.errors import (
+    DiskFullError,
+    EdownError,
+    ManifestError,
+    StackError,
+    UnsafePathError,
+    is_disk_full,
+    user_folder,
+)
 from edown.geotiff import GTIFF_ONLY
 from edown.grid import Transform, offset_in
 from edown.manifest import Manifest, config_to_dict, load_manifest
@@ -720,7 +728,9 @@ def _record(
         "finished_utc": utc_iso(_now()),
         "results": [r.to_dict(output_root) for r in results],
     }
-    manifest.write()
+    # The datacubes are committed by now; a manifest that cannot be updated is still the user's to fix.
+    with user_folder(manifest.path.parent, "manifest folder", "-m / manifest_path"):
+        manifest.write()
 
 
 def open_stack(path: str | Path, masked: bool = False) -> Any:
