@@ -10,6 +10,7 @@ import io
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -436,3 +437,59 @@ def test_journalled_outside_a_locked_root_records_nothing(tmp_path: Path) -> Non
     with journalled(tmp_path / ".x.tmp") as tmp:
         tmp.write_text("x")
     assert not (tmp_path / ".edown").exists()
+
+
+# ---- outside review: what a newcomer tried -----------------------------------------------------------------
+
+
+def test_a_device_or_pipe_given_as_manifest_path_is_refused_and_never_replaced(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    targets = {"pipe": tmp_path / "pipe.json"}
+    os.mkfifo(targets["pipe"])
+    if os.geteuid() == 0:  # only root can make a device node; as root a rename over /dev/null is the harm
+        targets["device"] = tmp_path / "null"
+        os.mknod(targets["device"], 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    for kind, target in targets.items():
+        for command in ("search", "download"):
+            root = ("-o", str(tmp_path / "d")) if command == "download" else ()
+            proc = edown(command, *cli_job(ee_emulator), "--manifest-path", str(target), *root)
+            assert proc.returncode == 2, (kind, command, proc.stderr)
+            assert "not a file edown may replace" in proc.stderr
+            mode = target.lstat().st_mode
+            assert stat.S_ISFIFO(mode) if kind == "pipe" else stat.S_ISCHR(mode)
+
+
+def test_a_damaged_manifest_is_one_line_of_bad_input(ee_emulator: Emulator, tmp_path: Path) -> None:
+    summary = download_images(config(ee_emulator, tmp_path, end_date="2024-06-05", bands=("B4",)))
+    doc = json.loads(summary.manifest_path.read_text())
+    del doc["download"]["results"][0]["image_id"]
+    summary.manifest_path.write_text(json.dumps(doc))
+    proc = edown("stack", "-m", str(summary.manifest_path))
+    assert proc.returncode == 2, proc.stderr
+    assert "is damaged (KeyError: missing 'image_id')" in proc.stderr and "report it" not in proc.stderr
+    doc = json.loads(summary.manifest_path.read_text())
+    doc["schema_version"] = "1"
+    summary.manifest_path.write_text(json.dumps(doc))
+    proc = edown("stack", "-m", str(summary.manifest_path))
+    assert proc.returncode == 2 and "which is not a whole number" in proc.stderr
+
+
+def test_a_read_only_manifest_folder_is_bad_input_for_download(ee_emulator: Emulator, tmp_path: Path) -> None:
+    from tests.helpers import read_only
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    with read_only(folder):
+        proc = edown(
+            "download",
+            *cli_job(ee_emulator),
+            "-o",
+            str(tmp_path / "d"),
+            "--manifest-path",
+            str(folder / "x.json"),
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        "manifest folder" in proc.stderr and "not writable" in proc.stderr and "report it" not in proc.stderr
+    )
