@@ -174,7 +174,11 @@ class Manifest:
         for entry in section.get("results", []):
             tiff = entry.get("tiff_path") if isinstance(entry, dict) else None
             if tiff is not None:
-                relative = Path(str(tiff))
+                if not isinstance(tiff, str) or "\x00" in tiff:
+                    raise ManifestError(
+                        f"manifest {self.path} lists a tiff_path that is not a path: {tiff!r}"
+                    )
+                relative = Path(tiff)
                 if relative.is_absolute():
                     try:
                         relative = relative.relative_to(root)
@@ -249,6 +253,8 @@ def load_manifest(path: Path, field: str = "manifest_path") -> Manifest:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{field}: {path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ManifestError(f"{field}: {path} is nested too deeply to be an edown manifest") from None
     except OSError as exc:
         raise ManifestError(f"{field}: {path} cannot be read ({exc.strerror or exc})") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:

@@ -329,7 +329,10 @@ def stack_images(config: StackConfig) -> list[StackResult]:
     )
     with locked_root(output_root, purpose, ("stacks",)):
         for group in sources.groups:
-            members = [(records[k], available[k]) for k in group.record_keys if k in available]
+            _check_group(group, [records[k] for k in group.record_keys if k in records], manifest.path)
+            members = [
+                (records[k], available[k]) for k in group.record_keys if k in available and k in records
+            ]
             target = stack_path(output_root, sources.collection_id, group.group_id)
             check_no_links(output_root.absolute(), target.absolute())
             if not members:
@@ -368,9 +371,9 @@ def manifest_files(paths: Iterable[Path]) -> list[Path]:
                     f"manifest_path: {path} is a folder without run-*.json manifests",
                     hint="give the manifests folder of an output root (OUTPUT_ROOT/manifests) or a manifest file",
                 )
-            found.update((run.resolve(), None) for run in runs)
+            found.update((run.absolute(), None) for run in runs)
         else:
-            found[path.resolve() if path.exists() else path] = None
+            found[path.absolute()] = None  # never resolved: a link is not followed out of the root
     return list(found)
 
 
@@ -447,6 +450,29 @@ def _merge(config: StackConfig) -> _Sources:
         downloads=tuple(downloads.values()),
         groups=groups,
     )
+
+
+def _check_group(group: AlignmentGroup, records: list[ImageRecord], source: Path) -> None:
+    """A group must be exactly its images' common grid: a manifest edited to say otherwise would make the
+    datacube (and its memory) whatever size the file chooses."""
+    if not records:
+        return
+    extents = []
+    for record in records:
+        dc, dr = offset_in(group.transform, record.window_transform)
+        extents.append((dc, dr, dc + record.window[2], dr + record.window[3]))
+    union = (
+        min(e[0] for e in extents),
+        min(e[1] for e in extents),
+        max(e[2] for e in extents),
+        max(e[3] for e in extents),
+    )
+    names = {tuple(r.output_band_names) for r in records}
+    if union != (0, 0, group.width, group.height) or names != {tuple(group.band_names)}:
+        raise ManifestError(
+            f"manifest {source}: group {group.group_id} does not match its images' grid or bands",
+            hint="use the manifest as edown wrote it, or download again to write a new one",
+        )
 
 
 def _source_root(manifest: Manifest, named: Path | None) -> Path:
