@@ -874,9 +874,9 @@ def _doctor(server_url: str | None, project: str | None, as_json: bool) -> None:
     import ee
 
     from edown import earthengine
-    from edown.config import HIGH_VOLUME_URL
+    from edown.config import HIGH_VOLUME_URL, check_url
 
-    url = server_url or os.environ.get("EDOWN_SERVER_URL") or HIGH_VOLUME_URL
+    url = check_url(server_url or os.environ.get("EDOWN_SERVER_URL") or HIGH_VOLUME_URL)
     report: dict[str, Any] = {
         "edown": __version__,
         "python": platform.python_version(),

@@ -370,11 +370,21 @@ def _check_plugin_spec(spec: str | None) -> None:
         )
 
 
-def _check_url(url: str) -> str:
-    if not re.match(r"^https?://[^/\s]+", url or ""):
+def check_url(url: str) -> str:
+    """An http(s) URL with a host and a valid port, without its trailing slash; else bad input."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url or ""):
         raise ConfigError(
             "server_url", f"{redact(str(url))!r} is not an http(s) URL", f"default is {HIGH_VOLUME_URL}"
         )
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises for a port outside 0-65535 or not a number
+    except ValueError as exc:
+        raise ConfigError("server_url", f"{redact(url)!r}: {exc}", f"default is {HIGH_VOLUME_URL}") from None
+    if not parts.hostname:
+        raise ConfigError("server_url", f"{redact(url)!r} has no host", f"default is {HIGH_VOLUME_URL}")
     return url.rstrip("/")
 
 
@@ -502,7 +512,7 @@ class SearchConfig:
         _set(self, "rename_map", _as_map(self.rename_map, "rename_map", number=False))
         _set(self, "scale_map", _as_map(self.scale_map, "scale_map", number=True))
         _check_plugin_spec(self.transform_plugin)
-        _set(self, "server_url", _check_url(self.server_url))
+        _set(self, "server_url", check_url(self.server_url))
         raw_filters: Any = self.property_filters
         filters = (
             (raw_filters,) if isinstance(raw_filters, str) else _as_tuple(raw_filters, "property_filters")

@@ -525,7 +525,11 @@ class _Run:
                 self._finish(job, "failed", err.message)
                 continue
             except Exception as exc:  # a bug or an unexpected library error: fail this image, keep going
-                log.exception("unexpected error fetching %s", job.record.record_key)
+                log.error(
+                    "unexpected error fetching %s",
+                    job.record.record_key,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
                 self._finish(job, "failed", f"{type(exc).__name__}: {exc}")
                 continue
             try:
@@ -588,7 +592,12 @@ class _Run:
                         self.done_cond.notify_all()
                     self._finish(job, "failed", "no space left on device (run again to resume)")
                     continue
-                log.exception("writing %s failed", job.record.record_key)
+                log.error(
+                    "writing %s failed: %s",
+                    job.record.record_key,
+                    exc,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
                 self._finish(job, "failed", f"writing the output failed: {type(exc).__name__}: {exc}")
 
     def _assemble(self, job: ImageJob) -> None:

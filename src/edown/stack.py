@@ -343,7 +343,12 @@ def stack_images(config: StackConfig) -> list[StackResult]:
                     _stack_group(config, sources.collection_id, group, members, target, output_root, manifest)
                 )
             except (StackError, OSError, RuntimeError, ValueError) as exc:
-                log.exception("stacking group %s failed", group.group_id)
+                log.error(
+                    "stacking group %s failed: %s",
+                    group.group_id,
+                    exc,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
                 failure: BaseException = DiskFullError(str(output_root)) if is_disk_full(exc) else exc
                 message = (
                     failure.message if isinstance(failure, EdownError) else f"{type(exc).__name__}: {exc}"
