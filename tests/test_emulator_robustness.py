@@ -546,3 +546,15 @@ def test_remembered_download_ids_cannot_fill_the_memory(ee_emulator: Emulator) -
         names.append(answer["name"])
     assert _status(f"{ee_emulator.url}/v1/{names[0]}:getPixels") == 404  # forgotten: 81 MiB > 64 MiB
     assert _status(f"{ee_emulator.url}/v1/{names[-1]}:getPixels") == 400  # kept (a constant has no grid)
+
+
+def test_json_nested_too_deeply_is_a_400_not_a_500(ee_emulator: Emulator) -> None:
+    deep = ("[" * 200_000 + "]" * 200_000).encode()
+    request = urllib.request.Request(
+        ee_emulator.url + "/v1/projects/p/value:compute",
+        data=deep,
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=30)
+    assert caught.value.code == 400 and b"nested too deeply" in caught.value.read()

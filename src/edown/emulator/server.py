@@ -178,6 +178,14 @@ class _Server(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__(addr, _Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-request is routine for a server (socketserver prints a traceback)."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
+
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
             admitted = self.connections < self.emulator.config.max_connections
@@ -952,6 +960,8 @@ def _json_body(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ApiError(400, "Invalid JSON payload received.") from None
+    except RecursionError:
+        raise ApiError(400, "Invalid JSON payload received: nested too deeply.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "Invalid JSON payload received: expected an object.")
     return body
