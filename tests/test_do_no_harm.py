@@ -10,6 +10,7 @@ import io
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,7 @@ import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -438,3 +440,163 @@ def test_journalled_outside_a_locked_root_records_nothing(tmp_path: Path) -> Non
     with journalled(tmp_path / ".x.tmp") as tmp:
         tmp.write_text("x")
     assert not (tmp_path / ".edown").exists()
+
+
+# ---- outside review: what a newcomer tried -----------------------------------------------------------------
+
+
+def test_a_device_or_pipe_given_as_manifest_path_is_refused_and_never_replaced(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    targets = {"pipe": tmp_path / "pipe.json"}
+    os.mkfifo(targets["pipe"])
+    if os.geteuid() == 0:  # only root can make a device node; as root a rename over /dev/null is the harm
+        targets["device"] = tmp_path / "null"
+        os.mknod(targets["device"], 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    for kind, target in targets.items():
+        for command in ("search", "download"):
+            root = ("-o", str(tmp_path / "d")) if command == "download" else ()
+            proc = edown(command, *cli_job(ee_emulator), "--manifest-path", str(target), *root)
+            assert proc.returncode == 2, (kind, command, proc.stderr)
+            assert "not a file edown may replace" in proc.stderr
+            mode = target.lstat().st_mode
+            assert stat.S_ISFIFO(mode) if kind == "pipe" else stat.S_ISCHR(mode)
+
+
+def test_a_damaged_manifest_is_one_line_of_bad_input(ee_emulator: Emulator, tmp_path: Path) -> None:
+    summary = download_images(config(ee_emulator, tmp_path, end_date="2024-06-05", bands=("B4",)))
+    doc = json.loads(summary.manifest_path.read_text())
+    del doc["download"]["results"][0]["image_id"]
+    summary.manifest_path.write_text(json.dumps(doc))
+    proc = edown("stack", "-m", str(summary.manifest_path))
+    assert proc.returncode == 2, proc.stderr
+    assert "is damaged (KeyError: missing 'image_id')" in proc.stderr and "report it" not in proc.stderr
+    doc = json.loads(summary.manifest_path.read_text())
+    doc["schema_version"] = "1"
+    summary.manifest_path.write_text(json.dumps(doc))
+    proc = edown("stack", "-m", str(summary.manifest_path))
+    assert proc.returncode == 2 and "which is not a whole number" in proc.stderr
+
+
+def test_a_read_only_manifest_folder_is_bad_input_for_download(ee_emulator: Emulator, tmp_path: Path) -> None:
+    from tests.helpers import read_only
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    with read_only(folder):
+        proc = edown(
+            "download",
+            *cli_job(ee_emulator),
+            "-o",
+            str(tmp_path / "d"),
+            "--manifest-path",
+            str(folder / "x.json"),
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        "manifest folder" in proc.stderr and "not writable" in proc.stderr and "report it" not in proc.stderr
+    )
+
+
+# ---- outside review: what an attacker tried ------------------------------------------------------------
+
+
+def test_quicklook_replaces_a_planted_link_and_never_writes_through_it(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    summary = download_images(config(ee_emulator, tmp_path, end_date="2024-06-05", bands=("B4",)))
+    tif = summary.results[0].tiff_path
+    assert tif is not None
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    tif.with_suffix(".png").symlink_to(victim)
+    (tmp_path / "link.png").symlink_to(victim)
+    assert edown("quicklook", str(tif)).returncode == 0
+    assert edown("quicklook", str(tif), "-o", str(tmp_path / "link.png")).returncode == 0
+    assert victim.read_text() == "precious"
+    for png in (tif.with_suffix(".png"), tmp_path / "link.png"):
+        assert not png.is_symlink() and png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_quicklook_never_lets_gdal_open_a_vrt_dressed_as_tif(tmp_path: Path) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.5)
+    evil = tmp_path / "evil.tif"
+    evil.write_text(
+        '<VRTDataset rasterXSize="10" rasterYSize="10"><VRTRasterBand dataType="Byte" band="1"><SimpleSource>'
+        f"<SourceFilename>/vsicurl/http://127.0.0.1:{listener.getsockname()[1]}/x.tif</SourceFilename>"
+        "</SimpleSource></VRTRasterBand></VRTDataset>"
+    )
+    proc = edown("quicklook", str(evil), "-o", str(tmp_path / "evil.png"))
+    assert proc.returncode == 2 and "is not a GeoTIFF" in proc.stderr, proc.stderr
+    with pytest.raises(TimeoutError):
+        listener.accept()
+    listener.close()
+
+
+def test_a_manifest_link_in_the_root_is_not_followed_when_stack_records_its_results(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    summary = download_images(config(ee_emulator, tmp_path, end_date="2024-06-05", bands=("B4",)))
+    elsewhere = tmp_path / "elsewhere.json"
+    summary.manifest_path.rename(elsewhere)
+    summary.manifest_path.symlink_to(elsewhere)
+    before = elsewhere.read_bytes()
+    proc = edown("stack", "-m", str(summary.manifest_path))
+    assert proc.returncode == 0, proc.stderr
+    assert elsewhere.read_bytes() == before
+    assert not summary.manifest_path.is_symlink() and "stack" in json.loads(summary.manifest_path.read_text())
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(
+            lambda d: d["search"]["result"]["alignment_groups"][0].update(width=10**9), id="huge-group"
+        ),
+        pytest.param(
+            lambda d: d["search"]["result"]["alignment_groups"][0].update(band_names=["B4"] * 1000),
+            id="many-bands",
+        ),
+        pytest.param(
+            lambda d: [r.update(collection_id="X/Y") for r in d["search"]["result"]["images"]], id="ids"
+        ),
+        pytest.param(lambda d: d["download"]["results"][0].update(tiff_path="images/a\x00b.tif"), id="nul"),
+    ],
+)
+def test_a_manifest_edited_to_steer_memory_or_keys_is_one_line_of_bad_input(
+    ee_emulator: Emulator, tmp_path: Path, edit: Any
+) -> None:
+    summary = download_images(config(ee_emulator, tmp_path, end_date="2024-06-05", bands=("B4",)))
+    doc = json.loads(summary.manifest_path.read_text())
+    edit(doc)
+    summary.manifest_path.write_text(json.dumps(doc))
+    proc = edown("stack", "-m", str(summary.manifest_path))
+    assert proc.returncode in (0, 2), proc.stderr
+    assert "report it" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    if proc.returncode == 0:  # the edit made the images unknown: nothing was stacked, nothing allocated
+        assert "no downloaded images" in proc.stdout + proc.stderr
+
+
+def test_a_deeply_nested_manifest_is_bad_input(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"schema": "edown.manifest", "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    proc = edown("stack", "-m", str(deep))
+    assert proc.returncode == 2 and "nested too deeply" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "file:///etc/passwd", "http://:80"])
+def test_a_bad_server_url_is_bad_input_everywhere(url: str) -> None:
+    for command in (
+        ("doctor",),
+        ("search", "-c", "C/D", "--start-date", "2024-06-01", "--end-date", "2024-06-02"),
+    ):
+        proc = (
+            edown(*command, "--bbox", "0,0,1,1", "--server-url", url)
+            if command[0] == "search"
+            else edown(*command, "--server-url", url)
+        )
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert "server_url" in proc.stderr and "report it" not in proc.stderr

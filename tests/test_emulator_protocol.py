@@ -287,9 +287,9 @@ def test_dimension_limit_and_unknown_function_and_404(ee_emulator_session: Emula
                 "grid": s2_grid(0, 0, 32769, 1),
             }
         )
-    with pytest.raises(ee.EEException, match=r"Function 'Reducer\.mean' is not supported by the edown"):
+    with pytest.raises(ee.EEException, match=r"Function 'Reducer\.histogram' is not supported by the edown"):
         ee.Image(image_id).select("B4").reduceRegion(
-            ee.Reducer.mean(), ee.Geometry.Point([0, 51]), 10
+            ee.Reducer.histogram(), ee.Geometry.Point([0, 51]), 10
         ).getInfo()
     with pytest.raises(ee.EEException, match="does not exist"):
         ee.data.getAsset(f"{S2}/20240101T000000_20240101T000000_T30UXC")

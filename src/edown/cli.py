@@ -714,6 +714,9 @@ def stack(
         **{k: v for k, v in params.items() if v is not None},
         progress=True,
     )
+    if not click.get_current_context().meta.get(VERBOSE):
+        # Dask's scheduler and workers (other processes too) log every start at INFO; -v shows them.
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     results = stack_images(config)
     _stderr_console().print(
         f"manifests: {', '.join(str(_relative(p)) for p in paths)}"
@@ -872,9 +875,9 @@ def _doctor(server_url: str | None, project: str | None, as_json: bool) -> None:
     import ee
 
     from edown import earthengine
-    from edown.config import HIGH_VOLUME_URL
+    from edown.config import HIGH_VOLUME_URL, check_url
 
-    url = server_url or os.environ.get("EDOWN_SERVER_URL") or HIGH_VOLUME_URL
+    url = check_url(server_url or os.environ.get("EDOWN_SERVER_URL") or HIGH_VOLUME_URL)
     report: dict[str, Any] = {
         "edown": __version__,
         "python": platform.python_version(),
@@ -963,7 +966,10 @@ def auth(server_url: str | None, project: str | None, as_json: bool) -> None:
 
 @cli.command()
 @click.option(
-    "--host", default="127.0.0.1", show_default=True, help="Interface to listen on (keep it loopback)."
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on (keep it loopback: the emulator has no authentication).",
 )
 @click.option("--port", default=0, type=int, help="Port (0 picks a free one).")
 @click.option(
@@ -992,6 +998,11 @@ def auth(server_url: str | None, project: str | None, as_json: bool) -> None:
 @click.option(
     "--cache-responses", "cache_mb", type=int, default=0, help="Memoise pixel responses up to this many MiB."
 )
+@click.option(
+    "--allow-remote-control",
+    is_flag=True,
+    help="Accept /_emulator/* control calls from other machines too (only with a non-loopback --host).",
+)
 @click.option("--json", "as_json", is_flag=True, help='Print {"url": ...} as the first line instead of text.')
 @handle_errors
 def emulator(
@@ -1008,6 +1019,7 @@ def emulator(
     bandwidth: float | None,
     capture_bodies: bool,
     cache_mb: int,
+    allow_remote_control: bool,
     as_json: bool,
 ) -> None:
     """Run a local Earth Engine that the real ``ee`` client talks to.
@@ -1016,7 +1028,8 @@ def emulator(
     Examples:
       edown emulator --port 8765
       edown emulator --latency ee --faults '{"rules": [{"kind": "error", "rate": 0.05}]}'
-    Point clients at it with: ee.Initialize(project="any", opt_url=URL), or edown's --server-url URL.
+    Point clients at it with: ee.Initialize(credentials=None, project="any", opt_url=URL) (credentials=None:
+    no stored Google credentials are needed), or edown's --server-url URL.
     """
     import logging
 
@@ -1036,15 +1049,22 @@ def emulator(
             log_requests=log_requests,
             capture_bodies=capture_bodies,
             response_cache_mb=cache_mb,
+            allow_remote_control=allow_remote_control,
         )
     except (ValueError, TypeError) as exc:
         raise ConfigError("faults" if faults else "latency", str(exc)) from None
     if log_requests:
         logging.getLogger("edown.emulator").setLevel(logging.INFO)
     emu = Emulator(config)
-    emu.start()
+    try:
+        emu.start()
+    except OSError as exc:
+        raise _listen_error(exc, host, port) from None
     click.echo(json.dumps({"url": emu.url}) if as_json else f"edown emulator listening on {emu.url}")
-    click.echo(f"  use it with: ee.Initialize(project='any-project', opt_url='{emu.url}')", err=True)
+    click.echo(
+        f"  use it with: import ee; ee.Initialize(credentials=None, project='any-project', opt_url='{emu.url}')",
+        err=True,
+    )
     sys.stdout.flush()
     try:
         threading.Event().wait()
@@ -1052,6 +1072,25 @@ def emulator(
         pass
     finally:
         emu.stop()
+
+
+def _listen_error(exc: OSError, host: str, port: int) -> ConfigError:
+    """Why the emulator could not listen, as bad input naming the address and the way out."""
+    import errno
+
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(
+            "--port",
+            f"port {port} on {host} is already in use",
+            "stop what is using it, choose another --port, or use --port 0 to pick a free one",
+        )
+    if exc.errno == errno.EACCES:
+        return ConfigError(
+            "--port", f"no permission to listen on port {port} on {host}", "use a port above 1023 or --port 0"
+        )
+    return ConfigError(
+        "--host", f"cannot listen on {host}:{port}: {exc.strerror}", "use --host 127.0.0.1 and --port 0"
+    )
 
 
 def _latency(preset: str, base: float | None, bandwidth_mb: float | None) -> Any:

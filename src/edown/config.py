@@ -83,8 +83,8 @@ class AOI:
             raise ConfigError(
                 field_name,
                 f"xmin={xmin:g} > xmax={xmax:g}: a box across the antimeridian (180°) cannot be one bbox",
-                f"split it at 180°: run once per half ({halves}), or give both halves as one GeoJSON"
-                " MultiPolygon (--geojson / AOI.from_geojson)",
+                f"split it at 180°: run once per half ({halves}); one window cannot cross 180° without"
+                " spanning the whole globe",
             )
         if xmin >= xmax or ymin >= ymax:
             raise ConfigError(
@@ -370,17 +370,34 @@ def _check_plugin_spec(spec: str | None) -> None:
         )
 
 
-def _check_url(url: str) -> str:
-    if not re.match(r"^https?://[^/\s]+", url or ""):
+def check_url(url: str) -> str:
+    """An http(s) URL with a host and a valid port, without its trailing slash; else bad input."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url or ""):
         raise ConfigError(
             "server_url", f"{redact(str(url))!r} is not an http(s) URL", f"default is {HIGH_VOLUME_URL}"
         )
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises for a port outside 0-65535 or not a number
+    except ValueError as exc:
+        raise ConfigError("server_url", f"{redact(url)!r}: {exc}", f"default is {HIGH_VOLUME_URL}") from None
+    if not parts.hostname:
+        raise ConfigError("server_url", f"{redact(url)!r} has no host", f"default is {HIGH_VOLUME_URL}")
     return url.rstrip("/")
 
 
 def check_parent_folder(path: Path, field_name: str, root: Path | None = None) -> None:
     """Refuse a file path whose folder does not exist (a typo, most likely) unless it lies under ``root``,
-    the output root whose folders edown makes itself."""
+    the output root whose folders edown makes itself; and refuse a path that is something other than a
+    file (``/dev/null``, a pipe, a folder): writing replaces what is there, and must never replace those."""
+    option = "--" + field_name.replace("_", "-")
+    kind = not_a_regular_file(path)
+    if kind is not None:
+        raise ConfigError(
+            field_name, f"{path} is {kind}, not a file edown may replace", f"choose another {option}"
+        )
     parent = path.parent
     if parent.is_dir():
         return
@@ -388,12 +405,31 @@ def check_parent_folder(path: Path, field_name: str, root: Path | None = None) -
         root.resolve() == parent.resolve() or root.resolve() in parent.resolve().parents
     ):
         return
-    option = "--" + field_name.replace("_", "-")
     if parent.exists():
         raise ConfigError(field_name, f"{parent} is not a folder", f"choose another {option}")
     raise ConfigError(
         field_name, f"folder {parent} does not exist", f"create it first, or choose another {option}"
     )
+
+
+def not_a_regular_file(path: Path) -> str | None:
+    """What ``path`` is when it exists as something other than a regular file or a link, else None."""
+    import stat
+
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return None
+    for test, kind in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return None
 
 
 def _check_positive_int(value: Any, name: str, minimum: int = 1) -> None:
@@ -476,7 +512,7 @@ class SearchConfig:
         _set(self, "rename_map", _as_map(self.rename_map, "rename_map", number=False))
         _set(self, "scale_map", _as_map(self.scale_map, "scale_map", number=True))
         _check_plugin_spec(self.transform_plugin)
-        _set(self, "server_url", _check_url(self.server_url))
+        _set(self, "server_url", check_url(self.server_url))
         raw_filters: Any = self.property_filters
         filters = (
             (raw_filters,) if isinstance(raw_filters, str) else _as_tuple(raw_filters, "property_filters")

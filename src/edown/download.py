@@ -48,6 +48,7 @@ from edown.errors import (
     EdownError,
     OutputExistsError,
     is_disk_full,
+    user_folder,
 )
 from edown.geotiff import OutputSpec, describe, tags_for
 from edown.grid import Window, plan_chunks, request_bytes
@@ -617,7 +618,8 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
                 log.warning("could not update the manifest: %s", exc)
 
         try:
-            write_manifest(final=False)
+            with user_folder(manifest_path.parent, "manifest folder", "--manifest-path / manifest_path"):
+                write_manifest(final=False)
         except OSError as exc:
             if is_disk_full(exc):
                 raise DiskFullError(str(config.output_root)) from None

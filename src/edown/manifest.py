@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from edown._version import __version__
-from edown.config import AOI, DownloadConfig, SearchConfig, StackConfig
-from edown.errors import ManifestError
+from edown.config import AOI, DownloadConfig, SearchConfig, StackConfig, not_a_regular_file
+from edown.errors import ManifestError, OutputPathError
 from edown.records import DownloadResult, SearchResult, StackResult, utc_iso
 from edown.redaction import redact
 from edown.rootstate import check_no_links, journalled, read_marker, trusted_root
@@ -47,6 +47,9 @@ def atomic_write_text(path: Path, text: str) -> None:
     then removed by the next run), created with the umask's permissions like every other output (not
     ``mkstemp``'s 0600, which would hide manifests from collaborators), and never through a link.
     """
+    kind = not_a_regular_file(path)
+    if kind is not None:  # a rename would replace a device (``/dev/null`` as root!) or a pipe
+        raise OutputPathError(f"{path} is {kind}, not a file edown may replace", hint="choose another path")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     with journalled(tmp):
@@ -171,7 +174,11 @@ class Manifest:
         for entry in section.get("results", []):
             tiff = entry.get("tiff_path") if isinstance(entry, dict) else None
             if tiff is not None:
-                relative = Path(str(tiff))
+                if not isinstance(tiff, str) or "\x00" in tiff:
+                    raise ManifestError(
+                        f"manifest {self.path} lists a tiff_path that is not a path: {tiff!r}"
+                    )
+                relative = Path(tiff)
                 if relative.is_absolute():
                     try:
                         relative = relative.relative_to(root)
@@ -246,6 +253,8 @@ def load_manifest(path: Path, field: str = "manifest_path") -> Manifest:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{field}: {path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ManifestError(f"{field}: {path} is nested too deeply to be an edown manifest") from None
     except OSError as exc:
         raise ManifestError(f"{field}: {path} cannot be read ({exc.strerror or exc})") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
@@ -254,12 +263,23 @@ def load_manifest(path: Path, field: str = "manifest_path") -> Manifest:
             hint="was it written by another tool? edown reads only its own manifests",
         )
     version = doc.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ManifestError(f"{field}: {path} has schema_version {version!r}, which is not a whole number")
+    if version > SCHEMA_VERSION or version < 1:
         raise ManifestError(
             f"{field}: {path} has schema_version {version!r}; this edown reads version {SCHEMA_VERSION}",
             hint="upgrade edown to read manifests from newer versions",
         )
-    return Manifest(path, doc)
+    manifest = Manifest(path, doc)
+    try:
+        _ = manifest.search, manifest.download_results, manifest.stack_results
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ManifestError(
+            f"{field}: {path} is damaged ({type(exc).__name__}: {what})",
+            hint="use the manifest as edown wrote it, or download again to write a new one",
+        ) from None
+    return manifest
 
 
 def _not_a_file(path: Path) -> str:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import numpy as np
 
 from edown.config import check_parent_folder
 from edown.errors import ConfigError, user_folder
+from edown.geotiff import GTIFF_ONLY
 
 log = logging.getLogger("edown.quicklook")
 
@@ -112,6 +115,19 @@ def _valid(data: np.ndarray, nodata: float | None) -> np.ndarray:
     return ~missing.any(axis=0)
 
 
+def _open_geotiff(path: Path) -> Any:
+    """Open ``path`` as a GeoTIFF and nothing else: a VRT named ``.tif`` would make GDAL read what it names."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    try:
+        return rasterio.open(path, driver=GTIFF_ONLY)
+    except RasterioIOError:
+        raise ConfigError(
+            "path", f"{path} is not a GeoTIFF", "quicklook draws edown's GeoTIFFs and datacubes"
+        ) from None
+
+
 def render_geotiff(
     path: Path,
     out: Path,
@@ -120,9 +136,7 @@ def render_geotiff(
     notify: Callable[[str], None] | None = None,
 ) -> Path:
     """A PNG of one GeoTIFF (decimated to at most ``max_size`` pixels per side)."""
-    import rasterio
-
-    with rasterio.open(path) as src:
+    with _open_geotiff(path) as src:
         idx, notice = pick_bands([d or f"band{i + 1}" for i, d in enumerate(src.descriptions)], bands)
         factor = max(1, int(np.ceil(max(src.width, src.height) / max_size)))
         shape = (len(idx), max(1, src.height // factor), max(1, src.width // factor))
@@ -182,7 +196,17 @@ def _save(image: Any, out: Path) -> None:
     ``quicklooks`` folder is made here)."""
     with user_folder(out.parent, "quicklook folder", "--output"):
         out.parent.mkdir(parents=True, exist_ok=True)
-        image.save(out)
+        # Written beside, then renamed: a symbolic link (or a reader) at ``out`` never sees half a PNG, and
+        # a link planted there is replaced, never written through.
+        tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                image.save(handle, format="PNG")
+            tmp.replace(out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def _tell(notice: str | None, notify: Callable[[str], None] | None) -> None:

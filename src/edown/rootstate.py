@@ -53,7 +53,7 @@ _TEMPORARY_NAME = re.compile(r"^\..+\.tmp$|^.+\.(?:tmp|old)-[0-9a-f]{8}$")
 
 
 def check_no_links(root: Path, path: Path) -> None:
-    """Refuse ``path`` if any existing component below ``root`` (itself included) is a symbolic link.
+    """Refuse ``path`` if any existing component of it below ``root`` is a symbolic link.
 
     ``root`` itself may be a link: the user named it. Inside it edown never follows links, so a link
     planted in its folders cannot redirect a write or a delete elsewhere. Relative paths are taken from
@@ -307,7 +307,7 @@ def locked_root(output_root: Path, purpose: str, writes: tuple[str, ...] = ()) -
     with user_folder(given, what, option):
         given.mkdir(parents=True, exist_ok=True)
         state = given / STATE_DIR
-        _safe_mkdir(path, path / STATE_DIR / "journal")
+        _safe_mkdir(given, state / "journal")
         try:
             fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
         except OSError as exc:

@@ -241,7 +241,12 @@ class Fetcher:
             self.queue.drop(job.index)
             self.finish(job, "failed", exc.message)
         else:  # a bug or an unexpected library error: fail this image, keep going
-            log.error("unexpected error fetching %s", job.record.record_key, exc_info=exc)
+            log.error(
+                "unexpected error fetching %s: %s",
+                job.record.record_key,
+                exc,
+                exc_info=exc if log.isEnabledFor(logging.DEBUG) else None,
+            )
             self.queue.drop(job.index)
             self.finish(job, "failed", f"{type(exc).__name__}: {exc}")
 

@@ -46,7 +46,15 @@ import numpy as np
 
 from edown.config import StackConfig
 from edown.crs import crs_wkt
-from edown.errors import DiskFullError, EdownError, ManifestError, StackError, UnsafePathError, is_disk_full
+from edown.errors import (
+    DiskFullError,
+    EdownError,
+    ManifestError,
+    StackError,
+    UnsafePathError,
+    is_disk_full,
+    user_folder,
+)
 from edown.geotiff import GTIFF_ONLY
 from edown.grid import Transform, offset_in
 from edown.manifest import Manifest, config_to_dict, load_manifest
@@ -321,7 +329,10 @@ def stack_images(config: StackConfig) -> list[StackResult]:
     )
     with locked_root(output_root, purpose, ("stacks",)):
         for group in sources.groups:
-            members = [(records[k], available[k]) for k in group.record_keys if k in available]
+            _check_group(group, [records[k] for k in group.record_keys if k in records], manifest.path)
+            members = [
+                (records[k], available[k]) for k in group.record_keys if k in available and k in records
+            ]
             target = stack_path(output_root, sources.collection_id, group.group_id)
             check_no_links(output_root.absolute(), target.absolute())
             if not members:
@@ -332,7 +343,12 @@ def stack_images(config: StackConfig) -> list[StackResult]:
                     _stack_group(config, sources.collection_id, group, members, target, output_root, manifest)
                 )
             except (StackError, OSError, RuntimeError, ValueError) as exc:
-                log.exception("stacking group %s failed", group.group_id)
+                log.error(
+                    "stacking group %s failed: %s",
+                    group.group_id,
+                    exc,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
                 failure: BaseException = DiskFullError(str(output_root)) if is_disk_full(exc) else exc
                 message = (
                     failure.message if isinstance(failure, EdownError) else f"{type(exc).__name__}: {exc}"
@@ -360,9 +376,9 @@ def manifest_files(paths: Iterable[Path]) -> list[Path]:
                     f"manifest_path: {path} is a folder without run-*.json manifests",
                     hint="give the manifests folder of an output root (OUTPUT_ROOT/manifests) or a manifest file",
                 )
-            found.update((run.resolve(), None) for run in runs)
+            found.update((run.absolute(), None) for run in runs)
         else:
-            found[path.resolve() if path.exists() else path] = None
+            found[path.absolute()] = None  # never resolved: a link is not followed out of the root
     return list(found)
 
 
@@ -441,6 +457,29 @@ def _merge(config: StackConfig) -> _Sources:
     )
 
 
+def _check_group(group: AlignmentGroup, records: list[ImageRecord], source: Path) -> None:
+    """A group must be exactly its images' common grid: a manifest edited to say otherwise would make the
+    datacube (and its memory) whatever size the file chooses."""
+    if not records:
+        return
+    extents = []
+    for record in records:
+        dc, dr = offset_in(group.transform, record.window_transform)
+        extents.append((dc, dr, dc + record.window[2], dr + record.window[3]))
+    union = (
+        min(e[0] for e in extents),
+        min(e[1] for e in extents),
+        max(e[2] for e in extents),
+        max(e[3] for e in extents),
+    )
+    names = {tuple(r.output_band_names) for r in records}
+    if union != (0, 0, group.width, group.height) or names != {tuple(group.band_names)}:
+        raise ManifestError(
+            f"manifest {source}: group {group.group_id} does not match its images' grid or bands",
+            hint="use the manifest as edown wrote it, or download again to write a new one",
+        )
+
+
 def _source_root(manifest: Manifest, named: Path | None) -> Path:
     """Where ``manifest``'s GeoTIFFs are: its own root if edown can trust it, else the root the user named."""
     if named is None:
@@ -490,6 +529,7 @@ def _stack_group(
     nodata = _common_nodata(members)
     pairs = [(record, result.tiff_path) for record, result in members if result.tiff_path is not None]
     log_dir = output_root / "stacks" / ".slurm-logs"
+    check_no_links(output_root, log_dir)
     if target.exists() and not config.overwrite:
         return _append(config, group, pairs, target, nodata, log_dir, started)
     steps = _time_steps(pairs)
@@ -719,7 +759,9 @@ def _record(
         "finished_utc": utc_iso(_now()),
         "results": [r.to_dict(output_root) for r in results],
     }
-    manifest.write()
+    # The datacubes are committed by now; a manifest that cannot be updated is still the user's to fix.
+    with user_folder(manifest.path.parent, "manifest folder", "-m / manifest_path"):
+        manifest.write()
 
 
 def open_stack(path: str | Path, masked: bool = False) -> Any:

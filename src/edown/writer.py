@@ -290,7 +290,12 @@ class ChunkWriter:
                     self.on_disk_full()
                     self.finish(job, "failed", "no space left on device (run again to resume)")
                     continue
-                log.exception("writing %s failed", job.record.record_key)
+                log.error(
+                    "writing %s failed: %s",
+                    job.record.record_key,
+                    exc,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
                 self.finish(job, "failed", f"writing the output failed: {type(exc).__name__}: {exc}")
             finally:
                 if chunk is not None:

@@ -1,7 +1,9 @@
 """A local Earth Engine: an HTTP server the unmodified ``earthengine-api`` client talks to.
 
 Start one with :func:`serve` (a context manager), the ``edown emulator`` command, or the ``ee_emulator``
-pytest fixture; point the client at it with ``ee.Initialize(project=..., opt_url=emulator.url)``. See
+pytest fixture; point the client at it with
+``ee.Initialize(credentials=None, project="any", opt_url=emulator.url)`` (``credentials=None``: no stored
+Google credentials needed). See
 :mod:`edown.emulator.catalog` for the collections and :mod:`edown.emulator.pixels` for the exact pixel
 values every test can check against.
 """

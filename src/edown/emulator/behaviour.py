@@ -77,6 +77,10 @@ class Limits:
     max_bands: int = 1024
     count_mask_byte: bool = True
     retry_after_seconds: float | None = None  # send a Retry-After header with 429s
+    #: Steps (expression nodes, collection elements, rendered bands) one request may take; beyond, 400.
+    max_evaluation_nodes: int = 1_000_000
+    #: Wall time one request's evaluation may take; beyond, 400 "Computation timed out".
+    max_evaluation_seconds: float = 60.0
 
 
 @dataclass(frozen=True)

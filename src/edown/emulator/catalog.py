@@ -45,6 +45,7 @@ from shapely.geometry import Polygon, box
 from shapely.geometry.base import BaseGeometry
 
 from edown.crs import resolve_crs
+from edown.emulator.budget import charge
 from edown.emulator.model import BandInfo, Footprint, Grid, ImageAsset, PixelType
 
 DAY_MS = 86_400_000
@@ -366,6 +367,7 @@ def _clip_convex(
 
 
 class Sentinel2(SyntheticCollection):
+    band_templates: tuple[BandTemplate, ...] = S2_BANDS
     id = "COPERNICUS/S2_SR_HARMONIZED"
     title = "Harmonized Sentinel-2 MSI: MultiSpectral Instrument, Level-2A (SR) [emulated]"
     first_day = "2017-03-28"
@@ -415,6 +417,7 @@ class Sentinel2(SyntheticCollection):
         out = []
         for k in range(k_lo, k_hi + 1):
             for j in range(j_lo, j_hi + 1):
+                charge()  # a query over the whole world looks at thousands of tiles
                 tile = MgrsTile(zone, north, k, j)
                 _, clat = tile.center_lonlat
                 if not -56.0 <= clat <= 84.0 or not _square_in_zone(tile, zlon0):
@@ -435,6 +438,7 @@ class Sentinel2(SyntheticCollection):
             phase = _s2_phase(tile)
             first = days.start + ((phase - days.start) % self.revisit_days)
             for day in range(first, days.stop, self.revisit_days):
+                charge()
                 asset = self._asset(tile, day)
                 if self.in_time(asset, start_ms, end_ms):
                     found.append(asset)
@@ -479,7 +483,7 @@ class Sentinel2(SyntheticCollection):
                     yield tile
 
     def _asset(self, tile: MgrsTile, day: int) -> ImageAsset:
-        return _s2_asset(self.id, tile, day)
+        return _s2_asset(self.id, tile, day, self.band_templates)
 
 
 def _s2_strip(tile: MgrsTile) -> tuple[int, int, int]:
@@ -492,7 +496,9 @@ def _s2_phase(tile: MgrsTile) -> int:
 
 
 @lru_cache(maxsize=50_000)
-def _s2_asset(collection_id: str, tile: MgrsTile, day: int) -> ImageAsset:
+def _s2_asset(
+    collection_id: str, tile: MgrsTile, day: int, templates: tuple[BandTemplate, ...] = S2_BANDS
+) -> ImageAsset:
     _, clat = tile.center_lonlat
     strip = _s2_strip(tile)
     cycle = (day - _s2_phase(tile)) // 5
@@ -537,7 +543,7 @@ def _s2_asset(collection_id: str, tile: MgrsTile, day: int) -> ImageAsset:
             grid=_grid_for(t, tile.crs, tile.ulx, tile.uly, S2_TILE_SIZE_M, S2_TILE_SIZE_M),
             recipe=t.recipe,
         )
-        for t in S2_BANDS
+        for t in templates
     )
     seeds = _seeds(stable_hash("s2-datatake", datatake[:8], orbit) % 1_000_003, int(cloud * 100), start_ms)
     return ImageAsset(
@@ -635,6 +641,7 @@ class Landsat(SyntheticCollection):
             phase = (path * 7 + self.cycle_offset) % self.repeat_days
             first = days.start + ((phase - days.start) % self.repeat_days)
             for day in range(first, days.stop, self.repeat_days):
+                charge()
                 asset = _landsat_asset(self.id, self.prefix, self.spacecraft, path, row, day)
                 if self.in_time(asset, start_ms, end_ms) and (
                     region is None or asset.footprint.lonlat.intersects(region)
@@ -789,6 +796,7 @@ class DailyGlobal(SyntheticCollection):
         if region is not None and not self.footprint_polygon.intersects(region):
             return
         for day in days:
+            charge()
             asset = self._asset(day)
             if self.in_time(asset, start_ms, end_ms):
                 yield asset
@@ -949,6 +957,8 @@ class Catalog:
         return asset_id in self._collections
 
     def image(self, image_id: str) -> ImageAsset:
+        if image_id == SRTM_ID:
+            return srtm_asset()
         collection_id, _, system_index = image_id.rpartition("/")
         if collection_id not in self._collections or not system_index:
             raise AssetNotFoundError(image_id)
@@ -968,5 +978,61 @@ class Catalog:
                 yield asset
 
 
+class CloudScorePlus(Sentinel2):
+    """``GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED``: one image per S2 image, same ``system:index``."""
+
+    id = "GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED"
+    title = "Cloud Score+ S2_HARMONIZED V1 [emulated]"
+    first_day = "2017-03-28"
+    band_templates = (
+        BandTemplate("cs", "float32", 10, "s2clouds:cs"),
+        BandTemplate("cs_cdf", "float32", 10, "s2clouds:cs_cdf"),
+    )
+
+
+class S2CloudProbability(Sentinel2):
+    """``COPERNICUS/S2_CLOUD_PROBABILITY``: one image per S2 image, same ``system:index``."""
+
+    id = "COPERNICUS/S2_CLOUD_PROBABILITY"
+    title = "Sentinel-2: Cloud Probability [emulated]"
+    band_templates = (BandTemplate("probability", "uint8", 10, "s2clouds:probability"),)
+
+
+#: ``USGS/SRTMGL1_003``: one global image, int16 elevation on a 1 arc-second EPSG:4326 grid, 56S..60N.
+SRTM_ID = "USGS/SRTMGL1_003"
+_ARC_SECOND = 1.0 / 3600.0
+
+
+@lru_cache(maxsize=1)
+def srtm_asset() -> ImageAsset:
+    width, height = 360 * 3600, 116 * 3600
+    grid = Grid(
+        "EPSG:4326", (_ARC_SECOND, 0.0, -180.0 - _ARC_SECOND / 2, 0.0, -_ARC_SECOND, 60.0 + _ARC_SECOND / 2)
+    )
+    grid = Grid(grid.crs, grid.transform, width + 1, height + 1)
+    footprint = box(-180.0, -56.0, 180.0, 60.0)
+    start = day_number("2000-02-11") * DAY_MS
+    return ImageAsset(
+        id=SRTM_ID,
+        collection_id="",
+        start_ms=start,
+        end_ms=start + 11 * DAY_MS,
+        bands=(BandInfo("elevation", PixelType.of_dtype("int16"), grid, "dem:elevation"),),
+        properties={"title": "NASA SRTM Digital Elevation 30m [emulated]"},
+        footprint=Footprint(lonlat=footprint, mask_rule=None),
+        version=1_641_990_767_055_141,
+        size_bytes=132_792_638_523,
+        seeds={},
+    )
+
+
 def default_collections() -> list[SyntheticCollection]:
-    return [Sentinel2(), Landsat9(), Landsat8(), ModisDaily(), Era5LandDaily()]
+    return [
+        Sentinel2(),
+        Landsat9(),
+        Landsat8(),
+        ModisDaily(),
+        Era5LandDaily(),
+        CloudScorePlus(),
+        S2CloudProbability(),
+    ]

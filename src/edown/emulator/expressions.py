@@ -14,10 +14,33 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import shapely.affinity
+import shapely.geometry
+from shapely.geometry import Point
+from shapely.geometry.base import BaseGeometry
+
 from edown.crs import crs_is_geographic
 from edown.emulator import images as im
+from edown.emulator import projections, scalars
+from edown.emulator.budget import charge
 from edown.emulator.catalog import AssetNotFoundError, Catalog
 from edown.emulator.images import EEImage, EvaluationError
+from edown.emulator.neighbourhoods import fast_distance_transform
+from edown.emulator.reducers import (
+    REDUCER_KINDS,
+    EEReducer,
+    composite,
+    get_region,
+    make_reducer,
+    mosaic,
+    quality_mosaic,
+    reduce_bands,
+    reduce_columns,
+    reduce_region,
+    sample_pixels,
+    to_bands,
+)
+from edown.emulator.regions import DEFAULT_MAX_PIXELS, METRES_PER_DEGREE
 from edown.emulator.values import (
     AndFilter,
     CalendarFilter,
@@ -36,16 +59,20 @@ from edown.emulator.values import (
     OrFilter,
     RangeFilter,
     advance,
+    buffer_metres,
     check_field,
     element_property,
     flatten_filters,
+    geodesic_area,
     geometry_argument,
     make_linestring,
     make_point,
     make_polygon,
     make_rectangle,
+    to_lonlat,
     to_millis,
 )
+from edown.emulator.visualize import visualize
 
 Function = Callable[..., Any]
 
@@ -71,22 +98,34 @@ class Evaluator:
         return _Run(self, values).ref(result, None)
 
 
+class _Scope:
+    """The arguments of one call of a client-side function, and the values already evaluated in it.
+
+    Within one call a value reference always means the same value, so it is evaluated once, as EE does;
+    re-evaluating each use would double the work per level of sharing (``n.add(n)``).
+    """
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        self.args = args
+        self.memo: dict[str, Any] = {}
+
+
 class _Run:
     def __init__(self, evaluator: Evaluator, values: dict[str, Any]) -> None:
         self.evaluator = evaluator
         self.values = values
         self.memo: dict[str, Any] = {}
 
-    def ref(self, key: str, scope: dict[str, Any] | None) -> Any:
+    def ref(self, key: str, scope: _Scope | None) -> Any:
         if key not in self.values:
             raise EvaluationError(f"Invalid expression: unknown value reference '{key}'.")
-        if scope is None:
-            if key not in self.memo:
-                self.memo[key] = self.node(self.values[key], None)
-            return self.memo[key]
-        return self.node(self.values[key], scope)
+        memo = self.memo if scope is None else scope.memo
+        if key not in memo:
+            memo[key] = self.node(self.values[key], scope)
+        return memo[key]
 
-    def node(self, node: Any, scope: dict[str, Any] | None) -> Any:
+    def node(self, node: Any, scope: _Scope | None) -> Any:
+        charge()
         if not isinstance(node, dict) or len(node) != 1:
             raise EvaluationError(f"Invalid expression node: {str(node)[:80]}")
         kind, body = next(iter(node.items()))
@@ -101,9 +140,9 @@ class _Run:
         if kind == "valueReference":
             return self.ref(body, scope)
         if kind == "argumentReference":
-            if scope is None or body not in scope:
+            if scope is None or body not in scope.args:
                 raise EvaluationError(f"Invalid expression: unbound argument '{body}'.")
-            return scope[body]
+            return scope.args[body]
         if kind == "bytesValue":
             return base64.b64decode(body)
         if kind == "functionDefinitionValue":
@@ -112,18 +151,24 @@ class _Run:
             return self.invoke(body, scope)
         raise EvaluationError(f"Invalid expression: unknown node kind '{kind}'.")
 
-    def define(self, body: dict[str, Any], scope: dict[str, Any] | None) -> EEFunction:
+    def define(self, body: dict[str, Any], scope: _Scope | None) -> EEFunction:
         names = tuple(body.get("argumentNames", []))
         result_key = body["body"]
 
         def call(args: dict[str, Any]) -> Any:
-            inner = dict(scope or {})
+            inner = dict(scope.args) if scope is not None else {}
             inner.update(args)
-            return self.ref(result_key, inner)
+            return self.ref(result_key, _Scope(inner))
 
         return EEFunction(names, call)
 
-    def invoke(self, body: dict[str, Any], scope: dict[str, Any] | None) -> Any:
+    def invoke(self, body: dict[str, Any], scope: _Scope | None) -> Any:
+        if body.get("functionName") == "If":
+            # Only the branch taken is evaluated, as in EE: the other may well be an error.
+            raw = body.get("arguments", {})
+            condition = self.node(raw["condition"], scope) if "condition" in raw else None
+            branch = raw.get("trueCase" if scalars.truthy(condition) else "falseCase")
+            return None if branch is None else self.node(branch, scope)
         args = {k: self.node(v, scope) for k, v in body.get("arguments", {}).items()}
         if "functionReference" in body:
             target = self.ref(body["functionReference"], scope)
@@ -213,6 +258,83 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
             "merge", _collection(collection2, "Collection.merge")
         )
 
+    @fn("Collection")
+    def _feature_collection(features: list[Any]) -> EECollection:
+        items = []
+        for f in features:
+            if isinstance(f, EEGeometry):
+                f = EEFeature(f, {})
+            if not isinstance(f, EEFeature):
+                raise EvaluationError(f"Collection: Expected features, got {type(f).__name__}.")
+            items.append(f)
+        return EECollection(catalog, images=tuple(items), kind="FeatureCollection")
+
+    @fn("ErrorMargin")
+    def _error_margin(value: Any = None, unit: str = "meters") -> dict[str, Any]:
+        return {"type": "ErrorMargin", "value": value, "unit": unit}
+
+    @fn("Geometry.area")
+    def _area(geometry: Any, maxError: Any = None, proj: Any = None) -> float:
+        if proj is not None:
+            raise UnsupportedFunctionError(
+                "Geometry.area with a projection is not supported by the edown emulator."
+            )
+        return geodesic_area(geometry_argument(geometry))
+
+    @fn("Geometry.bounds")
+    def _bounds(geometry: Any, maxError: Any = None, proj: Any = None) -> EEGeometry:
+        if proj is not None:
+            raise UnsupportedFunctionError(
+                "Geometry.bounds with a projection is not supported by the edown emulator."
+            )
+        return EEGeometry(shapely.geometry.box(*geometry_argument(geometry).bounds), False)
+
+    @fn("Geometry.centroid")
+    def _centroid(geometry: Any, maxError: Any = None, proj: Any = None) -> EEGeometry:
+        if proj is not None:
+            raise UnsupportedFunctionError(
+                "Geometry.centroid with a projection is not supported by the edown emulator."
+            )
+        return EEGeometry(geometry_argument(geometry).centroid)
+
+    @fn("Geometry.buffer")
+    def _buffer(geometry: Any, distance: float, maxError: Any = None, proj: Any = None) -> EEGeometry:
+        if proj is not None:
+            raise UnsupportedFunctionError(
+                "Geometry.buffer with a projection is not supported by the edown emulator."
+            )
+        return EEGeometry(buffer_metres(geometry_argument(geometry), float(distance)))
+
+    @fn("Image.sample")
+    def _sample(
+        image: Any,
+        region: Any = None,
+        scale: Any = None,
+        projection: Any = None,
+        factor: Any = None,
+        numPixels: Any = None,
+        seed: int = 0,
+        dropNulls: bool = True,
+        tileScale: Any = 1,
+        geometries: bool = False,
+    ) -> EECollection:
+        img = _image(image, "Image.sample")
+        rows = sample_pixels(
+            img,
+            None if region is None else geometry_argument(region),
+            None if scale is None else float(scale),
+            crs_of(projection),
+            None if factor is None else float(factor),
+            None if numPixels is None else int(numPixels),
+            int(seed),
+            bool(dropNulls),
+        )
+        features = tuple(
+            EEFeature(EEGeometry(Point(lon, lat)) if geometries else None, values)
+            for lon, lat, values in rows
+        )
+        return EECollection(catalog, images=features, kind="FeatureCollection")
+
     @fn("AggregateFeatureCollection.array")
     def _agg_array(collection: EECollection, property: str) -> list[Any]:
         items = _collection(collection, "aggregate_array").elements()
@@ -246,6 +368,21 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
         "inList",
     ):
         reg[f"Filter.{op}"] = compare(op)
+
+    @fn("Filter.listContains")
+    def _list_contains(
+        leftField: Any = None, rightValue: Any = None, rightField: Any = None, leftValue: Any = None
+    ) -> EEFilter:
+        # ee.Filter.inList(field, values) sends the list as leftValue and the field as rightField.
+        if leftValue is not None and rightField is not None:
+            return CompareFilter(
+                "inList", check_field(rightField, "Filter.listContains"), None, None, leftValue
+            )
+        if leftField is not None:
+            return CompareFilter(
+                "contains", check_field(leftField, "Filter.listContains"), None, None, rightValue
+            )
+        raise EvaluationError("Filter.listContains: Expected a field and a value.")
 
     @fn("Filter.dateRangeContains")
     def _drc(
@@ -341,21 +478,32 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
             return crs
         raise EvaluationError("Geometry: Invalid crs argument.")
 
+    def placed(geom: BaseGeometry, crs: Any) -> BaseGeometry:
+        """Coordinates given in ``crs`` (a projection's transform maps them, as EE does) to lon/lat."""
+        if (
+            isinstance(crs, EEProjection)
+            and crs.transform
+            and crs.transform != (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+        ):
+            a, b, c, d, e, f = crs.transform
+            geom = shapely.affinity.affine_transform(geom, [a, b, d, e, c, f])
+        return to_lonlat(geom, crs_of(crs))
+
     @fn("GeometryConstructors.Polygon")
     def _polygon(
         coordinates: Any, crs: Any = None, geodesic: Any = None, maxError: Any = None, evenOdd: Any = True
     ) -> EEGeometry:
-        return EEGeometry(make_polygon(coordinates, crs_of(crs)), geodesic is not False)
+        return EEGeometry(placed(make_polygon(coordinates, None), crs), geodesic is not False)
 
     @fn("GeometryConstructors.MultiPolygon")
     def _mpolygon(
         coordinates: Any, crs: Any = None, geodesic: Any = None, maxError: Any = None, evenOdd: Any = True
     ) -> EEGeometry:
-        return EEGeometry(make_polygon(coordinates, crs_of(crs), multi=True), geodesic is not False)
+        return EEGeometry(placed(make_polygon(coordinates, None, multi=True), crs), geodesic is not False)
 
     @fn("GeometryConstructors.Rectangle")
     def _rect(coordinates: Any, crs: Any = None, geodesic: Any = None, evenOdd: Any = True) -> EEGeometry:
-        return EEGeometry(make_rectangle(coordinates, crs_of(crs)), geodesic is not False)
+        return EEGeometry(placed(make_rectangle(coordinates, None), crs), geodesic is not False)
 
     @fn("GeometryConstructors.BBox")
     def _bbox(west: float, south: float, east: float, north: float) -> EEGeometry:
@@ -363,11 +511,11 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
 
     @fn("GeometryConstructors.Point")
     def _point(coordinates: Any, crs: Any = None) -> EEGeometry:
-        return EEGeometry(make_point(coordinates, crs_of(crs)))
+        return EEGeometry(placed(make_point(coordinates, None), crs))
 
     @fn("GeometryConstructors.LineString")
     def _line(coordinates: Any, crs: Any = None, geodesic: Any = None, maxError: Any = None) -> EEGeometry:
-        return EEGeometry(make_linestring(coordinates, crs_of(crs)), geodesic is not False)
+        return EEGeometry(placed(make_linestring(coordinates, None), crs), geodesic is not False)
 
     @fn("Feature")
     def _feature(geometry: Any = None, metadata: Any = None, geometryKey: Any = None) -> EEFeature:
@@ -378,8 +526,10 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
 
     @fn("Projection")
     def _projection(crs: Any, transform: Any = None, transformWkt: Any = None) -> EEProjection:
-        name = crs.crs if isinstance(crs, EEProjection) else str(crs)
-        return EEProjection(name, tuple(float(v) for v in transform) if transform else None)
+        if isinstance(crs, EEProjection):
+            # ee.Projection(an existing projection) is that projection, transform included.
+            return crs if not transform else EEProjection(crs.crs, tuple(float(v) for v in transform))
+        return EEProjection(str(crs), tuple(float(v) for v in transform) if transform else None)
 
     @fn("Projection.crs")
     def _proj_crs(projection: EEProjection) -> str:
@@ -393,7 +543,7 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
     def _nominal(proj: EEProjection) -> float:
         t = proj.transform or (1, 0, 0, 0, 1, 0)
         scale = math.hypot(t[0], t[3])
-        return scale * 111319.49079327357 if crs_is_geographic(proj.crs) else scale
+        return scale * METRES_PER_DEGREE if crs_is_geographic(proj.crs) else scale
 
     # -- images --
     @fn("Image.load")
@@ -407,6 +557,11 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
     @fn("Image.select")
     def _select(input: Any, bandSelectors: list[Any], newNames: list[str] | None = None) -> EEImage:
         return im.select(_image(input, "Image.select"), bandSelectors, newNames)
+
+    @fn("Image.slice")
+    def _slice(image: Any, start: int, end: int | None = None) -> EEImage:
+        img = _image(image, "Image.slice")
+        return img.with_bands(img.bands[int(start) : None if end is None else int(end)])
 
     @fn("Image.rename")
     def _rename(input: Any, names: list[str]) -> EEImage:
@@ -535,6 +690,8 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
             )
         if isinstance(object, EEFeature):
             return EEFeature(object.geometry, {**object.properties, key: value})
+        if isinstance(object, EECollection):
+            return object.then("set", (key, value))
         raise EvaluationError("Element.set: Expected an element.")
 
     @fn("Element.propertyNames")
@@ -546,6 +703,8 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
             return sorted(names)
         if isinstance(element, EEFeature):
             return sorted(element.properties)
+        if isinstance(element, EECollection):
+            return sorted(element.properties())
         raise EvaluationError("Element.propertyNames: Expected an element.")
 
     @fn("Element.toDictionary")
@@ -574,6 +733,8 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
             out = _set(out, name, element_property(source, name))
         return out
 
+    reg["Image.copyProperties"] = _copy_props
+
     @fn("List.size")
     def _list_size(list: list[Any]) -> int:
         return len(list)
@@ -595,15 +756,231 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
     def _dictionary(input: Any = None) -> dict[str, Any]:
         return dict(input or {})
 
-    for op, func in (
-        ("add", lambda a, b: a + b),
-        ("subtract", lambda a, b: a - b),
-        ("multiply", lambda a, b: a * b),
-        ("divide", lambda a, b: a / b if b else 0),
-    ):
-        reg[f"Number.{op}"] = lambda left, right, _f=func: _f(left, right)
+    # -- reducers and reductions --
+    for kind in REDUCER_KINDS:
+        reg[f"Reducer.{kind}"] = lambda _k=kind, **_: make_reducer(_k)
 
+    @fn("Reducer.percentile")
+    def _percentile(
+        percentiles: list[Any],
+        outputNames: list[str] | None = None,
+        maxBuckets: Any = None,
+        minBucketWidth: Any = None,
+        maxRaw: Any = None,
+    ) -> EEReducer:
+        return make_reducer("percentile", percentiles, outputNames)
+
+    @fn("Reducer.toList")
+    def _to_list_reducer(tupleSize: Any = None, numOptional: Any = None) -> EEReducer:
+        return EEReducer("toList")
+
+    @fn("Reducer.repeat")
+    def _repeat(reducer: Any, count: int) -> EEReducer:
+        base = _reducer(reducer, "Reducer.repeat")
+        return EEReducer(base.kind, base.percentiles, base.names, int(count))
+
+    @fn("Collection.reduceColumns")
+    def _reduce_columns(
+        collection: Any, reducer: Any, selectors: list[str], weightSelectors: Any = None
+    ) -> dict[str, Any]:
+        items = _collection(collection, "Collection.reduceColumns").elements()
+        columns = [[element_property(el, name) for el in items] for name in selectors]
+        return reduce_columns(columns, _reducer(reducer, "Collection.reduceColumns"))
+
+    @fn("Collection.iterate")
+    def _iterate(collection: Any, function: EEFunction, first: Any = None) -> Any:
+        if not isinstance(function, EEFunction) or len(function.arg_names) != 2:
+            raise EvaluationError("Collection.iterate: Expected a function of two arguments.")
+        element_arg, acc_arg = function.arg_names
+        acc = first
+        for element in _collection(collection, "Collection.iterate").elements():
+            acc = function(**{element_arg: element, acc_arg: acc})
+        return acc
+
+    @fn("Image.reduceRegion")
+    def _reduce_region(
+        image: Any,
+        reducer: Any,
+        geometry: Any = None,
+        scale: Any = None,
+        crs: Any = None,
+        crsTransform: Any = None,
+        bestEffort: bool = False,
+        maxPixels: Any = DEFAULT_MAX_PIXELS,
+        tileScale: Any = 1,
+    ) -> dict[str, Any]:
+        return reduce_region(
+            _image(image, "Image.reduceRegion"),
+            _reducer(reducer, "Image.reduceRegion"),
+            None if geometry is None else geometry_argument(geometry),
+            None if scale is None else float(scale),
+            crs_of(crs),
+            crsTransform or (crs.transform if isinstance(crs, EEProjection) and scale is None else None),
+            bool(bestEffort),
+            float(maxPixels if maxPixels is not None else DEFAULT_MAX_PIXELS),
+        )
+
+    for kind in ("mean", "median", "min", "max", "sum", "count"):
+        reg[f"reduce.{kind}"] = lambda collection, _k=kind: composite(
+            _images(collection, f"ImageCollection.{_k}"), make_reducer(_k), suffix=False
+        )
+
+    @fn("ImageCollection.reduce")
+    def _ic_reduce(collection: Any, reducer: Any, parallelScale: Any = 1) -> EEImage:
+        return composite(
+            _images(collection, "ImageCollection.reduce"),
+            _reducer(reducer, "ImageCollection.reduce"),
+            suffix=True,
+        )
+
+    @fn("Image.fastDistanceTransform")
+    def _fdt(
+        image: Any, neighborhood: Any = 256, units: str = "pixels", metric: str = "squared_euclidean"
+    ) -> EEImage:
+        return fast_distance_transform(
+            _image(image, "Image.fastDistanceTransform"), int(neighborhood), str(units), str(metric)
+        )
+
+    @fn("Image.clamp")
+    def _clamp(input: Any, low: float, high: float) -> EEImage:
+        return im.clamp(_image(input, "Image.clamp"), float(low), float(high))
+
+    @fn("Image.linkCollection")
+    def _link(
+        input: Any,
+        imageCollection: Any,
+        linkedBands: list[str] | None = None,
+        linkedProperties: list[str] | None = None,
+        matchPropertyName: str = "system:index",
+    ) -> EEImage:
+        img = _image(input, "Image.linkCollection")
+        value = img.property(matchPropertyName)
+        match_filter = CompareFilter("equals", matchPropertyName, None, None, value)
+        found = _collection(imageCollection, "Image.linkCollection").then("filter", match_filter).elements()
+        if not found:
+            return img  # EE: no match leaves the image as it is
+        other = im.as_image(found[0])
+        out = img
+        if linkedBands:
+            out = im.add_bands(out, im.select(other, [re.escape(b) for b in linkedBands]), None, True)
+        for name in linkedProperties or []:
+            out = _set(out, name, other.property(name))
+        return out
+
+    @fn("Image.reduce")
+    def _image_reduce(image: Any, reducer: Any) -> EEImage:
+        return reduce_bands(_image(image, "Image.reduce"), _reducer(reducer, "Image.reduce"))
+
+    @fn("ImageCollection.qualityMosaic")
+    def _quality_mosaic(collection: Any, qualityBand: str) -> EEImage:
+        return quality_mosaic(_images(collection, "ImageCollection.qualityMosaic"), str(qualityBand))
+
+    @fn("ImageCollection.toBands")
+    def _to_bands(collection: Any) -> EEImage:
+        return to_bands(_images(collection, "ImageCollection.toBands"))
+
+    @fn("ImageCollection.mosaic")
+    def _mosaic(collection: Any) -> EEImage:
+        return mosaic(_images(collection, "ImageCollection.mosaic"))
+
+    @fn("ImageCollection.getRegion")
+    def _get_region(
+        collection: Any, geometry: Any, scale: Any = None, crs: Any = None, crsTransform: Any = None
+    ) -> list[list[Any]]:
+        return get_region(
+            _images(collection, "ImageCollection.getRegion"),
+            geometry_argument(geometry),
+            None if scale is None else float(scale),
+            crs_of(crs),
+            crsTransform,
+        )
+
+    # -- grids and pictures --
+    def grid_args(crs: Any, crsTransform: Any, scale: Any) -> tuple[str | None, Any, float | None]:
+        transform = crsTransform
+        if transform is None and isinstance(crs, EEProjection) and crs.transform and scale is None:
+            transform = list(crs.transform)
+        return crs_of(crs), transform, None if scale is None else float(scale)
+
+    @fn("Image.setDefaultProjection")
+    def _set_default_projection(image: Any, crs: Any, crsTransform: Any = None, scale: Any = None) -> EEImage:
+        name, transform, size = grid_args(crs, crsTransform, scale)
+        assert name is not None
+        return projections.set_default_projection(
+            _image(image, "Image.setDefaultProjection"), name, transform, size
+        )
+
+    @fn("Image.reproject")
+    def _reproject(image: Any, crs: Any, crsTransform: Any = None, scale: Any = None) -> EEImage:
+        name, transform, size = grid_args(crs, crsTransform, scale)
+        assert name is not None
+        return projections.reproject(_image(image, "Image.reproject"), name, transform, size)
+
+    @fn("Image.resample")
+    def _resample(image: Any, mode: str = "bilinear") -> EEImage:
+        return projections.resample(_image(image, "Image.resample"), str(mode))
+
+    @fn("Image.clipToBoundsAndScale")
+    def _clip_to_bounds(
+        input: Any,
+        geometry: Any = None,
+        width: Any = None,
+        height: Any = None,
+        maxDimension: Any = None,
+        scale: Any = None,
+    ) -> EEImage:
+        img = _image(input, "Image.clipToBoundsAndScale")
+        region = geometry_argument(geometry) if geometry is not None else img.footprint
+        if region is None:
+            raise EvaluationError("Image.clipToBoundsAndScale: The image is unbounded; give a geometry.")
+        return projections.clip_to_bounds_and_scale(
+            img,
+            region,
+            None if width is None else int(width),
+            None if height is None else int(height),
+            None if maxDimension is None else int(maxDimension),
+            None if scale is None else float(scale),
+        )
+
+    @fn("Image.visualize")
+    def _visualize(
+        image: Any,
+        bands: Any = None,
+        gain: Any = None,
+        bias: Any = None,
+        min: Any = None,
+        max: Any = None,
+        gamma: Any = None,
+        opacity: Any = None,
+        palette: Any = None,
+        forceRgbOutput: bool = False,
+    ) -> EEImage:
+        return visualize(
+            _image(image, "Image.visualize"),
+            bands,
+            gain,
+            bias,
+            min,
+            max,
+            gamma,
+            opacity,
+            palette,
+            bool(forceRgbOutput),
+        )
+
+    scalars.register(reg)
     return reg
+
+
+def _images(value: Any, function: str) -> list[EEImage]:
+    items = _collection(value, function).elements()
+    return [im.as_image(i) for i in items]
+
+
+def _reducer(value: Any, function: str) -> EEReducer:
+    if not isinstance(value, EEReducer):
+        raise EvaluationError(f"{function}: Expected a Reducer, got {type(value).__name__}.")
+    return value
 
 
 def _collection(value: Any, function: str) -> EECollection:

@@ -21,6 +21,7 @@ from pyproj import Transformer
 from shapely.geometry.base import BaseGeometry
 
 from edown.crs import resolve_crs, same_crs
+from edown.emulator.budget import charge
 from edown.emulator.model import Grid, ImageAsset, PixelType
 from edown.emulator.pixels import BandReader, Positions
 
@@ -32,13 +33,39 @@ class EvaluationError(Exception):
 # ---- request grid and per-request cache ---------------------------------------------------------------
 
 
+#: Rasters of one request kept for reuse, at most this many bytes; beyond, bands are evaluated afresh
+#: (charged to the request's budget each time), so memory stays bounded whatever the expression.
+RASTER_MEMO_BYTES = 256 * 1024 * 1024
+
+
 @dataclass
 class EvalContext:
-    """One pixel request: its grid plus caches shared by all bands evaluated for it."""
+    """One pixel request: its grid plus caches shared by all bands evaluated for it.
+
+    Every band is evaluated once per request: an expression graph shares subtrees (``y.add(y)``), and
+    evaluating each use afresh would double the work per level of sharing.
+    """
 
     grid: Grid
     _positions: dict[Grid, Positions] = field(default_factory=dict)
     _readers: dict[tuple[str, Grid], BandReader] = field(default_factory=dict)
+    _rasters: dict[int, tuple[Evaluator, Raster]] = field(default_factory=dict)
+    _raster_bytes: int = 0
+
+    def evaluate(self, band: EEBand) -> Raster:
+        """``band`` on this request's grid, computed at most once (while the memo has room)."""
+        key = id(band.compute)
+        hit = self._rasters.get(key)
+        if hit is not None:
+            return hit[1]
+        charge()
+        raster = band.compute(self)
+        size = raster.values.nbytes + raster.mask.nbytes + raster.footprint.nbytes
+        if self._raster_bytes + size <= RASTER_MEMO_BYTES:
+            # The evaluator is kept alongside so that its id cannot be reused while the entry lives.
+            self._rasters[key] = (band.compute, raster)
+            self._raster_bytes += size
+        return raster
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -113,10 +140,15 @@ Evaluator = Callable[[EvalContext], Raster]
 
 @dataclass(frozen=True)
 class EEBand:
+    """One band of an image value; ``compute`` makes its raster on a request grid (see ``evaluate``)."""
+
     name: str
     pixel_type: PixelType
     grid: Grid | None
-    evaluate: Evaluator = field(compare=False, repr=False)
+    compute: Evaluator = field(compare=False, repr=False)
+
+    def evaluate(self, ctx: EvalContext) -> Raster:
+        return ctx.evaluate(self)
 
     def to_info(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.name, "data_type": self.pixel_type.to_info()}
@@ -150,6 +182,8 @@ class EEImage:
         return EEImage(bands=tuple(bands), footprint=self.footprint)
 
     def property(self, name: str) -> Any:
+        if name == "system:id":
+            return self.image_id
         if self.asset is not None:
             value = self.asset.property_value(name)
             if value is not None or name in self.asset.properties:
@@ -171,16 +205,26 @@ class EEImage:
         return out
 
 
+@dataclass(frozen=True)
+class NativeRead:
+    """A catalogue band read by nearest neighbour onto the request grid (``resample`` can replace it)."""
+
+    asset: ImageAsset
+    band_id: str
+    grid: Grid
+    is_integer: bool
+
+    def __call__(self, ctx: EvalContext) -> Raster:
+        values, valid = ctx.reader(self.asset, self.grid).read(self.band_id)
+        return Raster(values, valid, valid)
+
+
 def load_image(asset: ImageAsset) -> EEImage:
     """``Image.load``: one lazily-read band per catalogue band."""
     bands = []
     for info in asset.bands:
-
-        def evaluate(ctx: EvalContext, band_id: str = info.id, native: Grid = info.grid) -> Raster:
-            values, valid = ctx.reader(asset, native).read(band_id)
-            return Raster(values, valid, valid)
-
-        bands.append(EEBand(info.id, info.pixel_type, info.grid, evaluate))
+        read = NativeRead(asset, info.id, info.grid, info.pixel_type.is_integer)
+        bands.append(EEBand(info.id, info.pixel_type, info.grid, read))
     return EEImage(
         bands=tuple(bands),
         image_id=asset.id,
@@ -275,7 +319,8 @@ def rename(image: EEImage, names: Sequence[str]) -> EEImage:
 def add_bands(
     dst: EEImage, src: EEImage, names: Sequence[str] | None = None, overwrite: bool = False
 ) -> EEImage:
-    """``Image.addBands``: append ``src``'s bands (optionally only ``names``), replacing on ``overwrite``."""
+    """``Image.addBands``: append ``src``'s bands (optionally only ``names``), replacing on ``overwrite``
+    and otherwise renaming a newcomer whose name is taken (``B4`` becomes ``B4_1``), as EE does."""
     incoming = list(src.bands)
     if names is not None:
         wanted = set(names)
@@ -283,13 +328,15 @@ def add_bands(
     bands = list(dst.bands)
     for band in incoming:
         existing = [i for i, b in enumerate(bands) if b.name == band.name]
-        if existing and not overwrite:
-            raise EvaluationError(
-                f"Image.addBands: Can't add a band named '{band.name}' to image because a band with this name "
-                "already exists. Existing bands: " + str([b.name for b in bands]) + "."
-            )
-        if existing:
+        if existing and overwrite:
             bands[existing[0]] = band
+        elif existing:
+            # EE keeps both: the newcomer is renamed with the first free numeric suffix (B4 -> B4_1).
+            taken = {b.name for b in bands}
+            k = 1
+            while f"{band.name}_{k}" in taken:
+                k += 1
+            bands.append(replace(band, name=f"{band.name}_{k}"))
         else:
             bands.append(band)
     return dst.with_bands(bands)
@@ -380,7 +427,7 @@ def cast(image: EEImage, target: PixelType) -> EEImage:
             r = src.evaluate(ctx)
             return Raster(cast_values(r.values, target), r.mask, r.footprint)
 
-        bands.append(replace(band, pixel_type=target, evaluate=evaluate))
+        bands.append(replace(band, pixel_type=target, compute=evaluate))
     return image.with_bands(bands)
 
 
@@ -549,8 +596,21 @@ def unary(op: str, image: Any) -> EEImage:
                         values = values.astype(np.float32).astype(np.float64)
             return Raster(values, r.mask, r.footprint)
 
-        bands.append(replace(band, pixel_type=ptype, evaluate=evaluate))
+        bands.append(replace(band, pixel_type=ptype, compute=evaluate))
     return img.with_bands(bands, keep_identity=False)
+
+
+def clamp(image: EEImage, low: float, high: float) -> EEImage:
+    """``Image.clamp``: values limited to ``[low, high]``, the type unchanged."""
+    bands = []
+    for band in image.bands:
+
+        def evaluate(ctx: EvalContext, src: EEBand = band) -> Raster:
+            r = src.evaluate(ctx)
+            return Raster(np.clip(r.values, low, high), r.mask, r.footprint)
+
+        bands.append(replace(band, compute=evaluate))
+    return image.with_bands(bands, keep_identity=False)
 
 
 def normalized_difference(image: EEImage, band_names: Sequence[str] | None) -> EEImage:
@@ -578,7 +638,7 @@ def mask_of(image: EEImage) -> EEImage:
             ones = np.ones(r.mask.shape, dtype=bool)
             return Raster(r.mask.astype(np.float64), ones, r.footprint)
 
-        bands.append(replace(band, pixel_type=PixelType("float"), evaluate=evaluate))
+        bands.append(replace(band, pixel_type=PixelType("float"), compute=evaluate))
     return image.with_bands(bands)
 
 
@@ -598,7 +658,7 @@ def update_mask(image: EEImage, mask: Any) -> EEImage:
             keep = rm.mask & (rm.values != 0)
             return Raster(r.values, r.mask & keep, r.footprint)
 
-        bands.append(replace(band, evaluate=evaluate))
+        bands.append(replace(band, compute=evaluate))
     return image.with_bands(bands)
 
 
@@ -629,7 +689,7 @@ def unmask(image: EEImage, value: Any = None, same_footprint: bool = True) -> EE
                 values = np.where(region, _as_float(rf.values), _as_float(r.values))
             return Raster(values, r.mask | region, r.footprint)
 
-        bands.append(replace(band, pixel_type=ptype, evaluate=evaluate))
+        bands.append(replace(band, pixel_type=ptype, compute=evaluate))
     return image.with_bands(bands)
 
 
@@ -658,7 +718,7 @@ def where(image: EEImage, test: Any, value: Any) -> EEImage:
             values = np.where(use, conv(rv.values), conv(r.values))
             return Raster(values, np.where(use, rv.mask, r.mask), r.footprint)
 
-        bands.append(replace(band, pixel_type=ptype, evaluate=evaluate))
+        bands.append(replace(band, pixel_type=ptype, compute=evaluate))
     return image.with_bands(bands)
 
 
@@ -672,7 +732,7 @@ def clip(image: EEImage, geometry_lonlat: BaseGeometry) -> EEImage:
             inside = inside_mask(ctx, geometry_lonlat)
             return Raster(r.values, r.mask & inside, r.footprint & inside)
 
-        bands.append(replace(band, evaluate=evaluate))
+        bands.append(replace(band, compute=evaluate))
     footprint = geometry_lonlat if image.footprint is None else image.footprint.intersection(geometry_lonlat)
     return replace(image, bands=tuple(bands), footprint=footprint)
 

@@ -319,6 +319,29 @@ def _s2(ctx: _Context, band: str) -> np.ndarray:
     raise KeyError(band)
 
 
+def _s2_clouds(ctx: _Context, band: str) -> np.ndarray:
+    """Cloud Score+ and S2 cloud probability: views of the S2 image's own cloud opacity ``O``.
+
+    ``cs = 1 - O / 65535`` and ``cs_cdf = 1 - min(1, 1.25 * O / 65535)`` (float32, 1 = clear);
+    ``probability = O * 100 // 65535`` (uint8, the S2 image's ``MSK_CLDPRB`` on the 10 m grid).
+    """
+    o = ctx.opacity.astype(np.float64)
+    if band == "cs":
+        return 1.0 - o / 65535.0
+    if band == "cs_cdf":
+        return 1.0 - np.minimum(1.0, 1.25 * o / 65535.0)
+    if band == "probability":
+        return ctx.opacity * 100 // 65535
+    raise KeyError(band)
+
+
+def _dem(ctx: _Context, band: str) -> np.ndarray:
+    """SRTM-like elevation in metres: ``(T - 16000) // 24`` on land, 0 on water (int16)."""
+    if band != "elevation":
+        raise KeyError(band)
+    return np.where(ctx.water, 0, (ctx.terrain - WATER_LEVEL) // 24)
+
+
 def _landsat(ctx: _Context, band: str) -> np.ndarray:
     t, o = ctx.terrain, ctx.opacity
     if band in LANDSAT_REFLECTANCE:
@@ -407,6 +430,8 @@ RECIPES: dict[str, Callable[[_Context, str], np.ndarray]] = {
     "ls": _landsat,
     "modis": _modis,
     "era5": _era5,
+    "s2clouds": _s2_clouds,
+    "dem": _dem,
 }
 
 

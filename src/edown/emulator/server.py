@@ -4,12 +4,20 @@ Served on loopback over HTTP/1.1 with keep-alive and TCP_NODELAY (without it eve
 of Nagle plus delayed ACK). Errors use Google's JSON error body, so the client raises the same
 ``EEException`` it would against Earth Engine; the emulator never answers 401 (the client would try to
 refresh the token and fail outside ``EEException``).
+
+No client can knock it over: bodies are capped (413) and need a valid ``Content-Length`` (400); a
+connection must finish its headers and body within deadlines (not merely keep dribbling bytes), and at
+most ``max_connections`` are held at once; every evaluation runs under a step and time budget
+(:mod:`edown.emulator.budget`). It has no authentication, so it warns when bound beyond loopback and then
+refuses its ``/_emulator/*`` control calls to other machines unless told otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import ipaddress
 import json
 import logging
 import re
@@ -40,12 +48,15 @@ from edown.emulator.behaviour import (
     Limits,
     RequestRecord,
 )
+from edown.emulator.budget import BudgetExceededError, enforce
 from edown.emulator.catalog import AssetNotFoundError, Catalog, CatalogError
 from edown.emulator.discovery import algorithm_names, algorithms_document, discovery_document
+from edown.emulator.encoding import encode_geotiff, encode_npy, encode_picture, encode_zip, valid_everywhere
 from edown.emulator.expressions import Evaluator
 from edown.emulator.images import EEImage, EvalContext, EvaluationError
 from edown.emulator.listing import FilterSyntaxError, parse_filter
 from edown.emulator.model import Grid
+from edown.emulator.regions import region_grid
 from edown.emulator.values import EECollection, geometry_from_geojson, to_info
 
 log = logging.getLogger("edown.emulator")
@@ -66,6 +77,8 @@ class ApiError(Exception):
         400: "INVALID_ARGUMENT",
         403: "PERMISSION_DENIED",
         404: "NOT_FOUND",
+        408: "DEADLINE_EXCEEDED",
+        413: "INVALID_ARGUMENT",
         429: "RESOURCE_EXHAUSTED",
         500: "INTERNAL",
         503: "UNAVAILABLE",
@@ -99,6 +112,23 @@ class EmulatorConfig:
     #: Memoise pixel responses up to this many MiB (0: off). Latency and faults still apply; only the CPU
     #: of computing pixels is saved, so that a benchmark's repeated runs measure the client.
     response_cache_mb: int = 0
+    #: Largest request body accepted (Earth Engine's own payload limit, 10 MiB); larger ones get 413.
+    max_body_bytes: int = 10 * 1024 * 1024
+    #: Seconds a kept-alive connection may wait for its next request before it is closed.
+    idle_timeout_seconds: float = 60.0
+    #: Seconds from a request's first byte to the end of its headers (a deadline, not a per-read timeout).
+    header_timeout_seconds: float = 10.0
+    #: Seconds to receive a request body once its headers are in (also bounds sending one response).
+    body_timeout_seconds: float = 60.0
+    #: Connections held at once; more are answered 503 and closed at once.
+    max_connections: int = 256
+    #: Accept ``/_emulator/*`` control calls from non-loopback clients (only relevant off loopback).
+    allow_remote_control: bool = False
+
+    @property
+    def loopback_only(self) -> bool:
+        """True when the listening address is reachable from this machine only."""
+        return _is_loopback(self.host)
 
 
 @dataclass
@@ -110,14 +140,109 @@ class _Outcome:
     fault: FaultRule | None = None
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+_BUSY = json.dumps(
+    {
+        "error": {
+            "code": 503,
+            "message": "The edown emulator is at its connection limit.",
+            "status": "UNAVAILABLE",
+        }
+    }
+).encode()
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     block_on_close = False
+    # socketserver's default backlog of 5 drops bursts of connections (clients then wait 1 s to retry).
+    request_queue_size = 128
 
     def __init__(self, addr: tuple[str, int], emulator: Emulator) -> None:
         self.emulator = emulator
+        self.connections = 0
+        self._connections_lock = threading.Lock()
+        if ":" in addr[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(addr, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-request is routine for a server (socketserver prints a traceback)."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            admitted = self.connections < self.emulator.config.max_connections
+            if admitted:
+                self.connections += 1
+        if admitted:
+            super().process_request(request, client_address)
+            return
+        # Answered from the accepting thread, so it must never block: a full send buffer just drops it.
+        with contextlib.suppress(OSError):
+            request.setblocking(False)
+            request.send(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=UTF-8\r\n"
+                + f"Content-Length: {len(_BUSY)}\r\nConnection: close\r\n\r\n".encode()
+                + _BUSY
+            )
+        self.shutdown_request(request)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._connections_lock:
+                self.connections -= 1
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket reader with a deadline for a whole phase (headers, body), not just for each read.
+
+    A per-read timeout is defeated by a client that sends one byte just before it expires; a deadline is
+    not. ``arm(first, then)`` allows ``first`` seconds until any byte arrives, then ``then`` seconds more.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.deadline = float("inf")
+        self.after_first_byte: float | None = None
+        self.phase = "request"
+
+    def arm(self, seconds: float, then: float | None = None, phase: str = "request") -> None:
+        self.deadline = time.monotonic() + seconds
+        self.after_first_byte = then
+        self.phase = phase
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"{self.phase} deadline passed")
+        self.sock.settimeout(remaining)
+        count = self.sock.recv_into(buffer)
+        if count and self.after_first_byte is not None:
+            self.deadline = time.monotonic() + self.after_first_byte
+            self.after_first_byte = None
+        return count
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -125,9 +250,65 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: _Server
 
+    def setup(self) -> None:
+        super().setup()
+        self.reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self.reader, 65536)
+
+    def handle_one_request(self) -> None:
+        config = self.server.emulator.config
+        self.reader.arm(config.idle_timeout_seconds, then=config.header_timeout_seconds)
+        super().handle_one_request()
+
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.emulator.config.log_requests:
             log.info("%s - %s", self.address_string(), format % args)
+
+    def log_error(self, format: str, *args: Any) -> None:
+        # Timeouts and malformed requests from clients are routine for a server; never a traceback.
+        log.debug("%s - %s", self.address_string(), format % args)
+
+    def read_body(self) -> bytes:
+        """The request body, refusing what cannot be read safely: no or a bad length, too big, too slow."""
+        config = self.server.emulator.config
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise ApiError(
+                400, "A request body needs a Content-Length header (chunked bodies are not accepted)."
+            )
+        declared = self.headers.get_all("Content-Length") or []
+        if not declared:
+            return b""
+        if len(set(declared)) != 1 or not declared[0].strip().isdigit():
+            self.close_connection = True
+            raise ApiError(400, f"Invalid Content-Length header: {', '.join(declared)!r}.")
+        length = int(declared[0])
+        if length > config.max_body_bytes:
+            self.close_connection = True
+            raise ApiError(
+                413,
+                f"Request payload size exceeds the limit: {config.max_body_bytes} bytes "
+                f"(the edown emulator's EmulatorConfig.max_body_bytes; this request declares {length}).",
+            )
+        if not length:
+            return b""
+        self.reader.arm(config.body_timeout_seconds, phase="body")
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            raise ApiError(
+                408,
+                f"The request body did not arrive within {config.body_timeout_seconds:g} s "
+                "(the edown emulator's EmulatorConfig.body_timeout_seconds).",
+            ) from None
+        if len(body) != length:
+            self.close_connection = True
+            raise ApiError(400, f"The request body ended after {len(body)} of {length} bytes.")
+        return body
+
+    def client_is_local(self) -> bool:
+        return _is_loopback(str(self.client_address[0]))
 
     def do_GET(self) -> None:
         self.server.emulator.handle(self, "GET")
@@ -145,6 +326,8 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> None:
         if fault is not None and fault.kind == "short_body":
             body = body[: max(1, int(len(body) * fault.fraction))]
+        # A reader that stops reading must not hold the thread forever either.
+        self.connection.settimeout(self.server.emulator.config.body_timeout_seconds)
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -168,8 +351,32 @@ _ASSET_ROUTE = re.compile(
     r"^/v1/projects/(?P<project>[^/]+)/assets/(?P<asset>.+?)(?::(?P<verb>listAssets|getPixels))?$"
 )
 _PROJECT_ROUTE = re.compile(
-    r"^/v1/projects/(?P<project>[^/:]+)(?P<rest>/algorithms|/value:compute|/image:computePixels|:listAssets)$"
+    r"^/v1/projects/(?P<project>[^/:]+)"
+    r"(?P<rest>/algorithms|/value:compute|/image:computePixels|:listAssets|/thumbnails|/maps)$"
 )
+_TILE_ROUTE = re.compile(
+    r"^/v1/projects/(?P<project>[^/:]+)/maps/(?P<map>[A-Za-z0-9_-]+)/tiles/(?P<z>\d+)/(?P<x>\d+)/(?P<y>\d+)$"
+)
+#: Half the side of the Web Mercator (EPSG:3857) world, in metres: map tiles divide it by powers of two.
+WEB_MERCATOR_HALF = 20037508.342789244
+TILE_SIZE = 256
+_THUMBNAIL_ROUTE = re.compile(
+    r"^/v1/projects/(?P<project>[^/:]+)/thumbnails/(?P<thumb>[A-Za-z0-9_-]+):getPixels$"
+)
+#: Download and thumbnail formats (``thumbnails.create``), and the content type each is served with.
+THUMBNAIL_FORMATS = {
+    "NPY": "application/octet-stream",
+    "GEO_TIFF": "image/tiff",
+    "ZIPPED_GEO_TIFF": "application/zip",
+    "ZIPPED_GEO_TIFF_PER_BAND": "application/zip",
+    "PNG": "image/png",
+    "JPEG": "image/jpeg",
+    "AUTO_JPEG_PNG": "image/png",
+}
+#: Thumbnail ids remembered (oldest forgotten first), as EE's ids expire.
+MAX_THUMBNAILS = 1000
+#: ...and at most this many bytes of their requests, so that stored ids cannot fill the memory.
+MAX_THUMBNAIL_BYTES = 64 * 1024 * 1024
 
 
 class Emulator:
@@ -187,6 +394,8 @@ class Emulator:
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cache_bytes = 0
         self._cache_lock = threading.Lock()
+        self._thumbnails: OrderedDict[str, tuple[str, dict[str, Any], int]] = OrderedDict()
+        self._thumbnail_bytes = 0
 
     # -- lifecycle --
     @property
@@ -194,18 +403,39 @@ class Emulator:
         if self._server is None:
             raise RuntimeError("emulator not started")
         host, port = self._server.server_address[:2]
-        return f"http://{host if isinstance(host, str) else host.decode()}:{port}"
+        host = host if isinstance(host, str) else host.decode()
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def open_connections(self) -> int:
+        """Connections being served right now (kept-alive ones included)."""
+        return self._server.connections if self._server is not None else 0
+
+    def _bind(self) -> _Server:
+        discovery_document()  # fail fast (and pay the parse once) if the ee package lacks the files
+        server = _Server((self.config.host, self.config.port), self)
+        if not self.config.loopback_only:
+            port = server.server_address[1]
+            log.warning(
+                "the edown emulator listens on %s:%s, beyond loopback: anyone who can reach it can use it (it "
+                "has no authentication). Control calls (/_emulator/*) are %s. Use --host 127.0.0.1 unless other "
+                "machines must reach it.",
+                self.config.host,
+                port,
+                "allowed from other machines"
+                if self.config.allow_remote_control
+                else "refused from other machines (--allow-remote-control allows them)",
+            )
+        return server
 
     def start(self) -> str:
-        discovery_document()  # fail fast (and pay the parse once) if the ee package lacks the files
-        self._server = _Server((self.config.host, self.config.port), self)
+        """Bind and serve on a background thread; ``OSError`` (e.g. ``EADDRINUSE``) if the port is taken."""
+        self._server = self._bind()
         self._thread = threading.Thread(target=self._server.serve_forever, name="edown-emulator", daemon=True)
         self._thread.start()
         return self.url
 
     def serve_forever(self) -> None:
-        discovery_document()
-        self._server = _Server((self.config.host, self.config.port), self)
+        self._server = self._bind()
         try:
             self._server.serve_forever()
         finally:
@@ -246,8 +476,12 @@ class Emulator:
         parts = urlsplit(req.path)
         path = unquote(parts.path)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        length = int(req.headers.get("Content-Length") or 0)
-        raw_body = req.rfile.read(length) if length else b""
+        try:
+            raw_body = req.read_body()
+        except ApiError as err:
+            with contextlib.suppress(OSError):
+                req.send_body(err.code, err.body(), "application/json; charset=UTF-8")
+            return
         kind, project, asset = self._classify(method, path, req)
         admitted = False
         rec = RequestRecord(
@@ -274,6 +508,13 @@ class Emulator:
             None,
         )
         try:
+            if kind == "control" and not (self.config.allow_remote_control or req.client_is_local()):
+                raise ApiError(
+                    403,
+                    "The edown emulator accepts /_emulator/ control calls from loopback clients only; start it "
+                    f"with --allow-remote-control (EmulatorConfig.allow_remote_control=True) to accept them from "
+                    f"{req.client_address[0]}.",
+                )
             self._check_project(kind, project)
             refusal = self.behaviour.admit(kind, project or "")
             if refusal is not None:
@@ -302,8 +543,8 @@ class Emulator:
             self.behaviour.record(rec)
         try:
             req.send_body(*response)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            req.close_connection = True
         finally:
             if admitted:
                 self.behaviour.release(kind, project or "")
@@ -320,6 +561,12 @@ class Emulator:
             return "discovery", None, None
         if path.endswith("/token") and method == "POST":
             return "token", None, None
+        m = _THUMBNAIL_ROUTE.match(path)
+        if m:
+            return "thumbnailPixels", header_project or m.group("project"), m.group("thumb")
+        m = _TILE_ROUTE.match(path)
+        if m:
+            return "mapTile", header_project or m.group("project"), "/".join(m.group("map", "z", "x", "y"))
         m = _PROJECT_ROUTE.match(path)
         if m:
             rest = m.group("rest")
@@ -328,6 +575,8 @@ class Emulator:
                 "/value:compute": "compute",
                 "/image:computePixels": "computePixels",
                 ":listAssets": "listProjectAssets",
+                "/thumbnails": "thumbnails",
+                "/maps": "maps",
             }[rest]
             return kind, header_project or m.group("project"), None
         m = _ASSET_ROUTE.match(path)
@@ -380,21 +629,31 @@ class Emulator:
             if kind == "unknown":
                 raise ApiError(404, f"The requested URL {path} was not found on this server.")
             body = _json_body(raw) if method == "POST" else {}
-            if kind == "compute":
-                return self._compute(body)
-            if kind == "computePixels":
-                return self._pixels(kind, None, body, rec)
-            assert asset is not None
-            asset_id = _asset_id(asset)
-            if kind == "getAsset":
-                return self._get_asset(asset_id)
-            if kind == "listAssets":
-                return self._list_assets(asset_id, query)
-            if kind == "getPixels":
-                return self._pixels(kind, asset_id, body, rec)
+            limits = self.config.limits
+            with enforce(limits.max_evaluation_nodes, limits.max_evaluation_seconds):
+                if kind == "compute":
+                    return self._compute(body)
+                if kind == "computePixels":
+                    return self._pixels(kind, None, body, rec)
+                if kind in ("thumbnails", "maps") and method == "POST":
+                    return self._create_thumbnail(project or "", body, kind)
+                if kind == "mapTile" and method == "GET":
+                    assert asset is not None
+                    return self._map_tile(project or "", asset, rec)
+                if kind == "thumbnailPixels" and method == "GET":
+                    assert asset is not None
+                    return self._thumbnail_pixels(project or "", asset, rec)
+                assert asset is not None
+                asset_id = _asset_id(asset)
+                if kind == "getAsset":
+                    return self._get_asset(asset_id)
+                if kind == "listAssets":
+                    return self._list_assets(asset_id, query)
+                if kind == "getPixels":
+                    return self._pixels(kind, asset_id, body, rec)
         except AssetNotFoundError as exc:
             raise ApiError(404, str(exc)) from None
-        except (CatalogError, EvaluationError, FilterSyntaxError, CRSError) as exc:
+        except (CatalogError, EvaluationError, FilterSyntaxError, CRSError, BudgetExceededError) as exc:
             raise ApiError(400, str(exc)) from None
         except ApiError:
             raise
@@ -426,6 +685,105 @@ class Emulator:
             raise ApiError(400, "Invalid JSON payload: 'expression' is required.")
         value = self.evaluator.evaluate(body["expression"])
         return _Outcome(json.dumps({"result": to_info(value)}).encode())
+
+    def _create_thumbnail(self, project: str, body: dict[str, Any], kind: str = "thumbnails") -> _Outcome:
+        """``thumbnails.create`` (getDownloadURL, getThumbURL) or ``maps.create`` (getMapId): check the
+        request, remember it, name it."""
+        unknown = sorted(set(body) - {"expression", "fileFormat", "filenamePrefix", "bandIds", "workloadTag"})
+        if unknown:
+            raise ApiError(
+                400, f'Invalid JSON payload received. Unknown name "{unknown[0]}": Cannot find field.'
+            )
+        fmt = body.get("fileFormat") or "AUTO_JPEG_PNG"
+        if fmt not in THUMBNAIL_FORMATS:
+            raise ApiError(
+                400,
+                f"File format {fmt} is not supported by the edown emulator (use one of {', '.join(THUMBNAIL_FORMATS)}).",
+            )
+        if "expression" not in body:
+            raise ApiError(400, "Invalid JSON payload: 'expression' is required.")
+        value = self.evaluator.evaluate(body["expression"])
+        if not isinstance(value, EEImage):
+            raise ApiError(
+                400, f"Thumbnails: The expression must evaluate to an Image, not {_type_name(value)}."
+            )
+        thumb = secrets.token_hex(16)
+        size = len(json.dumps(body))
+        with self._cache_lock:
+            self._thumbnails[f"{kind}/{thumb}"] = (project, body, size)
+            self._thumbnail_bytes += size
+            while len(self._thumbnails) > MAX_THUMBNAILS or self._thumbnail_bytes > MAX_THUMBNAIL_BYTES:
+                _, (_, _, dropped) = self._thumbnails.popitem(last=False)
+                self._thumbnail_bytes -= dropped
+        return _Outcome(json.dumps({"name": f"projects/{project}/{kind}/{thumb}"}).encode())
+
+    def _map_tile(self, project: str, tile: str, rec: RequestRecord) -> _Outcome:
+        """One 256 x 256 PNG of the Web Mercator tile pyramid (``getMapId`` layers, geemap's maps)."""
+        map_id, z, x, y = tile.split("/")
+        with self._cache_lock:
+            stored = self._thumbnails.get(f"maps/{map_id}")
+        if stored is None or stored[0] != project:
+            raise ApiError(404, f"Map projects/{project}/maps/{map_id} does not exist or has expired.")
+        zoom, col, row = int(z), int(x), int(y)
+        if zoom > 30 or not (0 <= col < 2**zoom and 0 <= row < 2**zoom):
+            raise ApiError(400, f"Tile {zoom}/{col}/{row} is outside the map.")
+        side = 2 * WEB_MERCATOR_HALF / 2**zoom
+        res = side / TILE_SIZE
+        grid = Grid(
+            "EPSG:3857",
+            (res, 0.0, -WEB_MERCATOR_HALF + col * side, 0.0, -res, WEB_MERCATOR_HALF - row * side),
+            TILE_SIZE,
+            TILE_SIZE,
+        )
+        image = self.evaluator.evaluate(stored[1]["expression"])
+        rec.grid = {
+            "crs": grid.crs,
+            "transform": list(grid.transform),
+            "width": grid.width,
+            "height": grid.height,
+        }
+        fmt = stored[1].get("fileFormat") or "AUTO_JPEG_PNG"
+        picture = "JPEG" if fmt == "JPEG" else "PNG"
+        return _Outcome(encode_picture(image, EvalContext(grid), picture), THUMBNAIL_FORMATS[picture])
+
+    def _thumbnail_pixels(self, project: str, thumb: str, rec: RequestRecord) -> _Outcome:
+        with self._cache_lock:
+            stored = self._thumbnails.get(f"thumbnails/{thumb}")
+        if stored is None or stored[0] != project:
+            raise ApiError(
+                404, f"Thumbnail projects/{project}/thumbnails/{thumb} does not exist or has expired."
+            )
+        body = stored[1]
+        fmt = body.get("fileFormat") or "AUTO_JPEG_PNG"
+        image = self.evaluator.evaluate(body["expression"])
+        rec.asset = image.image_id
+        band_ids = body.get("bandIds")
+        if band_ids:
+            image = im.select(image, [re.escape(str(b)) for b in band_ids])
+        grid = _request_grid(None, image)
+        rec.grid = {
+            "crs": grid.crs,
+            "transform": list(grid.transform),
+            "width": grid.width,
+            "height": grid.height,
+        }
+        self._check_limits(image, grid)
+        ctx = EvalContext(grid)
+        if fmt in ("PNG", "JPEG", "AUTO_JPEG_PNG"):
+            payload = encode_picture(image, ctx, "JPEG" if fmt == "JPEG" else "PNG")
+        else:
+            rendered = im.render(image, ctx)
+            prefix = body.get("filenamePrefix") or image.image_id or "download"
+            prefix = re.sub(r"[^\w.-]+", "_", str(prefix))
+            masks = [np.broadcast_to(b.evaluate(ctx).mask, ctx.shape) for b in image.bands]
+            if fmt == "NPY":
+                payload = encode_npy(rendered)
+            elif fmt == "GEO_TIFF":
+                payload = encode_geotiff(rendered, grid, valid_everywhere(image, ctx))
+            else:
+                per_band = fmt == "ZIPPED_GEO_TIFF_PER_BAND"
+                payload = encode_zip(rendered, grid, prefix, per_band, masks)
+        return _Outcome(payload, THUMBNAIL_FORMATS[fmt])
 
     def _get_asset(self, asset_id: str) -> _Outcome:
         if self.catalog.has_collection(asset_id):
@@ -511,7 +869,13 @@ class Emulator:
         if body.get("region"):
             inside = im.inside_mask(ctx, geometry_from_geojson(body["region"]))
             rendered = [(n, np.where(inside, v, np.zeros((), v.dtype))) for n, v in rendered]
-        payload = _encode_npy(rendered) if fmt == "NPY" else _encode_geotiff(rendered, grid)
+        if fmt == "NPY":
+            payload = encode_npy(rendered)
+        else:
+            valid = valid_everywhere(image, ctx)
+            if body.get("region"):
+                valid = valid & inside
+            payload = encode_geotiff(rendered, grid, valid)
         self._cache_put(key, payload)
         return _Outcome(payload, "application/octet-stream", fault)
 
@@ -596,6 +960,8 @@ def _json_body(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ApiError(400, "Invalid JSON payload received.") from None
+    except RecursionError:
+        raise ApiError(400, "Invalid JSON payload received: nested too deeply.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "Invalid JSON payload received: expected an object.")
     return body
@@ -631,9 +997,15 @@ def _request_grid(raw: Any, image: EEImage) -> Grid:
         raise ApiError(400, "The image has no bands.")
     if raw is None:
         native = image.bands[0].grid
-        if native is None or not native.width:
-            raise ApiError(400, "A grid is required for images without a fixed native grid.")
-        return native
+        if native is not None and native.width:
+            return native
+        if native is not None and image.footprint is not None and not native.has_shear:
+            # A bounded image in a projection (``reproject`` then ``clip``): the pixels covering its bounds.
+            return region_grid(image.footprint, native.crs, native.transform)
+        raise ApiError(
+            400,
+            "A grid is required for images without a fixed native grid (give a region, or clip the image).",
+        )
     if not isinstance(raw, dict):
         raise ApiError(400, "grid must be an object.")
     dims = raw.get("dimensions") or {}
@@ -659,41 +1031,6 @@ def _request_grid(raw: Any, image: EEImage) -> Grid:
     if (transform[0] == 0 and transform[1] == 0) or (transform[4] == 0 and transform[3] == 0):
         raise ApiError(400, "Invalid grid: the affine transform is degenerate.")
     return Grid(crs=crs, transform=transform, width=width, height=height)  # type: ignore[arg-type]
-
-
-def _encode_npy(bands: list[tuple[str, np.ndarray]]) -> bytes:
-    """A structured (H, W) array with one field per band, in request order, as EE's NPY output."""
-    h, w = bands[0][1].shape
-    out = np.empty((h, w), dtype=[(name, values.dtype) for name, values in bands])
-    for name, values in bands:
-        out[name] = values
-    buf = io.BytesIO()
-    np.save(buf, out, allow_pickle=False)
-    return buf.getvalue()
-
-
-def _encode_geotiff(bands: list[tuple[str, np.ndarray]], grid: Grid) -> bytes:
-    import rasterio
-    from rasterio.io import MemoryFile
-    from rasterio.transform import Affine
-
-    dtype = np.result_type(*[v.dtype for _, v in bands])
-    sx, shx, tx, shy, sy, ty = grid.transform
-    profile = {
-        "driver": "GTiff",
-        "width": grid.width,
-        "height": grid.height,
-        "count": len(bands),
-        "dtype": dtype.name,
-        "crs": rasterio.crs.CRS.from_wkt(resolve_crs(grid.crs).to_wkt()),
-        "transform": Affine(sx, shx, tx, shy, sy, ty),
-    }
-    with MemoryFile() as mem:
-        with mem.open(**profile) as dst:
-            for i, (name, values) in enumerate(bands, start=1):
-                dst.write(values.astype(dtype, copy=False), i)
-                dst.set_band_description(i, name)
-        return bytes(mem.read())
 
 
 @contextmanager

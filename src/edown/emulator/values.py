@@ -7,6 +7,7 @@ bound what the catalogue enumerates (dates and region), and every filter is appl
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -19,7 +20,8 @@ from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box, shap
 from shapely.geometry.base import BaseGeometry
 
 from edown.crs import resolve_crs, same_crs
-from edown.emulator.catalog import Catalog
+from edown.emulator.budget import charge
+from edown.emulator.catalog import Catalog, CatalogError
 from edown.emulator.images import EEImage, EvaluationError, load_image
 from edown.emulator.model import mapping_json, parse_rfc3339
 
@@ -146,6 +148,30 @@ def make_linestring(coordinates: Any, crs: str | None) -> BaseGeometry:
     return to_lonlat(LineString(coordinates), crs)
 
 
+# ---- geometry measures ---------------------------------------------------------------------------
+
+
+def geodesic_area(geometry: BaseGeometry) -> float:
+    """Area in square metres on the WGS84 ellipsoid (points and lines: 0), as ``Geometry.area``."""
+    from pyproj import Geod
+
+    if geometry.area == 0:
+        return 0.0
+    area, _ = Geod(ellps="WGS84").geometry_area_perimeter(geometry)
+    return abs(float(area))
+
+
+def buffer_metres(geometry: BaseGeometry, distance: float) -> BaseGeometry:
+    """``Geometry.buffer`` by ``distance`` metres (negative shrinks), computed in an azimuthal equidistant
+    projection centred on the geometry, so distances are true ones near it."""
+    centre = geometry.centroid
+    local = f"+proj=aeqd +lat_0={centre.y} +lon_0={centre.x} +datum=WGS84 +units=m"
+    forward = Transformer.from_crs("EPSG:4326", local, always_xy=True)
+    back = Transformer.from_crs(local, "EPSG:4326", always_xy=True)
+    projected = shapely.transform(geometry, forward.transform, interleaved=False)
+    return shapely.transform(projected.buffer(distance, quad_segs=16), back.transform, interleaved=False)
+
+
 # ---- dates --------------------------------------------------------------------------------------------
 
 
@@ -205,6 +231,8 @@ def element_property(element: Any, name: str) -> Any:
         return element.property(name)
     if isinstance(element, EEFeature):
         return element.properties.get(name)
+    if isinstance(element, EECollection):
+        return element.properties().get(name)
     raise EvaluationError(f"Element.get: Expected an element, got {type(element).__name__}.")
 
 
@@ -232,6 +260,8 @@ class Bounds:
     start: int | None = None
     end: int | None = None
     region: BaseGeometry | None = None
+    #: ``system:index`` equality: the one image the catalogue needs to look at.
+    index: str | None = None
 
     def meet(self, other: Bounds) -> Bounds:
         start = max((v for v in (self.start, other.start) if v is not None), default=None)
@@ -241,7 +271,7 @@ class Bounds:
             if other.region is None
             else (other.region if self.region is None else self.region.intersection(other.region))
         )
-        return Bounds(start, end, region)
+        return Bounds(start, end, region, self.index if self.index is not None else other.index)
 
 
 class EEFilter:
@@ -268,6 +298,7 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "stringStartsWith": lambda a, b: isinstance(a, str) and isinstance(b, str) and a.startswith(b),
     "stringEndsWith": lambda a, b: isinstance(a, str) and isinstance(b, str) and a.endswith(b),
     "inList": lambda a, b: isinstance(b, list) and a in b,
+    "contains": lambda a, b: isinstance(a, list) and b in a,
 }
 
 
@@ -291,6 +322,13 @@ class CompareFilter(EEFilter):
             return False
 
     def bounds(self) -> Bounds:
+        if (
+            self.left_field == "system:index"
+            and self.right_field is None
+            and self.op in ("equals", "eq")
+            and isinstance(self.right_value, str)
+        ):
+            return Bounds(index=self.right_value)
         if self.left_field == "system:time_start" and self.right_field is None:
             value = comparable(self.right_value)
             if isinstance(value, int | float):
@@ -431,11 +469,24 @@ class EECollection:
 
     catalog: Catalog = field(compare=False, repr=False)
     source: str | None = None
-    images: tuple[EEImage, ...] | None = None
+    images: tuple[Any, ...] | None = None
     ops: tuple[tuple[str, Any], ...] = ()
+    #: ``ImageCollection`` or ``FeatureCollection`` (what ``getInfo`` calls it).
+    kind: str = "ImageCollection"
+
+    def properties(self) -> dict[str, Any]:
+        """The collection's own properties (a collection is an element too), ``system:id`` included."""
+        props: dict[str, Any] = {}
+        if self.source is not None:
+            props.update(self.catalog.collection(self.source).to_info_header()["properties"])
+            props["system:id"] = self.source
+        for op, arg in self.ops:
+            if op == "set":
+                props[arg[0]] = arg[1]
+        return props
 
     def then(self, op: str, arg: Any) -> EECollection:
-        return EECollection(self.catalog, self.source, self.images, (*self.ops, (op, arg)))
+        return EECollection(self.catalog, self.source, self.images, (*self.ops, (op, arg)), self.kind)
 
     def elements(self) -> list[Any]:
         leading = Bounds()
@@ -445,10 +496,19 @@ class EECollection:
             leading = leading.meet(arg.bounds())
         items: list[Any]
         if self.source is not None:
-            assets = self.catalog.query(self.source, leading.start, leading.end, leading.region)
-            items = [load_image(a) for a in assets]
+            items = []
+            if leading.index is not None:
+                # Linking by system:index (Cloud Score+ to S2...): one look-up, as EE's index makes it.
+                with contextlib.suppress(CatalogError):
+                    items.append(load_image(self.catalog.image(f"{self.source}/{leading.index}")))
+            else:
+                # Charged one by one: a query without a region enumerates the whole world, slowly.
+                for asset in self.catalog.query(self.source, leading.start, leading.end, leading.region):
+                    charge()
+                    items.append(load_image(asset))
         else:
             items = list(self.images or ())
+            charge(len(items))
         for op, arg in self.ops:
             if op == "filter":
                 items = [el for el in items if arg.test(el)]
@@ -467,6 +527,8 @@ class EECollection:
                     items = items[: int(count)]
             elif op == "merge":
                 items = items + arg.elements()
+            # Every element produced is a step: a collection merged with itself doubles per level.
+            charge(len(items))
         return items
 
     def to_info(self) -> dict[str, Any]:
@@ -478,7 +540,12 @@ class EECollection:
         if self.source is not None:
             header = self.catalog.collection(self.source).to_info_header()
         else:
-            header = {"type": "ImageCollection", "bands": []}
+            header = (
+                {"type": self.kind, "bands": []} if self.kind == "ImageCollection" else {"type": self.kind}
+            )
+        own = {k: v for k, v in self.properties().items() if k != "system:id"}
+        if own:
+            header["properties"] = {k: to_info(v) for k, v in own.items()}
         header["features"] = [to_info(el) for el in elements]
         return header
 
