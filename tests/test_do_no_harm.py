@@ -5,6 +5,7 @@ Each test reproduces an attack or an accident (issue 11) and checks the outcome 
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import io
 import json
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -600,3 +602,79 @@ def test_a_bad_server_url_is_bad_input_everywhere(url: str) -> None:
         )
         assert proc.returncode == 2, (command, proc.stderr)
         assert "server_url" in proc.stderr and "report it" not in proc.stderr
+
+
+# ---- bad servers ----------------------------------------------------------------------------------------
+
+
+class _RogueServer(http.server.BaseHTTPRequestHandler):
+    """Answers every request with a 200 whose body trickles (one byte per 0.2 s) or never ends."""
+
+    protocol_version = "HTTP/1.1"
+    mode = "trickle"
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._answer()
+
+    def _answer(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if self.mode == "trickle":
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                for _ in range(600):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+        else:
+            self.send_header("Connection", "close")
+            self.end_headers()
+            block = b"[" * (1 << 20)
+            with contextlib.suppress(OSError):
+                for _ in range(2048):
+                    self.wfile.write(block)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("mode", ["trickle", "endless"])
+def test_a_server_that_trickles_or_never_stops_meets_the_deadline_and_the_size_cap(
+    tmp_path: Path, mode: str
+) -> None:
+    handler = type("Handler", (_RogueServer,), {"mode": mode})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    started = time.monotonic()
+    proc = edown(
+        "download",
+        "-c",
+        "COPERNICUS/S2_SR_HARMONIZED",
+        "--start-date",
+        "2024-06-01",
+        "--end-date",
+        "2024-06-02",
+        "--bbox",
+        "0,51,0.1,51.1",
+        "--server-url",
+        url,
+        "--request-timeout-seconds",
+        "2",
+        "--max-retries",
+        "0",
+        "-o",
+        str(tmp_path / "d"),
+    )
+    elapsed = time.monotonic() - started
+    server.shutdown()
+    assert proc.returncode == 1, proc.stderr
+    assert elapsed < 60, elapsed
+    expected = "deadline" if mode == "trickle" else "more than 256 MiB"
+    assert expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -35,6 +35,7 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from edown import redaction
@@ -70,6 +71,11 @@ def is_loopback(url: str) -> bool:
 
 
 # ---- HTTP transport ---------------------------------------------------------------------------------
+
+
+#: The most a single answer may bring: Earth Engine's pixel answers are under 48 MB plus headers and its
+#: JSON pages far smaller, so anything bigger is a broken or hostile server, not data.
+MAX_RESPONSE_BYTES = 256 << 20
 
 
 class BodySink(Protocol):
@@ -123,7 +129,16 @@ class _Transport:
             )
             sink = getattr(_body_sink, "file", None) if response.status_code == 200 else None
             parts = []
-            for part in response.iter_content(chunk_size=1 << 20):
+            received = 0
+            # read1 returns whatever one receive brings: a server trickling a byte at a time still meets
+            # the deadline (iter_content would wait to fill a whole piece), and no body grows unbounded.
+            while part := response.raw.read1(1 << 20, decode_content=True):
+                received += len(part)
+                if received > MAX_RESPONSE_BYTES:
+                    response.close()
+                    raise ConnectionError(
+                        f"the server sent more than {MAX_RESPONSE_BYTES >> 20} MiB; no Earth Engine answer is that big"
+                    )
                 if sink is not None:
                     sink.write(part)
                 else:
@@ -135,6 +150,10 @@ class _Transport:
         except requests.exceptions.Timeout as exc:
             raise TimeoutError(f"no response within {self.timeout:g} s") from exc
         except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            raise ConnectionError(_short(exc)) from exc
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise TimeoutError(f"no response within {self.timeout:g} s") from exc
+        except urllib3.exceptions.HTTPError as exc:
             raise ConnectionError(_short(exc)) from exc
         except requests.exceptions.RequestException as exc:
             raise ConnectionError(_short(exc)) from exc

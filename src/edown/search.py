@@ -46,9 +46,17 @@ def search_images(config: SearchConfig) -> SearchResult:
     """
     started = time.monotonic()
     plugin = load_plugin(config.transform_plugin) if config.transform_plugin else None
-    conn = earthengine.connect(config.server_url, config.project, config.credentials)
+    # A download's own deadline and retries apply to its search too (a plain search keeps the defaults).
+    conn = earthengine.connect(
+        config.server_url,
+        config.project,
+        config.credentials,
+        timeout=getattr(config, "request_timeout_seconds", 300.0),
+    )
     first_request = conn.pacer.started
-    policy = earthengine.RetryPolicy(max_retries=4, base_delay=1.0)
+    policy = earthengine.RetryPolicy(
+        max_retries=getattr(config, "max_retries", 4), base_delay=getattr(config, "retry_delay_seconds", 1.0)
+    )
     assets = _discover(conn, config, policy)
     describe = _describe_plain if plugin is None else _plugin_describer(conn, config, plugin, policy)
     band_lists = describe(assets)
