@@ -91,7 +91,7 @@ EDOWN = Path(sys.executable).with_name("edown")
 
 
 def run_edown(
-    *args: str, cwd: Path, umask: int | None = None, timeout: float = 120
+    *args: str, cwd: Path, umask: int | None = None, timeout: float = 120, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run the installed ``edown`` entry point in a subprocess, as a user at a shell would.
 
@@ -106,7 +106,9 @@ def run_edown(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")} | {"NO_COLOR": "1"},
+        env={k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+        | {"NO_COLOR": "1"}
+        | (env or {}),
     )
 
 

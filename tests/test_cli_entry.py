@@ -37,14 +37,22 @@ def test_verbose_is_accepted_after_the_command_too(ee_emulator: Emulator, tmp_pa
 
 
 def test_after_verbose_the_hint_no_longer_asks_for_verbose(tmp_path: Path) -> None:
-    # A manifest that claims to be edown's but lacks what a download manifest holds: an unexpected error.
-    broken = tmp_path / "broken.json"
-    broken.write_text(json.dumps({"schema": "edown.manifest", "schema_version": 1, "search": {"result": {}}}))
-    plain = run_edown("stack", "-m", str(broken), cwd=tmp_path)
-    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    # A real bug, simulated: reading a manifest raises what no edown error covers (every bad manifest is
+    # bad input now, so the crash is planted through sitecustomize in the child process only).
+    (tmp_path / "sitecustomize.py").write_text(
+        "import edown.manifest\n"
+        "def _bug(*args, **kwargs):\n"
+        "    raise RuntimeError('simulated bug')\n"
+        "edown.manifest.load_manifest = _bug\n"
+    )
+    bug = {"PYTHONPATH": str(tmp_path)}
+    broken = tmp_path / "run.json"
+    broken.write_text("{}")
+    plain = run_edown("stack", "-m", str(broken), cwd=tmp_path, env=bug)
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr and "simulated bug" in plain.stderr
     assert plain.stderr.splitlines()[-1] == "hint: run with --verbose for the traceback and report it"
     for argv in (["stack", "-m", str(broken), "-v"], ["-v", "stack", "-m", str(broken)]):
-        verbose = run_edown(*argv, cwd=tmp_path)
+        verbose = run_edown(*argv, cwd=tmp_path, env=bug)
         assert verbose.returncode == 1 and "Traceback" in verbose.stderr
         assert verbose.stderr.splitlines()[-1] == "hint: please report it with the traceback above"
 
