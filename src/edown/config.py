@@ -25,6 +25,7 @@ from shapely.validation import explain_validity
 
 from edown.errors import ConfigError
 from edown.redaction import redact
+from edown.rootstate import special_file_kind
 
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
 STANDARD_URL = "https://earthengine.googleapis.com"
@@ -393,7 +394,7 @@ def check_parent_folder(path: Path, field_name: str, root: Path | None = None) -
     the output root whose folders edown makes itself; and refuse a path that is something other than a
     file (``/dev/null``, a pipe, a folder): writing replaces what is there, and must never replace those."""
     option = "--" + field_name.replace("_", "-")
-    kind = not_a_regular_file(path)
+    kind = special_file_kind(path)
     if kind is not None:
         raise ConfigError(
             field_name, f"{path} is {kind}, not a file edown may replace", f"choose another {option}"
@@ -410,26 +411,6 @@ def check_parent_folder(path: Path, field_name: str, root: Path | None = None) -
     raise ConfigError(
         field_name, f"folder {parent} does not exist", f"create it first, or choose another {option}"
     )
-
-
-def not_a_regular_file(path: Path) -> str | None:
-    """What ``path`` is when it exists as something other than a regular file or a link, else None."""
-    import stat
-
-    try:
-        mode = path.lstat().st_mode
-    except OSError:
-        return None
-    for test, kind in (
-        (stat.S_ISDIR, "a folder"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISFIFO, "a named pipe"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return kind
-    return None
 
 
 def _check_positive_int(value: Any, name: str, minimum: int = 1) -> None:

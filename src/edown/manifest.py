@@ -18,19 +18,23 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
-import uuid
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from edown._version import __version__
-from edown.config import AOI, DownloadConfig, SearchConfig, StackConfig, not_a_regular_file
-from edown.errors import ManifestError, OutputPathError
+from edown.config import AOI, DownloadConfig, SearchConfig, StackConfig
+from edown.errors import ManifestError
 from edown.records import DownloadResult, SearchResult, StackResult, utc_iso
 from edown.redaction import redact
-from edown.rootstate import check_no_links, journalled, read_marker, trusted_root
+from edown.rootstate import (
+    atomic_write_text,
+    check_no_links,
+    read_marker,
+    special_file_kind,
+    trusted_root,
+)
 
 SCHEMA = "edown.manifest"
 SCHEMA_VERSION = 1
@@ -38,45 +42,6 @@ SCHEMA_VERSION = 1
 
 def now_utc() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a mix.
-
-    The temporary is journalled when ``path`` lies in a locked output root (a killed run's temporary is
-    then removed by the next run), created with the umask's permissions like every other output (not
-    ``mkstemp``'s 0600, which would hide manifests from collaborators), and never through a link.
-    """
-    kind = not_a_regular_file(path)
-    if kind is not None:  # a rename would replace a device (``/dev/null`` as root!) or a pipe
-        raise OutputPathError(f"{path} is {kind}, not a file edown may replace", hint="choose another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with journalled(tmp):
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            tmp.replace(path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 _NUMBER_LIST = re.compile(r"\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]")
@@ -284,21 +249,11 @@ def load_manifest(path: Path, field: str = "manifest_path") -> Manifest:
 
 def _not_a_file(path: Path) -> str:
     """What ``path`` is, when it is not a regular file (``/dev/null`` exists, but is no manifest)."""
-    import stat
-
     try:
-        mode = path.stat().st_mode
+        path.stat()
     except FileNotFoundError:
         return "does not exist"
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
-    for test, kind in (
-        (stat.S_ISDIR, "a folder"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISFIFO, "a named pipe"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return f"is {kind}, not a manifest file"
-    return "is not a regular file"
+    kind = special_file_kind(path, follow=True)
+    return f"is {kind}, not a manifest file" if kind else "is not a regular file"

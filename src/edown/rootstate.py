@@ -157,18 +157,7 @@ def _ensure_marker(root: Path) -> str:
         return str(doc["root_id"])
     root_id = uuid.uuid4().hex
     text = json.dumps({"schema": MARKER_SCHEMA, "root_id": root_id, "edown_version": __version__}) + "\n"
-    marker = root / STATE_DIR / "root.json"
-    tmp = marker.with_name(f".root.json.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(marker)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_text(root / STATE_DIR / "root.json", text)
     return root_id
 
 
@@ -192,6 +181,67 @@ def trusted_root(root: Path, root_id: str | None, source: str) -> Path:
     return root
 
 
+# ---- files edown writes -------------------------------------------------------------------------------
+
+
+def special_file_kind(path: Path, follow: bool = False) -> str | None:
+    """What ``path`` is when it exists as a folder, device, pipe or socket (else None): things a write by
+    rename would replace — ``/dev/null`` among them, for a user running as root."""
+    try:
+        mode = path.stat().st_mode if follow else path.lstat().st_mode
+    except OSError:
+        return None
+    for test, kind in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    The temporary is journalled when ``path`` lies in a locked output root (a killed run's temporary is
+    then removed by the next run), created with the umask's permissions like every other output (not
+    ``mkstemp``'s 0600, which would hide manifests from collaborators), and never through a link.
+    """
+    kind = special_file_kind(path)
+    if kind is not None:  # a rename would replace a device (``/dev/null`` as root!) or a pipe
+        raise OutputPathError(f"{path} is {kind}, not a file edown may replace", hint="choose another path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with journalled(tmp):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 # ---- journal ------------------------------------------------------------------------------------------
 
 
@@ -203,7 +253,7 @@ def _write_entry(root: HeldRoot, temporary: Path, kind: Literal["file", "dir"]) 
         handle.write(body)
         handle.flush()
         os.fsync(handle.fileno())
-    _fsync_dir(root.journal)
+    fsync_dir(root.journal)
     return entry
 
 
@@ -274,19 +324,6 @@ def _remove_temporary(root: HeldRoot, target: Path) -> bool:
     else:
         target.unlink(missing_ok=True)
     return True
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---- lock ---------------------------------------------------------------------------------------------

@@ -24,10 +24,10 @@ from edown.bands import fill_value
 from edown.errors import EarthEngineError, is_disk_full
 from edown.geotiff import write_geotiff
 from edown.grid import Window
-from edown.manifest import atomic_write_text
 from edown.outputs import ChunkStore, StoredChunk, covered_by, sidecar_path
 from edown.progress import Counters
 from edown.records import utc_iso
+from edown.rootstate import atomic_write_text
 
 if TYPE_CHECKING:
     from edown.download import ImageJob
