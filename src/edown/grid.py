@@ -266,14 +266,14 @@ def plan_chunks(
                 f"Engine counts it (incl. a mask byte), over request_byte_limit={byte_limit}",
                 f"use chunk_size <= {limit_side}",
             )
-        return _split(window, chunk_size, chunk_size)
+        return tile_window(window, chunk_size, chunk_size)
     if limit_side < 1:
         raise ConfigError(
             "request_byte_limit", f"{byte_limit} bytes cannot hold one pixel of {band_count} band(s)"
         )
     if limit_side < tile:
         side = _pow2_floor(limit_side)
-        return _split(window, side, side)
+        return tile_window(window, side, side)
     wanted = min(byte_limit, target_bytes) if target_bytes else byte_limit
     want_side = max(tile, min(limit_side, max_square_side(wanted, band_count, itemsize)))
     fits = window.width <= want_side and window.height <= want_side
@@ -282,7 +282,7 @@ def plan_chunks(
     side = max(tile, (want_side // tile) * tile)
     if chunk_size is not None:
         side = max(tile, min(side, chunk_size // tile * tile))
-    return _split(window, side, side)
+    return tile_window(window, side, side)
 
 
 def target_chunk_bytes(total_bytes: int, concurrency: int, byte_limit: int, waves: int = 4) -> int:
@@ -299,7 +299,8 @@ def _pow2_floor(n: int) -> int:
     return 1 << (max(1, n).bit_length() - 1)
 
 
-def _split(window: Window, width: int, height: int) -> list[Window]:
+def tile_window(window: Window, width: int, height: int) -> list[Window]:
+    """``window`` cut into ``width`` x ``height`` pieces, row by row (the last ones cut short)."""
     chunks = []
     for r in range(window.row_off, window.row_off + window.height, height):
         for c in range(window.col_off, window.col_off + window.width, width):

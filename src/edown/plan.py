@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import TypeVar
 
-from edown.grid import MAX_REQUEST_SIDE, OUTPUT_TILE, Window, request_bytes
+from edown.grid import MAX_REQUEST_SIDE, OUTPUT_TILE, Window, request_bytes, tile_window
 
 #: How many request counts per image :func:`plan_requests` considers at most (beyond that the rate limit
 #: alone makes a plan slower than a coarser one).
@@ -111,18 +111,7 @@ def split_window(window: Window, pieces: int, tile: int = OUTPUT_TILE) -> list[W
     if window.is_empty:
         return []
     width, height = _piece_shape(window.width, window.height, pieces, tile)
-    out = []
-    for r in range(window.row_off, window.row_off + window.height, height):
-        for c in range(window.col_off, window.col_off + window.width, width):
-            out.append(
-                Window(
-                    c,
-                    r,
-                    min(width, window.col_off + window.width - c),
-                    min(height, window.row_off + window.height - r),
-                )
-            )
-    return out
+    return tile_window(window, width, height)
 
 
 @lru_cache(maxsize=65536)
