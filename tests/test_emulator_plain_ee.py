@@ -324,3 +324,52 @@ def test_geometry_bounds_centroid_and_buffer(ee_emulator_session: Emulator) -> N
     disc = ee.Geometry.Point([10, 45]).buffer(1000)
     assert disc.area(1).getInfo() == pytest.approx(math.pi * 1000**2, rel=3e-3)
     assert disc.bounds().getInfo()["coordinates"][0][2][1] == pytest.approx(45 + 1000 / 111132, rel=1e-4)
+
+
+LONDON_SCENE = f"{S2}/20240603T104058_20240603T104237_T30UXC"
+LONDON_POINT = (-0.11505037240544304, 51.49504569816746)
+
+
+def _native_value_at(asset: ImageAsset, band: str, lon: float, lat: float) -> int:
+    """The native pixel holding a point (the pixel a point region touches), from the pixel function."""
+    grid = asset.band(band).grid
+    sx, _, tx, _, sy, ty = grid.transform
+    x, y = Transformer.from_crs("EPSG:4326", grid.crs, always_xy=True).transform(lon, lat)
+    values, valid = read_window(asset, band, math.floor((y - ty) / sy), math.floor((x - tx) / sx), 1, 1)
+    assert bool(valid[0, 0])
+    return int(values[0, 0])
+
+
+def test_reductions_over_no_pixels_are_null_and_a_sum_of_nothing_is_zero(
+    ee_emulator_session: Emulator,
+) -> None:
+    b4 = ee.Image(LONDON_SCENE).select("B4")
+    outside = ee.Geometry.Point([20, 10])
+    inside = ee.Geometry.Point(list(LONDON_POINT))
+    for reducer in ("max", "min", "first", "firstNonNull", "mean", "median"):
+        reduced = b4.reduceRegion(getattr(ee.Reducer, reducer)(), outside, 10).getInfo()
+        assert reduced == {"B4": None}, reducer
+    assert b4.reduceRegion(ee.Reducer.minMax(), outside, 10).getInfo() == {"B4_min": None, "B4_max": None}
+    masked = b4.updateMask(0)
+    assert masked.reduceRegion(ee.Reducer.minMax(), inside, 10).getInfo() == {"B4_min": None, "B4_max": None}
+    assert masked.reduceRegion(ee.Reducer.sum(), inside, 10).getInfo() == {"B4": 0}
+    assert masked.reduceRegion(ee.Reducer.count(), inside, 10).getInfo() == {"B4": 0}
+    assert b4.toFloat().reduceRegion(ee.Reducer.sum(), outside, 10).getInfo() == {"B4": 0}
+    dem = ee.Image("USGS/SRTMGL1_003")  # SRTM stops at 60° N
+    assert dem.reduceRegion(ee.Reducer.max(), ee.Geometry.Point([20, 70]), 30).getInfo() == {
+        "elevation": None
+    }
+    assert ee.List([]).reduce(ee.Reducer.sum()).getInfo() == 0
+    assert ee.List([]).reduce(ee.Reducer.max()).getInfo() is None
+
+
+def test_to_list_reduces_a_region_to_its_pixel_values(ee_emulator_session: Emulator) -> None:
+    asset = ee_emulator_session.catalog.image(LONDON_SCENE)
+    b4 = ee.Image(LONDON_SCENE).select("B4")
+    point = ee.Geometry.Point(list(LONDON_POINT))
+    expected = _native_value_at(asset, "B4", *LONDON_POINT)
+    assert b4.reduceRegion(ee.Reducer.toList(), point, 10).getInfo() == {"B4": [expected]}
+    assert b4.reduceRegion(ee.Reducer.toList(), ee.Geometry.Point([20, 10]), 10).getInfo() == {"B4": []}
+    region = box(*SMALL)
+    values = b4.reduceRegion(ee.Reducer.toList(), ee.Geometry.Rectangle(list(SMALL)), 10).getInfo()["B4"]
+    assert sorted(values) == sorted(_centres_inside(asset, "B4", region).tolist())

@@ -66,6 +66,8 @@ class EEReducer:
         if self.kind == "percentile":
             names = self.names or tuple(f"p{_num_text(p)}" for p in self.percentiles)
             return [(n, _percentile_kernel(p)) for n, p in zip(names, self.percentiles, strict=True)]
+        if self.kind not in _KERNELS:
+            raise EvaluationError(f"Reducer.{self.kind} is not supported by the edown emulator here.")
         return [(self.kind, _KERNELS[self.kind])]
 
     def output_type(self, input_type: PixelType, count: int) -> PixelType:
@@ -119,8 +121,15 @@ def _count(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return count, np.ones(count.shape, dtype=bool)
 
 
+def _nothing(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The answer of a reducer over no inputs at all (an empty or fully masked region): no value."""
+    return np.zeros(values.shape[1:]), np.zeros(values.shape[1:], dtype=bool)
+
+
 def _extreme(pick: Callable[..., np.ndarray], fill: float) -> Kernel:
     def kernel(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if values.shape[0] == 0:
+            return _nothing(values)
         any_valid = valid.any(axis=0)
         out = pick(np.where(valid, values.astype(np.float64, copy=False), fill), axis=0)
         return np.where(any_valid, out, 0.0), any_valid
@@ -145,6 +154,8 @@ def _percentile_kernel(p: float) -> Kernel:
 
 
 def _first(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if values.shape[0] == 0:
+        return _nothing(values)
     index = np.argmax(valid, axis=0)
     out = np.take_along_axis(values, index[None, ...], axis=0)[0]
     return out, valid.any(axis=0)
@@ -320,24 +331,29 @@ def reduce_region(
     check_pixels(grid, max_pixels, "Image.reduceRegion")
     ctx = EvalContext(grid)
     inside = covered(ctx, region)
-    outputs = reducer.outputs()
+    outputs = [] if reducer.kind == "toList" else reducer.outputs()
     result: dict[str, Any] = {}
     for band in image.bands:
         raster = band.evaluate(ctx)
         values = np.broadcast_to(raster.values, ctx.shape)
         valid = np.broadcast_to(raster.mask, ctx.shape) & inside
         chosen = values[valid]
+        if reducer.kind == "toList":
+            conv: Callable[[Any], Any] = int if band.pixel_type.is_integer else float
+            result[band.name] = [conv(v) for v in chosen.tolist()]
+            continue
         ones = np.ones(chosen.shape, dtype=bool)
         for out_name, kernel in outputs:
             key = band.name if len(outputs) == 1 else f"{band.name}_{out_name}"
             value, ok = kernel(chosen, ones)
             ptype = reducer.output_type(band.pixel_type, int(chosen.size))
-            result[key] = _scalar(value, bool(ok), ptype)
+            result[key] = _scalar(value, bool(ok), ptype, reducer)
     return result
 
 
-def _scalar(value: np.ndarray, ok: bool, ptype: PixelType) -> Any:
-    if not ok:
+def _scalar(value: np.ndarray, ok: bool, ptype: PixelType, reducer: EEReducer) -> Any:
+    """One reduced number; over no values a sum is 0 (as in EE) and every other reducer null."""
+    if not ok and reducer.kind != "sum":
         return None
     number = float(value)
     if ptype.is_integer:
@@ -417,6 +433,8 @@ def reduce_columns(columns: Sequence[Sequence[Any]], reducer: EEReducer) -> dict
 
 def reduce_list(values: Sequence[Any], reducer: EEReducer) -> Any:
     """``List.reduce``: a number for one output, a dictionary ``{output: number}`` for several."""
+    if reducer.kind == "toList":
+        return [v for v in values if v is not None]
     numbers = np.asarray([float(v) for v in values if v is not None], dtype=np.float64)
     ones = np.ones(numbers.shape, dtype=bool)
     integral = all(isinstance(v, int) and not isinstance(v, bool) for v in values if v is not None)
@@ -425,7 +443,7 @@ def reduce_list(values: Sequence[Any], reducer: EEReducer) -> Any:
     results = {}
     for name, kernel in outputs:
         value, ok = kernel(numbers, ones)
-        results[name] = _scalar(value, bool(ok), reducer.output_type(in_type, int(numbers.size)))
+        results[name] = _scalar(value, bool(ok), reducer.output_type(in_type, int(numbers.size)), reducer)
     return results[outputs[0][0]] if len(outputs) == 1 else results
 
 
