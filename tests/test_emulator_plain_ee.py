@@ -176,6 +176,11 @@ def test_numbers_strings_dates_lists_dictionaries_and_if(ee_emulator_session: Em
     assert ee.List.sequence(0, 10, 2).getInfo() == [0, 2, 4, 6, 8, 10]
     assert ee.List.sequence(1, 2, 0.5).getInfo() == [1.0, 1.5, 2.0]
     assert ee.List.sequence(5, None, 3, 4).getInfo() == [5, 8, 11, 14]
+    assert ee.List.sequence(0, None, 2, 4).getInfo() == [0, 2, 4, 6]
+    # With both an end and a count, EE spaces the count values evenly from start to end.
+    assert ee.List.sequence(1, 10, None, 5).getInfo() == [1, 3.25, 5.5, 7.75, 10]
+    assert ee.List.sequence(0, 1, None, 3).getInfo() == [0, 0.5, 1]
+    assert ee.List.sequence(0, 8, None, 5).getInfo() == [0, 2, 4, 6, 8]
     assert ee.Dictionary({"a": 1, "b": "x"}).get("b").getInfo() == "x"
     assert ee.Dictionary({"a": 1}).get("z", 7).getInfo() == 7
     with pytest.raises(ee.EEException, match="Dictionary does not contain key: 'z'"):
