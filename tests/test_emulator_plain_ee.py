@@ -378,3 +378,28 @@ def test_to_list_reduces_a_region_to_its_pixel_values(ee_emulator_session: Emula
     region = box(*SMALL)
     values = b4.reduceRegion(ee.Reducer.toList(), ee.Geometry.Rectangle(list(SMALL)), 10).getInfo()["B4"]
     assert sorted(values) == sorted(_centres_inside(asset, "B4", region).tolist())
+
+
+def test_image_collection_merge_is_the_first_collection_then_the_second(
+    ee_emulator_session: Emulator,
+) -> None:
+    spot = ee.Geometry.Point(list(SPOT))
+    l8 = (
+        ee.ImageCollection("LANDSAT/LC08/C02/T1_L2").filterDate("2024-06-01", "2024-07-01").filterBounds(spot)
+    )
+    l9 = (
+        ee.ImageCollection("LANDSAT/LC09/C02/T1_L2").filterDate("2024-06-01", "2024-07-01").filterBounds(spot)
+    )
+    first: list[str] = l8.aggregate_array("system:id").getInfo()
+    second: list[str] = l9.aggregate_array("system:id").getInfo()
+    assert first and all(i.startswith("LANDSAT/LC08/") for i in first)
+    assert second and all(i.startswith("LANDSAT/LC09/") for i in second)
+    merged = l8.merge(l9)
+    assert merged.aggregate_array("system:id").getInfo() == first + second
+    assert merged.size().getInfo() == len(first) + len(second)
+    last = ee.Image(merged.toList(len(first) + len(second)).get(-1)).select("SR_B4")
+    asset = ee_emulator_session.catalog.image(second[-1])
+    expected = _native_value_at(asset, "SR_B4", *SPOT)
+    assert last.reduceRegion(ee.Reducer.first(), spot, 30).getInfo() == {"SR_B4": expected}
+    with pytest.raises(ee.EEException, match=r"ImageCollection\.merge: Expected an ImageCollection"):
+        ee.ImageCollection(l8).merge(ee.FeatureCollection([ee.Feature(spot)])).size().getInfo()
