@@ -403,3 +403,25 @@ def test_image_collection_merge_is_the_first_collection_then_the_second(
     assert last.reduceRegion(ee.Reducer.first(), spot, 30).getInfo() == {"SR_B4": expected}
     with pytest.raises(ee.EEException, match=r"ImageCollection\.merge: Expected an ImageCollection"):
         ee.ImageCollection(l8).merge(ee.FeatureCollection([ee.Feature(spot)])).size().getInfo()
+
+
+def test_compute_features_pages_a_feature_collection_as_geojson(ee_emulator_session: Emulator) -> None:
+    """``ee.data.computeFeatures`` (geemap's ``ee_to_df``): features as GeoJSON, pages by ``pageSize``."""
+    features = [ee.Feature(ee.Geometry.Point([i, 2 * i]), {"n": i, "name": f"f{i}"}) for i in range(5)]
+    collection = ee.FeatureCollection(features)
+    page = ee.data.computeFeatures({"expression": collection, "pageSize": 2})
+    assert page["type"] == "FeatureCollection" and page["nextPageToken"] == "2"
+    assert page["features"] == [
+        {
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": [i, 2 * i]},
+            "properties": {"n": i, "name": f"f{i}"},
+        }
+        for i in range(2)
+    ]
+    frame = ee.data.computeFeatures({"expression": collection, "fileFormat": "PANDAS_DATAFRAME"})
+    assert frame["n"].tolist() == [0, 1, 2, 3, 4] and frame["name"].tolist() == [f"f{i}" for i in range(5)]
+    with pytest.raises(
+        ee.EEException, match=r"computeFeatures: The expression must evaluate to a collection"
+    ):
+        ee.data.computeFeatures({"expression": ee.Number(1)})
