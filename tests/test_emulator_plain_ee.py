@@ -425,3 +425,23 @@ def test_compute_features_pages_a_feature_collection_as_geojson(ee_emulator_sess
         ee.EEException, match=r"computeFeatures: The expression must evaluate to a collection"
     ):
         ee.data.computeFeatures({"expression": ee.Number(1)})
+
+
+def test_a_composite_of_a_collection_not_filtered_by_place_reads_the_images_at_the_region(
+    ee_emulator_session: Emulator,
+) -> None:
+    """EE evaluates only the images a request needs; a world-wide day of Landsat 8 gives the one image
+    over the spot, read on its own grid."""
+    day = ee.ImageCollection("LANDSAT/LC08/C02/T1_L2").filterDate("2024-06-01", "2024-06-02")
+    spot = ee.Geometry.Point(list(SPOT))
+    here: list[str] = day.filterBounds(spot).aggregate_array("system:id").getInfo()
+    assert len(here) == 1 and day.size().getInfo() > 100
+    asset = ee_emulator_session.catalog.image(here[0])
+    grid = asset.band("SR_B4").grid
+    composite = day.select("SR_B4").max()
+    reduced = composite.reduceRegion(
+        ee.Reducer.first(), spot, crs=grid.crs, crsTransform=list(grid.transform)
+    )
+    assert reduced.getInfo() == {"SR_B4": _native_value_at(asset, "SR_B4", *SPOT)}
+    far = ee.Geometry.Point([-0.5, -51.5])  # no image of this day there
+    assert composite.reduceRegion(ee.Reducer.first(), far, 30).getInfo() == {"SR_B4": None}

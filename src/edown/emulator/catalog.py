@@ -630,8 +630,7 @@ class Landsat(SyntheticCollection):
                 half_lon = 1.6 / max(0.05, math.cos(math.radians(clat)))
                 if region is not None and not _lon_overlaps(clon - half_lon, clon + half_lon, lon0, lon1):
                     continue
-                footprint = _landsat_geometry(path, row, 0)[0]
-                if region is None or footprint.intersects(region):
+                if region is None or _landsat_geometry(path, row, 0)[0].intersects(region):
                     out.append((path, row))
         return out
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 from pyproj import Transformer
+from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from edown.crs import resolve_crs, same_crs
@@ -33,6 +34,7 @@ from edown.emulator.images import (
     EEImage,
     EvalContext,
     EvaluationError,
+    NativeRead,
     Raster,
     cast_values,
     union_type,
@@ -42,6 +44,9 @@ from edown.emulator.regions import DEFAULT_MAX_PIXELS, check_pixels, covered, pr
 
 #: ``getRegion`` refuses to return more values than this (EE's limit).
 MAX_REGION_VALUES = 1_048_576
+#: Degrees added around a request's lon/lat box before a composite skips the images outside it: the
+#: catalogue's lon/lat footprints outline the exact (UTM) ones only closely.
+FOOTPRINT_MARGIN_DEG = 0.05
 
 Kernel = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -256,13 +261,17 @@ def composite(images: Sequence[EEImage], reducer: EEReducer, suffix: bool) -> EE
 
             def compute(
                 ctx: EvalContext,
-                parts: tuple[EEBand, ...] = tuple(sources),
+                every: tuple[EEBand, ...] = tuple(sources),
                 k: Kernel = kernel,
                 t: PixelType = ptype,
             ) -> Raster:
-                charge(len(parts))
-                rasters = [p.evaluate(ctx) for p in parts]
+                charge(len(every))
+                parts = _meeting(every, ctx)
                 shape = ctx.shape
+                if not parts:
+                    nothing = np.zeros(shape, dtype=bool)
+                    return Raster(_typed(np.zeros(shape), t), nothing, nothing)
+                rasters = [p.evaluate(ctx) for p in parts]
                 values = np.stack([np.broadcast_to(r.values, shape) for r in rasters])
                 valid = np.stack([np.broadcast_to(r.mask, shape) for r in rasters])
                 footprint = np.any(np.stack([np.broadcast_to(r.footprint, shape) for r in rasters]), axis=0)
@@ -271,6 +280,40 @@ def composite(images: Sequence[EEImage], reducer: EEReducer, suffix: bool) -> EE
 
             bands.append(EEBand(band_name, ptype, None, compute))
     return EEImage(bands=tuple(bands))
+
+
+def _meeting(bands: Sequence[EEBand], ctx: EvalContext) -> list[EEBand]:
+    """The bands that can have pixels on the request grid: a catalogue band read as is has none outside
+    its image's footprint, so a composite over a collection not filtered by place (EE evaluates only
+    the images it needs) does not read every image of the world."""
+    area = _request_area(ctx)
+    if area is None:
+        return list(bands)
+    return [
+        b
+        for b in bands
+        if not isinstance(b.compute, NativeRead) or b.compute.asset.footprint.lonlat.intersects(area)
+    ]
+
+
+def _request_area(ctx: EvalContext) -> BaseGeometry | None:
+    """The request grid's lon/lat box (its edges sampled) grown by :data:`FOOTPRINT_MARGIN_DEG`; None
+    where a box could mislead (near the antimeridian, or coordinates that do not transform)."""
+    sx, shx, tx, shy, sy, ty = ctx.grid.transform
+    steps = np.linspace(0.0, 1.0, 17)
+    width, height = ctx.grid.width, ctx.grid.height
+    cols = np.concatenate([steps * width, steps * width, np.zeros(17), np.full(17, width)])
+    rows = np.concatenate([np.zeros(17), np.full(17, height), steps * height, steps * height])
+    xs, ys = tx + cols * sx + rows * shx, ty + cols * shy + rows * sy
+    if not same_crs(ctx.grid.crs, "EPSG:4326"):
+        to_ll = Transformer.from_crs(resolve_crs(ctx.grid.crs), "EPSG:4326", always_xy=True)
+        xs, ys = (np.asarray(v) for v in to_ll.transform(xs, ys))
+    if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+        return None
+    x0, x1 = float(xs.min()) - FOOTPRINT_MARGIN_DEG, float(xs.max()) + FOOTPRINT_MARGIN_DEG
+    if x0 < -170.0 or x1 > 170.0:
+        return None
+    return box(x0, float(ys.min()) - FOOTPRINT_MARGIN_DEG, x1, float(ys.max()) + FOOTPRINT_MARGIN_DEG)
 
 
 def reduce_bands(image: EEImage, reducer: EEReducer) -> EEImage:
