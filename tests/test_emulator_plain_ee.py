@@ -176,6 +176,11 @@ def test_numbers_strings_dates_lists_dictionaries_and_if(ee_emulator_session: Em
     assert ee.List.sequence(0, 10, 2).getInfo() == [0, 2, 4, 6, 8, 10]
     assert ee.List.sequence(1, 2, 0.5).getInfo() == [1.0, 1.5, 2.0]
     assert ee.List.sequence(5, None, 3, 4).getInfo() == [5, 8, 11, 14]
+    assert ee.List.sequence(0, None, 2, 4).getInfo() == [0, 2, 4, 6]
+    # With both an end and a count, EE spaces the count values evenly from start to end.
+    assert ee.List.sequence(1, 10, None, 5).getInfo() == [1, 3.25, 5.5, 7.75, 10]
+    assert ee.List.sequence(0, 1, None, 3).getInfo() == [0, 0.5, 1]
+    assert ee.List.sequence(0, 8, None, 5).getInfo() == [0, 2, 4, 6, 8]
     assert ee.Dictionary({"a": 1, "b": "x"}).get("b").getInfo() == "x"
     assert ee.Dictionary({"a": 1}).get("z", 7).getInfo() == 7
     with pytest.raises(ee.EEException, match="Dictionary does not contain key: 'z'"):
@@ -324,3 +329,119 @@ def test_geometry_bounds_centroid_and_buffer(ee_emulator_session: Emulator) -> N
     disc = ee.Geometry.Point([10, 45]).buffer(1000)
     assert disc.area(1).getInfo() == pytest.approx(math.pi * 1000**2, rel=3e-3)
     assert disc.bounds().getInfo()["coordinates"][0][2][1] == pytest.approx(45 + 1000 / 111132, rel=1e-4)
+
+
+LONDON_SCENE = f"{S2}/20240603T104058_20240603T104237_T30UXC"
+LONDON_POINT = (-0.11505037240544304, 51.49504569816746)
+
+
+def _native_value_at(asset: ImageAsset, band: str, lon: float, lat: float) -> int:
+    """The native pixel holding a point (the pixel a point region touches), from the pixel function."""
+    grid = asset.band(band).grid
+    sx, _, tx, _, sy, ty = grid.transform
+    x, y = Transformer.from_crs("EPSG:4326", grid.crs, always_xy=True).transform(lon, lat)
+    values, valid = read_window(asset, band, math.floor((y - ty) / sy), math.floor((x - tx) / sx), 1, 1)
+    assert bool(valid[0, 0])
+    return int(values[0, 0])
+
+
+def test_reductions_over_no_pixels_are_null_and_a_sum_of_nothing_is_zero(
+    ee_emulator_session: Emulator,
+) -> None:
+    b4 = ee.Image(LONDON_SCENE).select("B4")
+    outside = ee.Geometry.Point([20, 10])
+    inside = ee.Geometry.Point(list(LONDON_POINT))
+    for reducer in ("max", "min", "first", "firstNonNull", "mean", "median"):
+        reduced = b4.reduceRegion(getattr(ee.Reducer, reducer)(), outside, 10).getInfo()
+        assert reduced == {"B4": None}, reducer
+    assert b4.reduceRegion(ee.Reducer.minMax(), outside, 10).getInfo() == {"B4_min": None, "B4_max": None}
+    masked = b4.updateMask(0)
+    assert masked.reduceRegion(ee.Reducer.minMax(), inside, 10).getInfo() == {"B4_min": None, "B4_max": None}
+    assert masked.reduceRegion(ee.Reducer.sum(), inside, 10).getInfo() == {"B4": 0}
+    assert masked.reduceRegion(ee.Reducer.count(), inside, 10).getInfo() == {"B4": 0}
+    assert b4.toFloat().reduceRegion(ee.Reducer.sum(), outside, 10).getInfo() == {"B4": 0}
+    dem = ee.Image("USGS/SRTMGL1_003")  # SRTM stops at 60° N
+    assert dem.reduceRegion(ee.Reducer.max(), ee.Geometry.Point([20, 70]), 30).getInfo() == {
+        "elevation": None
+    }
+    assert ee.List([]).reduce(ee.Reducer.sum()).getInfo() == 0
+    assert ee.List([]).reduce(ee.Reducer.max()).getInfo() is None
+
+
+def test_to_list_reduces_a_region_to_its_pixel_values(ee_emulator_session: Emulator) -> None:
+    asset = ee_emulator_session.catalog.image(LONDON_SCENE)
+    b4 = ee.Image(LONDON_SCENE).select("B4")
+    point = ee.Geometry.Point(list(LONDON_POINT))
+    expected = _native_value_at(asset, "B4", *LONDON_POINT)
+    assert b4.reduceRegion(ee.Reducer.toList(), point, 10).getInfo() == {"B4": [expected]}
+    assert b4.reduceRegion(ee.Reducer.toList(), ee.Geometry.Point([20, 10]), 10).getInfo() == {"B4": []}
+    region = box(*SMALL)
+    values = b4.reduceRegion(ee.Reducer.toList(), ee.Geometry.Rectangle(list(SMALL)), 10).getInfo()["B4"]
+    assert sorted(values) == sorted(_centres_inside(asset, "B4", region).tolist())
+
+
+def test_image_collection_merge_is_the_first_collection_then_the_second(
+    ee_emulator_session: Emulator,
+) -> None:
+    spot = ee.Geometry.Point(list(SPOT))
+    l8 = (
+        ee.ImageCollection("LANDSAT/LC08/C02/T1_L2").filterDate("2024-06-01", "2024-07-01").filterBounds(spot)
+    )
+    l9 = (
+        ee.ImageCollection("LANDSAT/LC09/C02/T1_L2").filterDate("2024-06-01", "2024-07-01").filterBounds(spot)
+    )
+    first: list[str] = l8.aggregate_array("system:id").getInfo()
+    second: list[str] = l9.aggregate_array("system:id").getInfo()
+    assert first and all(i.startswith("LANDSAT/LC08/") for i in first)
+    assert second and all(i.startswith("LANDSAT/LC09/") for i in second)
+    merged = l8.merge(l9)
+    assert merged.aggregate_array("system:id").getInfo() == first + second
+    assert merged.size().getInfo() == len(first) + len(second)
+    last = ee.Image(merged.toList(len(first) + len(second)).get(-1)).select("SR_B4")
+    asset = ee_emulator_session.catalog.image(second[-1])
+    expected = _native_value_at(asset, "SR_B4", *SPOT)
+    assert last.reduceRegion(ee.Reducer.first(), spot, 30).getInfo() == {"SR_B4": expected}
+    with pytest.raises(ee.EEException, match=r"ImageCollection\.merge: Expected an ImageCollection"):
+        ee.ImageCollection(l8).merge(ee.FeatureCollection([ee.Feature(spot)])).size().getInfo()
+
+
+def test_compute_features_pages_a_feature_collection_as_geojson(ee_emulator_session: Emulator) -> None:
+    """``ee.data.computeFeatures`` (geemap's ``ee_to_df``): features as GeoJSON, pages by ``pageSize``."""
+    features = [ee.Feature(ee.Geometry.Point([i, 2 * i]), {"n": i, "name": f"f{i}"}) for i in range(5)]
+    collection = ee.FeatureCollection(features)
+    page = ee.data.computeFeatures({"expression": collection, "pageSize": 2})
+    assert page["type"] == "FeatureCollection" and page["nextPageToken"] == "2"
+    assert page["features"] == [
+        {
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": [i, 2 * i]},
+            "properties": {"n": i, "name": f"f{i}"},
+        }
+        for i in range(2)
+    ]
+    frame = ee.data.computeFeatures({"expression": collection, "fileFormat": "PANDAS_DATAFRAME"})
+    assert frame["n"].tolist() == [0, 1, 2, 3, 4] and frame["name"].tolist() == [f"f{i}" for i in range(5)]
+    with pytest.raises(
+        ee.EEException, match=r"computeFeatures: The expression must evaluate to a collection"
+    ):
+        ee.data.computeFeatures({"expression": ee.Number(1)})
+
+
+def test_a_composite_of_a_collection_not_filtered_by_place_reads_the_images_at_the_region(
+    ee_emulator_session: Emulator,
+) -> None:
+    """EE evaluates only the images a request needs; a world-wide day of Landsat 8 gives the one image
+    over the spot, read on its own grid."""
+    day = ee.ImageCollection("LANDSAT/LC08/C02/T1_L2").filterDate("2024-06-01", "2024-06-02")
+    spot = ee.Geometry.Point(list(SPOT))
+    here: list[str] = day.filterBounds(spot).aggregate_array("system:id").getInfo()
+    assert len(here) == 1 and day.size().getInfo() > 100
+    asset = ee_emulator_session.catalog.image(here[0])
+    grid = asset.band("SR_B4").grid
+    composite = day.select("SR_B4").max()
+    reduced = composite.reduceRegion(
+        ee.Reducer.first(), spot, crs=grid.crs, crsTransform=list(grid.transform)
+    )
+    assert reduced.getInfo() == {"SR_B4": _native_value_at(asset, "SR_B4", *SPOT)}
+    far = ee.Geometry.Point([-0.5, -51.5])  # no image of this day there
+    assert composite.reduceRegion(ee.Reducer.first(), far, 30).getInfo() == {"SR_B4": None}

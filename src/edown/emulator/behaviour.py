@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 PIXEL_KINDS = frozenset({"getPixels", "computePixels"})
-COMPUTE_KINDS = PIXEL_KINDS | {"compute"}
+COMPUTE_KINDS = PIXEL_KINDS | {"compute", "computeFeatures"}
 API_KINDS = COMPUTE_KINDS | {"listAssets", "getAsset"}
 MB = 1024 * 1024
 

@@ -422,8 +422,7 @@ class Sentinel2(SyntheticCollection):
                 _, clat = tile.center_lonlat
                 if not -56.0 <= clat <= 84.0 or not _square_in_zone(tile, zlon0):
                     continue
-                footprint, _ = _s2_tile_geometry(tile)
-                if region is None or footprint.intersects(region):
+                if region is None or _s2_tile_geometry(tile)[0].intersects(region):
                     out.append(tile)
         return out
 
@@ -439,9 +438,10 @@ class Sentinel2(SyntheticCollection):
             first = days.start + ((phase - days.start) % self.revisit_days)
             for day in range(first, days.stop, self.revisit_days):
                 charge()
-                asset = self._asset(tile, day)
-                if self.in_time(asset, start_ms, end_ms):
-                    found.append(asset)
+                # The start time is cheap and rules out most candidates of the slack days unbuilt.
+                start = _s2_start_ms(tile, day)
+                if (start_ms is None or start >= start_ms) and (end_ms is None or start < end_ms):
+                    found.append(self._asset(tile, day))
         found.sort(key=lambda a: (a.start_ms, a.id))
         yield from found
 
@@ -495,6 +495,15 @@ def _s2_phase(tile: MgrsTile) -> int:
     return stable_hash("s2-phase", *_s2_strip(tile)[:2]) % 5
 
 
+def _s2_start_ms(tile: MgrsTile, day: int) -> int:
+    """``system:time_start``: ~10:30 local solar time. Tiles of one datatake block share it (as in Earth
+    Engine, where neighbouring tiles of one pass often carry the same timestamp); granule times differ."""
+    strip = _s2_strip(tile)
+    zone_lon = -177.0 + 6.0 * (tile.zone - 1)
+    seconds = int(37_800 - zone_lon * 240 + stable_hash("s2-t", *strip, day) % 30)
+    return day * DAY_MS + seconds * 1000 + stable_hash("s2-ms", *strip, day) % 1000
+
+
 @lru_cache(maxsize=50_000)
 def _s2_asset(
     collection_id: str, tile: MgrsTile, day: int, templates: tuple[BandTemplate, ...] = S2_BANDS
@@ -503,11 +512,7 @@ def _s2_asset(
     strip = _s2_strip(tile)
     cycle = (day - _s2_phase(tile)) // 5
     spacecraft = "Sentinel-2A" if (cycle + stable_hash("s2-sat", *strip)) % 2 == 0 else "Sentinel-2B"
-    # ~10:30 local solar time. Tiles of one datatake block share system:time_start (as in Earth Engine,
-    # where neighbouring tiles of one pass often carry the same timestamp); granule times differ.
-    zone_lon = -177.0 + 6.0 * (tile.zone - 1)
-    seconds = int(37_800 - zone_lon * 240 + stable_hash("s2-t", *strip, day) % 30)
-    start_ms = day * DAY_MS + seconds * 1000 + stable_hash("s2-ms", *strip, day) % 1000
+    start_ms = _s2_start_ms(tile, day)
     datatake_ms = start_ms - 90_000
     datatake = date_str(datatake_ms, "%Y%m%dT%H%M%S")
     granule = date_str(start_ms + (tile.j % 3) * 9_000 + (tile.k % 3) * 3_000, "%Y%m%dT%H%M%S")
@@ -625,8 +630,7 @@ class Landsat(SyntheticCollection):
                 half_lon = 1.6 / max(0.05, math.cos(math.radians(clat)))
                 if region is not None and not _lon_overlaps(clon - half_lon, clon + half_lon, lon0, lon1):
                     continue
-                footprint = _landsat_geometry(path, row, 0)[0]
-                if region is None or footprint.intersects(region):
+                if region is None or _landsat_geometry(path, row, 0)[0].intersects(region):
                     out.append((path, row))
         return out
 

@@ -258,6 +258,15 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
             "merge", _collection(collection2, "Collection.merge")
         )
 
+    @fn("ImageCollection.merge")
+    def _ic_merge(collection1: EECollection, collection2: EECollection) -> EECollection:
+        first = _collection(collection1, "ImageCollection.merge")
+        second = _collection(collection2, "ImageCollection.merge")
+        for part in (first, second):
+            if part.kind != "ImageCollection":
+                raise EvaluationError(f"ImageCollection.merge: Expected an ImageCollection, got {part.kind}.")
+        return first.then("merge", second)
+
     @fn("Collection")
     def _feature_collection(features: list[Any]) -> EECollection:
         items = []

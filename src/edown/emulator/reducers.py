@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 from pyproj import Transformer
+from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from edown.crs import resolve_crs, same_crs
@@ -33,6 +34,7 @@ from edown.emulator.images import (
     EEImage,
     EvalContext,
     EvaluationError,
+    NativeRead,
     Raster,
     cast_values,
     union_type,
@@ -42,6 +44,9 @@ from edown.emulator.regions import DEFAULT_MAX_PIXELS, check_pixels, covered, pr
 
 #: ``getRegion`` refuses to return more values than this (EE's limit).
 MAX_REGION_VALUES = 1_048_576
+#: Degrees added around a request's lon/lat box before a composite skips the images outside it: the
+#: catalogue's lon/lat footprints outline the exact (UTM) ones only closely.
+FOOTPRINT_MARGIN_DEG = 0.05
 
 Kernel = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -66,6 +71,8 @@ class EEReducer:
         if self.kind == "percentile":
             names = self.names or tuple(f"p{_num_text(p)}" for p in self.percentiles)
             return [(n, _percentile_kernel(p)) for n, p in zip(names, self.percentiles, strict=True)]
+        if self.kind not in _KERNELS:
+            raise EvaluationError(f"Reducer.{self.kind} is not supported by the edown emulator here.")
         return [(self.kind, _KERNELS[self.kind])]
 
     def output_type(self, input_type: PixelType, count: int) -> PixelType:
@@ -119,8 +126,15 @@ def _count(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return count, np.ones(count.shape, dtype=bool)
 
 
+def _nothing(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The answer of a reducer over no inputs at all (an empty or fully masked region): no value."""
+    return np.zeros(values.shape[1:]), np.zeros(values.shape[1:], dtype=bool)
+
+
 def _extreme(pick: Callable[..., np.ndarray], fill: float) -> Kernel:
     def kernel(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if values.shape[0] == 0:
+            return _nothing(values)
         any_valid = valid.any(axis=0)
         out = pick(np.where(valid, values.astype(np.float64, copy=False), fill), axis=0)
         return np.where(any_valid, out, 0.0), any_valid
@@ -145,6 +159,8 @@ def _percentile_kernel(p: float) -> Kernel:
 
 
 def _first(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if values.shape[0] == 0:
+        return _nothing(values)
     index = np.argmax(valid, axis=0)
     out = np.take_along_axis(values, index[None, ...], axis=0)[0]
     return out, valid.any(axis=0)
@@ -245,13 +261,17 @@ def composite(images: Sequence[EEImage], reducer: EEReducer, suffix: bool) -> EE
 
             def compute(
                 ctx: EvalContext,
-                parts: tuple[EEBand, ...] = tuple(sources),
+                every: tuple[EEBand, ...] = tuple(sources),
                 k: Kernel = kernel,
                 t: PixelType = ptype,
             ) -> Raster:
-                charge(len(parts))
-                rasters = [p.evaluate(ctx) for p in parts]
+                charge(len(every))
+                parts = _meeting(every, ctx)
                 shape = ctx.shape
+                if not parts:
+                    nothing = np.zeros(shape, dtype=bool)
+                    return Raster(_typed(np.zeros(shape), t), nothing, nothing)
+                rasters = [p.evaluate(ctx) for p in parts]
                 values = np.stack([np.broadcast_to(r.values, shape) for r in rasters])
                 valid = np.stack([np.broadcast_to(r.mask, shape) for r in rasters])
                 footprint = np.any(np.stack([np.broadcast_to(r.footprint, shape) for r in rasters]), axis=0)
@@ -260,6 +280,40 @@ def composite(images: Sequence[EEImage], reducer: EEReducer, suffix: bool) -> EE
 
             bands.append(EEBand(band_name, ptype, None, compute))
     return EEImage(bands=tuple(bands))
+
+
+def _meeting(bands: Sequence[EEBand], ctx: EvalContext) -> list[EEBand]:
+    """The bands that can have pixels on the request grid: a catalogue band read as is has none outside
+    its image's footprint, so a composite over a collection not filtered by place (EE evaluates only
+    the images it needs) does not read every image of the world."""
+    area = _request_area(ctx)
+    if area is None:
+        return list(bands)
+    return [
+        b
+        for b in bands
+        if not isinstance(b.compute, NativeRead) or b.compute.asset.footprint.lonlat.intersects(area)
+    ]
+
+
+def _request_area(ctx: EvalContext) -> BaseGeometry | None:
+    """The request grid's lon/lat box (its edges sampled) grown by :data:`FOOTPRINT_MARGIN_DEG`; None
+    where a box could mislead (near the antimeridian, or coordinates that do not transform)."""
+    sx, shx, tx, shy, sy, ty = ctx.grid.transform
+    steps = np.linspace(0.0, 1.0, 17)
+    width, height = ctx.grid.width, ctx.grid.height
+    cols = np.concatenate([steps * width, steps * width, np.zeros(17), np.full(17, width)])
+    rows = np.concatenate([np.zeros(17), np.full(17, height), steps * height, steps * height])
+    xs, ys = tx + cols * sx + rows * shx, ty + cols * shy + rows * sy
+    if not same_crs(ctx.grid.crs, "EPSG:4326"):
+        to_ll = Transformer.from_crs(resolve_crs(ctx.grid.crs), "EPSG:4326", always_xy=True)
+        xs, ys = (np.asarray(v) for v in to_ll.transform(xs, ys))
+    if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+        return None
+    x0, x1 = float(xs.min()) - FOOTPRINT_MARGIN_DEG, float(xs.max()) + FOOTPRINT_MARGIN_DEG
+    if x0 < -170.0 or x1 > 170.0:
+        return None
+    return box(x0, float(ys.min()) - FOOTPRINT_MARGIN_DEG, x1, float(ys.max()) + FOOTPRINT_MARGIN_DEG)
 
 
 def reduce_bands(image: EEImage, reducer: EEReducer) -> EEImage:
@@ -320,24 +374,29 @@ def reduce_region(
     check_pixels(grid, max_pixels, "Image.reduceRegion")
     ctx = EvalContext(grid)
     inside = covered(ctx, region)
-    outputs = reducer.outputs()
+    outputs = [] if reducer.kind == "toList" else reducer.outputs()
     result: dict[str, Any] = {}
     for band in image.bands:
         raster = band.evaluate(ctx)
         values = np.broadcast_to(raster.values, ctx.shape)
         valid = np.broadcast_to(raster.mask, ctx.shape) & inside
         chosen = values[valid]
+        if reducer.kind == "toList":
+            conv: Callable[[Any], Any] = int if band.pixel_type.is_integer else float
+            result[band.name] = [conv(v) for v in chosen.tolist()]
+            continue
         ones = np.ones(chosen.shape, dtype=bool)
         for out_name, kernel in outputs:
             key = band.name if len(outputs) == 1 else f"{band.name}_{out_name}"
             value, ok = kernel(chosen, ones)
             ptype = reducer.output_type(band.pixel_type, int(chosen.size))
-            result[key] = _scalar(value, bool(ok), ptype)
+            result[key] = _scalar(value, bool(ok), ptype, reducer)
     return result
 
 
-def _scalar(value: np.ndarray, ok: bool, ptype: PixelType) -> Any:
-    if not ok:
+def _scalar(value: np.ndarray, ok: bool, ptype: PixelType, reducer: EEReducer) -> Any:
+    """One reduced number; over no values a sum is 0 (as in EE) and every other reducer null."""
+    if not ok and reducer.kind != "sum":
         return None
     number = float(value)
     if ptype.is_integer:
@@ -417,6 +476,8 @@ def reduce_columns(columns: Sequence[Sequence[Any]], reducer: EEReducer) -> dict
 
 def reduce_list(values: Sequence[Any], reducer: EEReducer) -> Any:
     """``List.reduce``: a number for one output, a dictionary ``{output: number}`` for several."""
+    if reducer.kind == "toList":
+        return [v for v in values if v is not None]
     numbers = np.asarray([float(v) for v in values if v is not None], dtype=np.float64)
     ones = np.ones(numbers.shape, dtype=bool)
     integral = all(isinstance(v, int) and not isinstance(v, bool) for v in values if v is not None)
@@ -425,7 +486,7 @@ def reduce_list(values: Sequence[Any], reducer: EEReducer) -> Any:
     results = {}
     for name, kernel in outputs:
         value, ok = kernel(numbers, ones)
-        results[name] = _scalar(value, bool(ok), reducer.output_type(in_type, int(numbers.size)))
+        results[name] = _scalar(value, bool(ok), reducer.output_type(in_type, int(numbers.size)), reducer)
     return results[outputs[0][0]] if len(outputs) == 1 else results
 
 

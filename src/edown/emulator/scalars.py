@@ -3,7 +3,8 @@
 
 Plain values map to Python's (``ee.Number`` is a Python number, ``ee.List`` a list...). Where EE's rules
 differ from Python's they are EE's: truthiness (``If``) treats 0, NaN, null and empty strings, lists and
-dictionaries as false; ``List.sequence`` includes its end; ``Date.format`` speaks Joda-Time patterns
+dictionaries as false; ``List.sequence`` includes its end, and given both an end and a count spaces
+the count values evenly from start to end; ``Date.format`` speaks Joda-Time patterns
 (``yyyy-MM-dd'T'HH:mm:ss`` by default, in UTC).
 """
 
@@ -51,6 +52,8 @@ def sequence(start: Any, end: Any = None, step: Any = None, count: Any = None) -
     stride = 1 if step is None else _number(step, "List.sequence")
     if stride == 0:
         raise EvaluationError("List.sequence: step must not be 0.")
+    if count is not None and end is not None:
+        return _spaced(first, _number(end, "List.sequence"), int(count))
     if count is not None:
         n = int(count)
     elif end is not None:
@@ -62,6 +65,19 @@ def sequence(start: Any, end: Any = None, step: Any = None, count: Any = None) -
     charge(max(n, 0))
     integral = all(isinstance(v, int) for v in (first, stride))
     return [first + i * stride if integral else float(first + i * stride) for i in range(max(n, 0))]
+
+
+def _spaced(first: float | int, last: float | int, n: int) -> list[Any]:
+    """``count`` values evenly spaced from ``start`` to ``end`` inclusive (EE, when both are given)."""
+    if n > MAX_SEQUENCE:
+        raise EvaluationError(f"List.sequence: A list of {n} elements is longer than {MAX_SEQUENCE}.")
+    charge(max(n, 0))
+    if n <= 1:
+        return [first][: max(n, 0)]
+    span = last - first
+    if isinstance(first, int) and isinstance(last, int) and span % (n - 1) == 0:
+        return [first + i * (span // (n - 1)) for i in range(n)]
+    return [float(first + i * span / (n - 1)) for i in range(n - 1)] + [float(last)]
 
 
 _JODA = re.compile(r"'[^']*'|y+|Y+|M+|d+|D+|H+|h+|m+|s+|S+|E+|a|Z+")

@@ -352,7 +352,8 @@ _ASSET_ROUTE = re.compile(
 )
 _PROJECT_ROUTE = re.compile(
     r"^/v1/projects/(?P<project>[^/:]+)"
-    r"(?P<rest>/algorithms|/value:compute|/image:computePixels|:listAssets|/thumbnails|/maps)$"
+    r"(?P<rest>/algorithms|/value:compute|/image:computePixels|/table:computeFeatures|:listAssets|/thumbnails"
+    r"|/maps)$"
 )
 _TILE_ROUTE = re.compile(
     r"^/v1/projects/(?P<project>[^/:]+)/maps/(?P<map>[A-Za-z0-9_-]+)/tiles/(?P<z>\d+)/(?P<x>\d+)/(?P<y>\d+)$"
@@ -574,6 +575,7 @@ class Emulator:
                 "/algorithms": "algorithms",
                 "/value:compute": "compute",
                 "/image:computePixels": "computePixels",
+                "/table:computeFeatures": "computeFeatures",
                 ":listAssets": "listProjectAssets",
                 "/thumbnails": "thumbnails",
                 "/maps": "maps",
@@ -635,6 +637,8 @@ class Emulator:
                     return self._compute(body)
                 if kind == "computePixels":
                     return self._pixels(kind, None, body, rec)
+                if kind == "computeFeatures" and method == "POST":
+                    return self._compute_features(body)
                 if kind in ("thumbnails", "maps") and method == "POST":
                     return self._create_thumbnail(project or "", body, kind)
                 if kind == "mapTile" and method == "GET":
@@ -685,6 +689,30 @@ class Emulator:
             raise ApiError(400, "Invalid JSON payload: 'expression' is required.")
         value = self.evaluator.evaluate(body["expression"])
         return _Outcome(json.dumps({"result": to_info(value)}).encode())
+
+    def _compute_features(self, body: dict[str, Any]) -> _Outcome:
+        """``table.computeFeatures`` (``ee.data.computeFeatures``, geemap's ``ee_to_df``): a collection's
+        features as GeoJSON, ``pageSize`` at a time; the page token is the next feature's position."""
+        if "expression" not in body:
+            raise ApiError(400, "Invalid JSON payload: 'expression' is required.")
+        value = self.evaluator.evaluate(body["expression"])
+        if not isinstance(value, EECollection):
+            raise ApiError(
+                400,
+                f"table.computeFeatures: The expression must evaluate to a collection, not {_type_name(value)}.",
+            )
+        features = value.to_info()["features"]
+        try:
+            start = int(body.get("pageToken") or 0)
+            size = int(body.get("pageSize") or len(features) or 1)
+        except (TypeError, ValueError):
+            raise ApiError(400, "Invalid JSON payload: 'pageSize' and 'pageToken' must be numbers.") from None
+        if start < 0 or size <= 0:
+            raise ApiError(400, "Invalid JSON payload: 'pageSize' must be positive and 'pageToken' valid.")
+        page: dict[str, Any] = {"type": "FeatureCollection", "features": features[start : start + size]}
+        if start + size < len(features):
+            page["nextPageToken"] = str(start + size)
+        return _Outcome(json.dumps(page).encode())
 
     def _create_thumbnail(self, project: str, body: dict[str, Any], kind: str = "thumbnails") -> _Outcome:
         """``thumbnails.create`` (getDownloadURL, getThumbURL) or ``maps.create`` (getMapId): check the
