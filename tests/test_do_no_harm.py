@@ -227,10 +227,12 @@ def test_symlinked_own_folders_are_bad_input(ee_emulator: Emulator, tmp_path: Pa
     assert list(elsewhere.iterdir()) == []
 
 
-def cli_job(emu: Emulator) -> list[str]:
+def cli_job(emu: Emulator | str) -> list[str]:
+    """A small S2 job's CLI options, sent to an emulator (or to any server URL)."""
+    url = emu if isinstance(emu, str) else emu.url
     dates = ["--start-date", "2024-06-01", "--end-date", "2024-06-05"]
     area = ["--bbox", "-0.60,51.48,-0.43,51.56"]
-    return ["-c", "COPERNICUS/S2_SR_HARMONIZED", *dates, *area, "-b", "B4", "--server-url", emu.url]
+    return ["-c", "COPERNICUS/S2_SR_HARMONIZED", *dates, *area, "-b", "B4", "--server-url", url]
 
 
 # ---- 5: a manifest does not choose the endpoint, the project or code to run -----------------------------
@@ -655,16 +657,7 @@ def test_a_server_that_trickles_or_never_stops_meets_the_deadline_and_the_size_c
     started = time.monotonic()
     proc = edown(
         "download",
-        "-c",
-        "COPERNICUS/S2_SR_HARMONIZED",
-        "--start-date",
-        "2024-06-01",
-        "--end-date",
-        "2024-06-02",
-        "--bbox",
-        "0,51,0.1,51.1",
-        "--server-url",
-        url,
+        *cli_job(url),
         "--request-timeout-seconds",
         "2",
         "--max-retries",

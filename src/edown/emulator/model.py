@@ -112,6 +112,15 @@ class Grid:
     def has_shear(self) -> bool:
         return self.transform[1] != 0 or self.transform[3] != 0
 
+    def to_log(self) -> dict[str, Any]:
+        """The grid as the request log and captured bodies record it."""
+        return {
+            "crs": self.crs,
+            "transform": list(self.transform),
+            "width": self.width,
+            "height": self.height,
+        }
+
     def to_rest(self) -> dict[str, Any]:
         sx, shx, tx, shy, sy, ty = self.transform
         names = ("scaleX", "shearX", "translateX", "shearY", "scaleY", "translateY")

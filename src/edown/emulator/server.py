@@ -764,12 +764,7 @@ class Emulator:
             TILE_SIZE,
         )
         image = self.evaluator.evaluate(stored[1]["expression"])
-        rec.grid = {
-            "crs": grid.crs,
-            "transform": list(grid.transform),
-            "width": grid.width,
-            "height": grid.height,
-        }
+        rec.grid = grid.to_log()
         fmt = stored[1].get("fileFormat") or "AUTO_JPEG_PNG"
         picture = "JPEG" if fmt == "JPEG" else "PNG"
         return _Outcome(encode_picture(image, EvalContext(grid), picture), THUMBNAIL_FORMATS[picture])
@@ -789,12 +784,7 @@ class Emulator:
         if band_ids:
             image = im.select(image, [re.escape(str(b)) for b in band_ids])
         grid = _request_grid(None, image)
-        rec.grid = {
-            "crs": grid.crs,
-            "transform": list(grid.transform),
-            "width": grid.width,
-            "height": grid.height,
-        }
+        rec.grid = grid.to_log()
         self._check_limits(image, grid)
         ctx = EvalContext(grid)
         if fmt in ("PNG", "JPEG", "AUTO_JPEG_PNG"):
@@ -878,12 +868,7 @@ class Emulator:
         if band_ids:
             image = im.select(image, [re.escape(str(b)) for b in band_ids])
         grid = _request_grid(body.get("grid"), image)
-        rec.grid = {
-            "crs": grid.crs,
-            "transform": list(grid.transform),
-            "width": grid.width,
-            "height": grid.height,
-        }
+        rec.grid = grid.to_log()
         self._check_limits(image, grid)
         fault = self.behaviour.pick_fault(kind, grid.width * grid.height)
         if fault is not None:
