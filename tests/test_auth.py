@@ -138,3 +138,19 @@ def test_wrong_project_is_a_clear_error(no_ambient_credentials: Path) -> None:
             SearchConfig(**{**config.search_fields(), "aoi": config.aoi, "project": "good-project"})
         )
         assert ok.images
+
+
+def test_edown_initialises_again_after_someone_else_reinitialised_ee(
+    ee_emulator: Emulator, no_ambient_credentials: Path
+) -> None:
+    import ee
+
+    first = earthengine.connect(ee_emulator.url)
+    assert earthengine.connect(ee_emulator.url) is first  # cached while ee still runs on edown's transport
+    ee.Reset()
+    ee.Initialize(credentials=None, project="someone-else", opt_url=ee_emulator.url)
+    again = earthengine.connect(ee_emulator.url)
+    assert again is not first
+    assert ee.data._get_state().http_transport is again.transport
+    assert ee.data._get_state().max_retries == 0  # edown's own retries, not ee's hidden ones
+    assert ee.data._get_state().cloud_api_user_project == again.project == "edown-emulator"

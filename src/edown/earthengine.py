@@ -179,6 +179,7 @@ class Connection:
     project: str
     auth_method: str
     pacer: RequestPacer
+    transport: Any = None
 
 
 _connect_lock = threading.Lock()
@@ -207,13 +208,13 @@ def connect(
             timeout,
             max_concurrent,
         )
-        if _current is not None and _current[0] == key:
+        if _current is not None and _current[0] == key and _still_ours(_current[1]):
             return _current[1]
         redaction.guard_loggers()
         creds, resolved_project, method = resolve_credentials(server_url, project, credentials)
-        _initialize(server_url, creds, resolved_project, max_concurrent, timeout)
+        transport = _initialize(server_url, creds, resolved_project, max_concurrent, timeout)
         conn = Connection(
-            server_url, resolved_project, method, RequestPacer(max_concurrent, requests_per_second)
+            server_url, resolved_project, method, RequestPacer(max_concurrent, requests_per_second), transport
         )
         _current = (key, conn)
         log.info(
@@ -229,7 +230,18 @@ def forget() -> None:
         _current = None
 
 
-def _initialize(url: str, creds: Any, project: str, pool: int, timeout: float) -> None:
+def _still_ours(conn: Connection) -> bool:
+    """Whether the ``ee`` client still runs on the transport edown installed.
+
+    Code in the same process (a notebook cell, a test fixture) may call ``ee.Initialize`` or ``ee.Reset``
+    after edown did; the client then has ee's own retries and timeouts, and edown must initialise again.
+    """
+    import ee
+
+    return getattr(ee.data._get_state(), "http_transport", None) is conn.transport
+
+
+def _initialize(url: str, creds: Any, project: str, pool: int, timeout: float) -> _Transport:
     import ee
 
     # Take control of retries: ee's hidden ones would stack under ours (and sleep up to a minute).
@@ -240,7 +252,7 @@ def _initialize(url: str, creds: Any, project: str, pool: int, timeout: float) -
     for attempt in range(3):
         try:
             ee.Initialize(credentials=creds, project=project, opt_url=url, http_transport=transport)
-            return
+            return transport
         except (ConnectionError, TimeoutError, OSError) as exc:
             last = exc
         except ee.EEException as exc:

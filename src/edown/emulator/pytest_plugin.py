@@ -34,6 +34,7 @@ def ee_emulator_session(ee_emulator: Emulator) -> Iterator[Emulator]:
     """The session emulator with the ``ee`` client initialised against it and clean statistics."""
     import ee
 
+    ee.Reset()  # as a fresh process would: no retry count, deadline or transport left by an earlier test
     ee.Initialize(credentials=None, project=EMULATOR_PROJECT, opt_url=ee_emulator.url)
     ee_emulator.set_faults(FaultPlan())
     ee_emulator.reset_stats()
