@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from edown import earthengine
+from edown import earthengine, stac
 from edown.bands import build_image, check_nodata_fits, default_nodata, fill_value
 from edown.config import DownloadConfig, SearchConfig
 from edown.errors import (
@@ -571,7 +571,7 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
     before = conn.pacer.snapshot()
     # The lock comes before anything on disk is looked at or cleaned: a second run that is refused must
     # not have touched the first one's chunks.
-    writes = ("images",) if config.manifest_path is not None else ("images", "manifests")
+    writes = ("images", "stac") if config.manifest_path is not None else ("images", "manifests", "stac")
     with locked_root(config.output_root, f"download to {config.output_root}", writes) as held:
         plan = plan_download(config, search)
         manifest = new_manifest(manifest_path, config.output_root, held.root_id)
@@ -645,6 +645,7 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
                 log.warning("could not update the manifest: %s", exc)
         if run.fatal is not None:
             raise run.fatal
+        catalog = _write_catalog(config, search, results_now())
     return DownloadSummary.build(
         manifest_path,
         tuple(results_now()),
@@ -652,7 +653,18 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
         plan=plan.totals(),
         elapsed_seconds=time.monotonic() - started,
         stats=_stats(conn, before, counters, plan, time.monotonic() - started, runs),
+        stac_catalog=catalog,
     )
+
+
+def _write_catalog(config: DownloadConfig, search: SearchResult, results: list[DownloadResult]) -> Path:
+    """Merge this run's finished images into the root's STAC catalog (the lock is held)."""
+    try:
+        return stac.update_catalog(config.output_root, stac.image_entries(search.images, results, config.cog))
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskFullError(str(config.output_root)) from None
+        raise
 
 
 def _stats(

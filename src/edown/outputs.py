@@ -6,6 +6,7 @@ Layout under ``output_root``::
     images/<collection>/<image>.tif.partial/       work in progress: one .npy per finished chunk
     stacks/<collection>/<group_id>.zarr            datacubes
     manifests/run-<UTC timestamp>.json             run manifests
+    stac/catalog.json                              STAC catalog of all of the above (:mod:`edown.stac`)
     .edown/                                        lock, marker and journal (:mod:`edown.rootstate`)
 
 Everything appears under its final name only when complete. Inside these folders edown never follows a

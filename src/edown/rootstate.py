@@ -44,7 +44,7 @@ log = logging.getLogger("edown.rootstate")
 
 STATE_DIR = ".edown"
 #: The folders of a root that edown owns; nothing outside them is ever written or deleted.
-OWN_FOLDERS = ("images", "stacks", "manifests", STATE_DIR)
+OWN_FOLDERS = ("images", "stacks", "manifests", "stac", STATE_DIR)
 MARKER_SCHEMA = "edown.root"
 
 # What a journalled temporary may be called: ``.<name>.<random>.tmp`` files and ``<store>.{tmp,old}-<hex>``

@@ -44,6 +44,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from edown import stac
 from edown.config import StackConfig
 from edown.crs import crs_wkt
 from edown.errors import (
@@ -327,7 +328,7 @@ def stack_images(config: StackConfig) -> list[StackResult]:
     purpose = f"stack of {manifest.path.name}" + (
         f" and {len(sources.paths) - 1} more manifest(s)" if len(sources.paths) > 1 else ""
     )
-    with locked_root(output_root, purpose, ("stacks",)):
+    with locked_root(output_root, purpose, ("stacks", "stac")):
         for group in sources.groups:
             _check_group(group, [records[k] for k in group.record_keys if k in records], manifest.path)
             members = [
@@ -355,7 +356,25 @@ def stack_images(config: StackConfig) -> list[StackResult]:
                 )
                 results.append(StackResult(group.group_id, 0, None, None, error=message))
         _record(manifest, config, results, output_root, sources.paths)
+        _catalog(output_root, sources, results)
     return results
+
+
+def _catalog(output_root: Path, sources: _Sources, results: list[StackResult]) -> None:
+    """Describe each datacube now committed in the root's STAC catalog (the lock is held)."""
+    groups = {g.group_id: g for g in sources.groups}
+    entries = [
+        stac.stack_entry(sources.collection_id, groups[r.group_id], r)
+        for r in results
+        if r.output_path is not None and r.error is None and r.group_id in groups
+    ]
+    if entries:
+        try:
+            stac.update_catalog(output_root, stacks=entries)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise DiskFullError(str(output_root)) from None
+            raise
 
 
 # ---- which manifests ------------------------------------------------------------------------------------
