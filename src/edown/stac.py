@@ -677,16 +677,28 @@ def _damaged(path: Path, what: str) -> OutputPathError:
 
 def write_documents(root: Path, documents: Mapping[str, str]) -> Path:
     """Write ``documents`` (from :func:`catalog_documents`) under ``root/stac``, each atomically, in
-    order; return the catalog's path. The caller holds the root's lock."""
+    order; return the catalog's path. Files that already hold their text are left alone, so a run that
+    adds one image rewrites one item, its collection and the catalog. The caller holds the root's lock."""
     root = Path(root)
     base = root / STAC_DIR
     for relative, text in documents.items():
         path = base / relative
         check_no_links(root.absolute(), path.absolute())
+        if _holds(path, text):
+            continue
         path.parent.mkdir(parents=True, exist_ok=True)
         check_no_links(root.absolute(), path.absolute())
         atomic_write_text(path, text)
     return catalog_path(root)
+
+
+def _holds(path: Path, text: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as handle:
+        return handle.read() == text
 
 
 def update_catalog(root: Path, images: Sequence[ImageEntry] = (), stacks: Sequence[StackEntry] = ()) -> Path:
