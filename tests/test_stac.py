@@ -326,3 +326,16 @@ def test_a_symlinked_stac_folder_is_refused_before_anything_is_fetched(
     assert "stac" in done.stderr and "symbolic link" in done.stderr
     assert list(elsewhere.iterdir()) == []
     assert not any((root / "images").rglob("*.tif"))
+
+
+def test_cli_download_says_where_the_catalog_is(ee_emulator: Emulator, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    done = run_edown(
+        "download", "-c", S2, "--start-date", "2024-06-01", "--end-date", "2024-06-05", "--bbox", "-0.60,51.48,-0.43,51.56",
+        "-b", "B4", "-o", str(root), "--server-url", ee_emulator.url,
+        cwd=tmp_path, env={"COLUMNS": "250"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [line] = [line for line in done.stdout.splitlines() if "STAC catalog" in line]
+    assert str(root / "stac" / "catalog.json") in line
+    assert validate_catalog(root / "stac" / "catalog.json") == 3

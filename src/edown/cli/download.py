@@ -90,6 +90,7 @@ def download(as_json: bool, **params: Any) -> None:
 def _summary_json(summary: Any) -> dict[str, Any]:
     return {
         "manifest_path": str(summary.manifest_path),
+        "stac_catalog": str(summary.stac_catalog) if summary.stac_catalog else None,
         "dry_run": summary.dry_run,
         "downloaded": summary.downloaded,
         "skipped": summary.skipped,
@@ -154,6 +155,7 @@ def _print_summary(summary: Any) -> None:
         ),
         ("elapsed", f"{summary.elapsed_seconds:.1f} s"),
         ("manifest", str(summary.manifest_path)),
+        ("STAC catalog", str(summary.stac_catalog)),
     ):
         table.add_row(what, str(value))
     console.print(table)
