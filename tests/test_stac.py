@@ -339,3 +339,57 @@ def test_cli_download_says_where_the_catalog_is(ee_emulator: Emulator, tmp_path:
     [line] = [line for line in done.stdout.splitlines() if "STAC catalog" in line]
     assert str(root / "stac" / "catalog.json") in line
     assert validate_catalog(root / "stac" / "catalog.json") == 3
+
+
+def test_a_grid_without_an_epsg_code_is_described_by_wkt2_and_loads_natively(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    import odc.stac
+
+    summary = download_images(
+        config(
+            ee_emulator,
+            tmp_path,
+            collection_id="MODIS/061/MOD09GA",
+            bands=("sur_refl_b01", "sur_refl_b06"),
+            start_date="2024-06-01",
+            end_date="2024-06-01",
+            aoi=AOI.from_bbox((-1.0, 51.0, 0.0, 52.0)),
+        )
+    )
+    [result] = [r for r in summary.results if r.status == "downloaded"]
+    root = tmp_path / "data"
+    assert validate_catalog(root / "stac" / "catalog.json") == 3
+    [item_file] = item_files(root).values()
+    item = pystac.Item.from_file(str(item_file))
+    image = item.assets["image"].extra_fields
+    with rasterio.open(result.tiff_path) as src:
+        assert image["proj:code"] is None and "proj:epsg" not in image
+        assert CRS.from_wkt(image["proj:wkt2"]) == CRS.from_wkt(src.crs.to_wkt())
+        transform, data = src.transform, src.read()
+    ds = odc.stac.load([item], bands=["sur_refl_b01", "sur_refl_b06"], chunks=None)
+    assert ds.odc.geobox.transform == transform
+    np.testing.assert_array_equal(np.stack([ds.sur_refl_b01.values[0], ds.sur_refl_b06.values[0]]), data)
+
+
+def test_what_to_write_is_computed_without_touching_the_disk(two_runs: TwoRuns, tmp_path: Path) -> None:
+    from edown.stac import ImageEntry, catalog_documents
+
+    elsewhere = tmp_path / "not-created"
+    entries = [ImageEntry(record, result) for record, result in two_runs.downloaded()]
+    documents = catalog_documents(elsewhere, {}, entries)
+    assert not elsewhere.exists()
+    position = {name: i for i, name in enumerate(documents)}
+    assert max(position.values()) == position["catalog.json"], "the catalog is written last"
+    for name, i in position.items():
+        if name.count("/") == 2:  # <collection>/<image>/<file>: before the collection that links it
+            assert i < position[name.split("/")[0] + "/collection.json"]
+    written = {
+        path.relative_to(two_runs.root / "stac").as_posix(): path.read_text()
+        for path in (two_runs.root / "stac").rglob("*")
+        if path.is_file()
+    }
+    assert set(documents) == set(written)
+    # The same documents but for the asset hrefs, which point from the other root's stac/ to these images.
+    same = [name for name in documents if documents[name] == written[name]]
+    assert "catalog.json" in same and "COPERNICUS.S2_SR_HARMONIZED/collection.json" in same
