@@ -275,6 +275,11 @@ def test_stack_adds_a_datacube_item_whose_dimensions_match_the_zarr(
             )
         assert doc["properties"]["start_datetime"] == dims["time"]["extent"][0]
         assert doc["assets"]["zarr"]["proj:shape"] == [ds.sizes["y"], ds.sizes["x"]]
+        assert (
+            doc["properties"]["cube:variables"]["data"]["nodata"]
+            == ds["data"].encoding["_FillValue"]
+            == 65535
+        )
 
 
 def test_a_rerun_replaces_its_items_and_keeps_the_others(ee_emulator: Emulator, tmp_path: Path) -> None:
