@@ -147,7 +147,6 @@ class StackEntry:
     group: AlignmentGroup
     result: StackResult
     times: tuple[dt.datetime, ...]
-    shape: tuple[int, ...]
     nodata: float | None = None
 
 
@@ -301,10 +300,10 @@ def _collection(
 
 
 def _item_from(doc: dict[str, Any]) -> pystac.Item:
-    """A pystac item from one of our documents, as written (no migration of its extensions)."""
+    """A pystac item from one of our documents, as written: no migration of its extensions, and with no
+    self link, so its relative asset hrefs stay relative to the item's folder."""
     item = pystac.Item.from_dict(doc, migrate=False, preserve_dict=True)
     item.clear_links()
-    # Asset hrefs are kept relative to the item's folder; pystac would otherwise resolve them.
     return item
 
 
@@ -708,18 +707,18 @@ def update_catalog(root: Path, images: Sequence[ImageEntry] = (), stacks: Sequen
 
 
 def stack_entry(collection_id: str, group: AlignmentGroup, result: StackResult) -> StackEntry:
-    """A datacube's entry, with its time steps, shape and nodata read from the committed store."""
+    """A datacube's entry, with its time steps and nodata read from the committed store (an append keeps
+    the earlier steps, which this run's records do not list)."""
     import xarray as xr
 
     assert result.output_path is not None
     with xr.open_zarr(result.output_path, decode_times=False, mask_and_scale=False) as ds:
         milliseconds = np.asarray(ds["time"].values, dtype=np.int64)
-        shape = tuple(int(n) for n in ds["data"].shape)
         fill = ds["data"].attrs.get("_FillValue", ds["data"].encoding.get("_FillValue"))
     nodata = None if fill is None else float(fill)
     epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
     times = tuple(epoch + dt.timedelta(milliseconds=int(ms)) for ms in milliseconds)
-    return StackEntry(collection_id, group, result, times, shape, nodata)
+    return StackEntry(collection_id, group, result, times, nodata)
 
 
 def image_entries(
