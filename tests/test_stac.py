@@ -398,3 +398,29 @@ def test_what_to_write_is_computed_without_touching_the_disk(two_runs: TwoRuns, 
     # The same documents but for the asset hrefs, which point from the other root's stac/ to these images.
     same = [name for name in documents if documents[name] == written[name]]
     assert "catalog.json" in same and "COPERNICUS.S2_SR_HARMONIZED/collection.json" in same
+
+
+def test_a_damaged_catalog_is_refused_before_work_and_nothing_is_lost(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    from edown.errors import OutputPathError
+
+    first = download_images(config(ee_emulator, tmp_path, bands=("B4",), end_date="2024-06-05"))
+    root = tmp_path / "data"
+    collection = root / "stac" / "COPERNICUS.S2_SR_HARMONIZED" / "collection.json"
+    saved = {p: p.read_bytes() for p in (root / "stac").rglob("*") if p.is_file()}
+    collection.write_text("{not json")
+    later = config(ee_emulator, tmp_path, bands=("B4",), start_date="2024-06-06", end_date="2024-06-10")
+    with pytest.raises(OutputPathError, match=r"collection\.json cannot be read") as refused:
+        download_images(later)
+    assert refused.value.exit_code == 2 and "move the stac folder away" in (refused.value.hint or "")
+    assert not [p for p in (root / "images").rglob("*.tif") if p not in {r.tiff_path for r in first.results}]
+    assert {p: p.read_bytes() for p in (root / "stac").rglob("*") if p.is_file() and p != collection} == {
+        p: b for p, b in saved.items() if p != collection
+    }
+    # A catalog linking outside itself is refused the same way, not followed.
+    doc = json.loads(saved[collection])
+    doc["links"].append({"rel": "item", "href": "../../../elsewhere/item.json"})
+    collection.write_text(json.dumps(doc))
+    with pytest.raises(OutputPathError, match="outside the catalog"):
+        download_images(later)

@@ -573,6 +573,7 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
     # not have touched the first one's chunks.
     writes = ("images", "stac") if config.manifest_path is not None else ("images", "manifests", "stac")
     with locked_root(config.output_root, f"download to {config.output_root}", writes) as held:
+        catalog_before = stac.read_catalog(config.output_root)  # a damaged catalog is refused before work
         plan = plan_download(config, search)
         manifest = new_manifest(manifest_path, config.output_root, held.root_id)
         set_search(manifest, config, search)
@@ -645,7 +646,7 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
                 log.warning("could not update the manifest: %s", exc)
         if run.fatal is not None:
             raise run.fatal
-        catalog = _write_catalog(config, search, results_now())
+        catalog = _write_catalog(config, search, results_now(), catalog_before)
     return DownloadSummary.build(
         manifest_path,
         tuple(results_now()),
@@ -657,10 +658,19 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
     )
 
 
-def _write_catalog(config: DownloadConfig, search: SearchResult, results: list[DownloadResult]) -> Path:
-    """Merge this run's finished images into the root's STAC catalog (the lock is held)."""
+def _write_catalog(
+    config: DownloadConfig,
+    search: SearchResult,
+    results: list[DownloadResult],
+    existing: dict[str, stac.CollectionState],
+) -> Path:
+    """Merge this run's finished images into the root's STAC catalog (the lock is held throughout, so
+    ``existing``, read when the run started, is still what is on disk)."""
+    entries = stac.image_entries(search.images, results, config.cog)
     try:
-        return stac.update_catalog(config.output_root, stac.image_entries(search.images, results, config.cog))
+        return stac.write_documents(
+            config.output_root, stac.catalog_documents(config.output_root, existing, entries)
+        )
     except OSError as exc:
         if is_disk_full(exc):
             raise DiskFullError(str(config.output_root)) from None

@@ -329,6 +329,7 @@ def stack_images(config: StackConfig) -> list[StackResult]:
         f" and {len(sources.paths) - 1} more manifest(s)" if len(sources.paths) > 1 else ""
     )
     with locked_root(output_root, purpose, ("stacks", "stac")):
+        catalog_before = stac.read_catalog(output_root)  # a damaged catalog is refused before work
         for group in sources.groups:
             _check_group(group, [records[k] for k in group.record_keys if k in records], manifest.path)
             members = [
@@ -356,12 +357,18 @@ def stack_images(config: StackConfig) -> list[StackResult]:
                 )
                 results.append(StackResult(group.group_id, 0, None, None, error=message))
         _record(manifest, config, results, output_root, sources.paths)
-        _catalog(output_root, sources, results)
+        _catalog(output_root, sources, results, catalog_before)
     return results
 
 
-def _catalog(output_root: Path, sources: _Sources, results: list[StackResult]) -> None:
-    """Describe each datacube now committed in the root's STAC catalog (the lock is held)."""
+def _catalog(
+    output_root: Path,
+    sources: _Sources,
+    results: list[StackResult],
+    existing: dict[str, stac.CollectionState],
+) -> None:
+    """Describe each datacube now committed in the root's STAC catalog (the lock is held throughout, so
+    ``existing``, read when stacking started, is still what is on disk)."""
     groups = {g.group_id: g for g in sources.groups}
     entries = [
         stac.stack_entry(sources.collection_id, groups[r.group_id], r)
@@ -370,7 +377,7 @@ def _catalog(output_root: Path, sources: _Sources, results: list[StackResult]) -
     ]
     if entries:
         try:
-            stac.update_catalog(output_root, stacks=entries)
+            stac.write_documents(output_root, stac.catalog_documents(output_root, existing, stacks=entries))
         except OSError as exc:
             if is_disk_full(exc):
                 raise DiskFullError(str(output_root)) from None
