@@ -121,13 +121,31 @@ def _print_plan(summary: Any) -> None:
     console = stdout_console()
     console.print(table)
     console.print(f"[dim]estimate assumes {plan['assumptions']}[/]", markup=True)
+    _print_cloud_fractions(summary)
+
+
+def _print_cloud_fractions(summary: Any) -> None:
+    """The cloud fraction inside the AOI of every image, when they were computed (--max-cloud-fraction)."""
+    from rich.table import Table
+
+    from edown.cli.search import cloud_text
+
+    measured = [r for r in summary.results if r.cloud_fraction is not None]
+    if not measured:
+        return
+    table = Table(title="cloud fraction inside the AOI", title_justify="left")
+    for column in ("image", "cloud", "status"):
+        table.add_column(column, no_wrap=True)
+    for r in measured:
+        table.add_row(r.record_key, cloud_text(r.cloud_fraction), r.status)
+    stdout_console().print(table)
 
 
 def _print_summary(summary: Any) -> None:
     from rich.table import Table
 
     console = stdout_console()
-    problems = [r for r in summary.results if r.status == "failed" or r.status == "skipped_missing_bands"]
+    problems = [r for r in summary.results if r.status in ("failed", "skipped_missing_bands", "cloudy")]
     if problems:
         table = Table(title="images not downloaded", title_justify="left")
         for column in ("image", "status", "error"):
