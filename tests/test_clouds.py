@@ -14,12 +14,15 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+import xarray as xr
+from PIL import Image
 from pyproj import Transformer
 
-from edown import AOI, DownloadSummary, download_images, search_images
+from edown import AOI, DownloadSummary, StackConfig, download_images, search_images, stack_images
 from edown.clouds import FRACTION_BATCH, masks_for, resolve_mask
 from edown.emulator.server import Emulator
 from edown.errors import ConfigError
+from edown.quicklook import render_geotiff
 from tests.helpers import config, run_edown
 
 S2 = "COPERNICUS/S2_SR_HARMONIZED"
@@ -220,6 +223,23 @@ def test_max_cloud_fraction_keeps_exactly_the_images_at_or_under_it(
         r for r in summary.search.images if r.cloud_fraction is not None and r.cloud_fraction <= threshold
     ]
     assert {k for g in summary.search.alignment_groups for k in g.record_keys} == {r.record_key for r in kept}
+
+    # The stacks carry each time step's fraction; quicklooks show the masked pixels as transparent.
+    cubes = [r.output_path for r in stack_images(StackConfig(summary.manifest_path)) if r.output_path]
+    stacked: dict[str, float] = {}
+    for cube in cubes:
+        ds = xr.open_zarr(cube)
+        for ids, fraction in zip(ds["image_id"].values, ds["cloud_fraction"].values, strict=True):
+            stacked[str(ids).split("|")[0].rsplit("/", 1)[1]] = float(fraction)
+    assert stacked == pytest.approx({i: f for i, f in truth.items() if f <= threshold}, abs=1e-12)
+    some = next(r for r in summary.results if r.status == "downloaded" and r.cloud_fraction)
+    assert some.tiff_path is not None
+    png = render_geotiff(some.tiff_path, tmp_path / "q.png", max_size=4096)
+    with rasterio.open(some.tiff_path) as src:
+        nodata_px = src.read(1) == src.nodata
+    alpha = np.asarray(Image.open(png))[..., -1]
+    np.testing.assert_array_equal(alpha == 0, nodata_px)
+    assert nodata_px.any() and not nodata_px.all()
 
 
 def test_cloud_mask_validation_names_the_field() -> None:

@@ -9,7 +9,8 @@ Layout of ``<output_root>/stacks/<collection>/<group_id>.zarr`` (documented in `
   and time-series reads among the append-safe ones (``docs/performance.md``).
 * coordinates ``time`` (UTC acquisition, int64 milliseconds on disk), ``band`` (output names), ``y``/``x``
   (pixel centres), per-time ``image_id`` and the images' scalar properties (e.g.
-  ``CLOUDY_PIXEL_PERCENTAGE``), and the CF grid mapping ``spatial_ref`` (``crs_wkt``, ``GeoTransform``), so
+  ``CLOUDY_PIXEL_PERCENTAGE``), ``cloud_fraction`` when the download computed it (the first image's, for
+  a mosaicked time step; NaN where unknown), and the CF grid mapping ``spatial_ref`` (``crs_wkt``, ``GeoTransform``), so
   ``xr.open_zarr(path).rio.crs`` / ``.rio.transform()`` and odc-geo's ``.odc.geobox`` are right.
 
 Images of a group whose AOI windows differ (edge tiles) are placed on the group's common grid. Images
@@ -68,7 +69,7 @@ log = logging.getLogger("edown.stack")
 
 LAYOUT_VERSION = 1
 TIME_ENCODING = {"units": "milliseconds since 1970-01-01", "dtype": "int64"}
-RESERVED = {"time", "band", "y", "x", "data", "spatial_ref", "image_id"}
+RESERVED = {"time", "band", "y", "x", "data", "spatial_ref", "image_id", "cloud_fraction"}
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,8 @@ def _time_steps(records: list[tuple[ImageRecord, Path]]) -> list[TimeStep]:
 
 
 def _properties(steps: list[TimeStep]) -> dict[str, np.ndarray]:
-    """Scalar properties shared by the images as per-time coordinates (numbers as float64, text as str)."""
+    """Scalar properties shared by the images as per-time coordinates (numbers as float64, text as str),
+    and the cloud fraction inside the AOI when it was computed."""
     names: list[str] = []
     for step in steps:
         for record in step.records:
@@ -163,6 +165,9 @@ def _properties(steps: list[TimeStep]) -> dict[str, np.ndarray]:
             out[name] = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
         else:
             out[name] = np.array(["" if v is None else str(v) for v in values], dtype=object)
+    fractions = [step.records[0].cloud_fraction for step in steps]
+    if any(f is not None for f in fractions):
+        out["cloud_fraction"] = np.array([np.nan if f is None else f for f in fractions], dtype=np.float64)
     return out
 
 
