@@ -61,7 +61,7 @@ MASKS: dict[str, MaskKind] = {
         "cs_cdf",
         CLOUD_SCORE_PLUS,
         thresholded=True,
-        summary=f"{CLOUD_SCORE_PLUS} cs_cdf below cloud_score_threshold",
+        summary=f"Cloud Score+ ({CLOUD_SCORE_PLUS}) cs_cdf below cloud_score_threshold",
     ),
     "qa-pixel": MaskKind(
         "qa-pixel",
