@@ -178,6 +178,35 @@ def _fractions_from_mask_files(summary: DownloadSummary, case: Case, aoi: AOI) -
     return out
 
 
+@pytest.mark.parametrize("name", list(CASES))
+def test_cloud_fractions_match_the_mask_band_pixels_inside_the_aoi(
+    ee_emulator: Emulator, tmp_path: Path, name: str
+) -> None:
+    case = CASES[name]
+    aoi = AOI.from_bbox(CENTRAL_LONDON)
+    common = {"start_date": case.dates[0], "end_date": case.dates[1], "aoi": aoi}
+    files = _download(
+        ee_emulator, tmp_path, "mask", collection_id=case.mask_collection, bands=(case.mask_band,), **common
+    )
+    truth = _fractions_from_mask_files(files, case, aoi)
+    ee_emulator.reset_stats()
+    found = search_images(
+        config(
+            ee_emulator,
+            tmp_path / "s",
+            collection_id=case.collection,
+            bands=case.bands[:1],
+            cloud_mask=case.mask,
+            max_cloud_fraction=1.0,
+            **common,
+        )
+    )
+    assert ee_emulator.stats()["requests"].get("compute") == 1
+    fractions = {r.system_index: r.cloud_fraction for r in found.images}
+    assert fractions == pytest.approx(truth, abs=1e-12)
+    assert 0 < min(truth.values()) < max(truth.values()) <= 1
+
+
 def test_max_cloud_fraction_keeps_exactly_the_images_at_or_under_it(
     ee_emulator: Emulator, tmp_path: Path
 ) -> None:
