@@ -10,7 +10,7 @@ import click
 
 from edown.cli.console import echo_json, stderr_console, stdout_console
 from edown.cli.errors import handle_errors
-from edown.cli.options import DOWNLOAD_FIELDS, download_options, search_kwargs, search_options
+from edown.cli.options import DOWNLOAD_FIELDS, cloud_kwargs, download_options, search_kwargs, search_options
 from edown.errors import ConfigError
 from edown.redaction import redact
 
@@ -28,7 +28,7 @@ def _download_config(params: dict[str, Any]) -> Any:
             raise ConfigError("--from-manifest", f"{source} has no search section")
         mine = {
             k: params[k] for k in ("server_url", "project", "transform_plugin") if params.get(k) is not None
-        }
+        } | cloud_kwargs(params)
         base = search_config_from_dict(saved, **mine)
         _check_saved_user_fields(source, saved, base)
         values = {**{k: getattr(base, k) for k in saved if hasattr(base, k)}, **mine, **extra}

@@ -107,14 +107,21 @@ def _aoi(bbox: str | None, geojson: str | None) -> Any:
     return AOI.from_geojson(Path(str(geojson)), "geojson")
 
 
-def _number(params: dict[str, Any], name: str, default: float | None) -> float | None:
-    text = params.get(name)
-    if text is None:
-        return default
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(name, f"{text!r} is not a number", "give a number from 0 to 1, e.g. 0.3") from None
+def cloud_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    """The cloud options given on the command line (also what overrides a saved search's)."""
+    out: dict[str, Any] = {}
+    if params.get("cloud_mask") is not None:
+        out["cloud_mask"] = params["cloud_mask"]
+    for name in ("cloud_score_threshold", "max_cloud_fraction"):
+        text = params.get(name)
+        if text is not None:
+            try:
+                out[name] = float(text)
+            except ValueError:
+                raise ConfigError(
+                    name, f"{text!r} is not a number", "give a number from 0 to 1, e.g. 0.3"
+                ) from None
+    return out
 
 
 def search_kwargs(params: dict[str, Any]) -> dict[str, Any]:
@@ -139,9 +146,8 @@ def search_kwargs(params: dict[str, Any]) -> dict[str, Any]:
         "resample": params.get("resample") or "none",
         "output_dtype": params.get("output_dtype"),
         "max_images": params.get("max_images"),
-        "cloud_mask": params.get("cloud_mask"),
-        "cloud_score_threshold": _number(params, "cloud_score_threshold", DEFAULT_THRESHOLD),
-        "max_cloud_fraction": _number(params, "max_cloud_fraction", None),
+        "cloud_score_threshold": DEFAULT_THRESHOLD,
+        **cloud_kwargs(params),
         "server_url": params.get("server_url") or HIGH_VOLUME_URL,
         "project": params.get("project"),
     }

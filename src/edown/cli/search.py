@@ -67,7 +67,11 @@ def _print_search_table(result: Any) -> None:
         note = (
             "missing " + ",".join(r.missing_bands)
             if r.missing_bands
-            else ("outside AOI" if r.outside_aoi else "")
+            else "outside AOI"
+            if r.outside_aoi
+            else "cloudy (above --max-cloud-fraction)"
+            if r.cloud_fraction is not None and result.group_of(r) is None
+            else ""
         )
         label = f" [{r.grid_label}]" if r.grid_label else ""
         table.add_row(
