@@ -9,6 +9,10 @@ Mixed resolutions are never silently resampled: with ``resample="none"`` (the de
 native grid among an image's selected bands becomes its own record and its own output (S2 B4 at 10 m and
 B11 at 20 m give two records, labelled ``10m`` and ``20m``). ``resample="finest"`` keeps one record per
 image on the finest selected grid and lets Earth Engine resample the coarser bands (nearest neighbour).
+
+With ``max_cloud_fraction`` every candidate's cloud fraction inside the AOI is counted on Earth Engine
+(:mod:`edown.clouds`; one request per 100 images) and written to its record; images above it stay out of
+the alignment groups.
 """
 
 from __future__ import annotations
