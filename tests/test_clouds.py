@@ -18,8 +18,16 @@ import xarray as xr
 from PIL import Image
 from pyproj import Transformer
 
-from edown import AOI, DownloadSummary, StackConfig, download_images, search_images, stack_images
-from edown.clouds import FRACTION_BATCH, masks_for, resolve_mask
+from edown import (
+    AOI,
+    DownloadSummary,
+    SearchConfig,
+    StackConfig,
+    download_images,
+    search_images,
+    stack_images,
+)
+from edown.clouds import FRACTION_BATCH, CloudCount, count_clouds, masks_for, resolve_mask
 from edown.emulator.server import Emulator
 from edown.errors import ConfigError
 from edown.quicklook import render_geotiff
@@ -205,6 +213,40 @@ def test_cloud_fractions_match_the_mask_band_pixels_inside_the_aoi(
     fractions = {r.system_index: r.cloud_fraction for r in found.images}
     assert fractions == pytest.approx(truth, abs=1e-12)
     assert 0 < min(truth.values()) < max(truth.values()) <= 1
+
+
+def test_fractions_cost_one_request_per_batch_of_images(ee_emulator_session: Emulator) -> None:
+    found = search_images(
+        SearchConfig(
+            collection_id=S2,
+            start_date="2024-06-01",
+            end_date="2024-06-14",
+            aoi=AOI.from_bbox(CENTRAL_LONDON),
+            bands=("B4",),
+            server_url=ee_emulator_session.url,
+        )
+    )
+    indices = [r.system_index for r in found.images]
+    assert len(indices) == 6
+
+    def count(batch_size: int) -> tuple[dict[str, CloudCount], int]:
+        ee_emulator_session.reset_stats()
+        counts = count_clouds(
+            S2,
+            indices,
+            ("2024-06-01", "2024-06-15"),
+            AOI.from_bbox(CENTRAL_LONDON).geometry,
+            "scl",
+            0.6,
+            lambda obj: obj.getInfo(),
+            batch_size=batch_size,
+        )
+        return counts, ee_emulator_session.stats()["requests"]["compute"]
+
+    together, one = count(FRACTION_BATCH)
+    in_fours, two = count(4)
+    assert (one, two) == (1, 2)
+    assert together == in_fours and set(together) == set(indices)
 
 
 def test_max_cloud_fraction_keeps_exactly_the_images_at_or_under_it(

@@ -170,8 +170,9 @@ def count_clouds(
     mask: str,
     threshold: float,
     compute: Any,
+    batch_size: int = FRACTION_BATCH,
 ) -> dict[str, CloudCount]:
-    """Cloudy and valid pixel counts inside ``aoi`` for every image, :data:`FRACTION_BATCH` per request.
+    """Cloudy and valid pixel counts inside ``aoi`` for every image, ``batch_size`` images per request.
 
     ``dates`` is the search's ``[start, end)`` (ISO dates): with the AOI it narrows the collection before
     the ``system:index`` filter, as Earth Engine's index is by time and place. ``compute`` evaluates an ee
@@ -194,8 +195,8 @@ def count_clouds(
         )
         return image.set({_CLOUDY: sums.get("cloudy"), _VALID: sums.get("valid")})
 
-    for start in range(0, len(system_indices), FRACTION_BATCH):
-        batch = list(system_indices[start : start + FRACTION_BATCH])
+    for start in range(0, len(system_indices), batch_size):
+        batch = list(system_indices[start : start + batch_size])
         mapped = (
             ee.ImageCollection(collection_id)
             .filterDate(*dates)
