@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,7 +169,7 @@ def count_clouds(
     aoi: dict[str, Any],
     mask: str,
     threshold: float,
-    compute: Any,
+    compute: Callable[[Any], Any],
     batch_size: int = FRACTION_BATCH,
 ) -> dict[str, CloudCount]:
     """Cloudy and valid pixel counts inside ``aoi`` for every image, ``batch_size`` images per request.
