@@ -1,0 +1,200 @@
+"""store="icechunk": the same datacube as Zarr, one commit per run, time travel, and a killed append that
+leaves the previous snapshot as the head."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import icechunk
+import numpy as np
+import pytest
+import xarray as xr
+
+from edown import StackConfig, open_stack, stack_images
+from edown.emulator.server import Emulator
+from edown.errors import StackError
+from tests.test_stack import download
+
+
+def head(path: Path) -> str:
+    repo = icechunk.Repository.open(icechunk.local_filesystem_storage(str(path)))
+    return repo.lookup_branch("main")
+
+
+def messages(path: Path) -> list[str]:
+    repo = icechunk.Repository.open(icechunk.local_filesystem_storage(str(path)))
+    return [s.message for s in repo.ancestry(branch="main")]
+
+
+def assert_same_cube(a: xr.Dataset, b: xr.Dataset) -> None:
+    """Values, coordinates, dtype, nodata, CRS and transform equal (attributes but the creation time)."""
+    np.testing.assert_array_equal(a["data"].values, b["data"].values)
+    assert a["data"].dtype == b["data"].dtype and a["data"].attrs == b["data"].attrs
+    assert sorted(a.coords) == sorted(b.coords)
+    for name in a.coords:
+        if name != "spatial_ref":
+            np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+    assert a["spatial_ref"].attrs == b["spatial_ref"].attrs
+    assert a.rio.crs == b.rio.crs and a.rio.transform() == b.rio.transform()
+    drop = {"created_utc"}
+    assert {k: v for k, v in a.attrs.items() if k not in drop} == {
+        k: v for k, v in b.attrs.items() if k not in drop
+    }
+
+
+def test_icechunk_stack_equals_the_zarr_stack(ee_emulator: Emulator, tmp_path: Path) -> None:
+    summary = download(ee_emulator, tmp_path / "data", end_date="2024-06-05")
+    [plain] = stack_images(StackConfig(manifest_path=summary.manifest_path))
+    [ice] = stack_images(StackConfig(manifest_path=summary.manifest_path, store="icechunk"))
+    assert ice.error is None and ice.output_path == plain.output_path.with_suffix(".icechunk")
+    assert ice.image_count == ice.appended == 2 and ice.snapshot_id == head(ice.output_path)
+    assert_same_cube(open_stack(ice.output_path), open_stack(plain.output_path))
+    masked = open_stack(ice.output_path, masked=True)
+    assert masked["data"].dtype.kind == "f" and bool(masked["data"].isnull().any())
+    assert messages(ice.output_path) == [
+        f"edown stack: create group {ice.group_id} with 2 time step(s) from {summary.manifest_path.name}",
+        "Repository initialized",
+    ]
+    assert not list(ice.output_path.parent.glob("*.tmp-*"))
+    # The run is recorded in the manifest with its commit.
+    recorded = summary.manifest_path.read_text()
+    assert ice.snapshot_id is not None and f'"snapshot_id": "{ice.snapshot_id}"' in recorded
+
+
+def test_append_is_a_second_commit_and_the_first_snapshot_keeps_the_old_times(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    root = tmp_path / "data"
+    first = download(ee_emulator, root, end_date="2024-06-05")
+    [created] = stack_images(StackConfig(manifest_path=first.manifest_path, store="icechunk"))
+    before = open_stack(created.output_path).load()
+    between = dt.datetime.now(dt.timezone.utc)
+    second = download(ee_emulator, root, end_date="2024-06-12")
+    [appended] = stack_images(StackConfig(manifest_path=second.manifest_path, store="icechunk"))
+    assert appended.appended == 2 and appended.image_count == 4
+    assert appended.snapshot_id == head(appended.output_path) != created.snapshot_id
+    assert messages(appended.output_path)[0].startswith(f"edown stack: append group {appended.group_id}")
+    assert open_stack(appended.output_path).sizes["time"] == 4
+    # Time travel: by commit id and by time, the first snapshot still has two time steps and its values.
+    for old in (
+        open_stack(created.output_path, snapshot=created.snapshot_id),
+        open_stack(created.output_path, as_of=between),
+    ):
+        assert old.sizes["time"] == 2
+        assert_same_cube(old, before)
+    # Same values as the plain Zarr stack appended the same way.
+    stack_images(StackConfig(manifest_path=first.manifest_path, output_root=root))
+    [plain] = stack_images(StackConfig(manifest_path=second.manifest_path))
+    assert_same_cube(open_stack(appended.output_path), open_stack(plain.output_path))
+    # Nothing new to append: no commit.
+    [again] = stack_images(StackConfig(manifest_path=second.manifest_path, store="icechunk"))
+    assert again.appended == 0 and again.snapshot_id == appended.snapshot_id
+    assert len(messages(appended.output_path)) == 3
+    with pytest.raises(StackError, match="no snapshot"):
+        open_stack(appended.output_path, snapshot="0" * 20)
+    with pytest.raises(StackError, match="not an icechunk stack"):
+        open_stack(plain.output_path, snapshot=created.snapshot_id)
+
+
+KILLED_APPEND = """
+import sys
+from edown import StackConfig, stack_images
+stack_images(StackConfig(manifest_path=sys.argv[1], store="icechunk", threads=1))
+"""
+
+
+def test_killed_append_leaves_the_previous_snapshot_as_head(ee_emulator: Emulator, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    first = download(ee_emulator, root, end_date="2024-06-05")
+    # Small chunks make the append write hundreds of chunk objects, one at a time (threads=1): the first
+    # new chunk object shows the append is writing, long before its commit.
+    config = StackConfig(manifest_path=first.manifest_path, store="icechunk", chunk_size=64)
+    [created] = stack_images(config)
+    before = open_stack(created.output_path).load()
+    chunks = created.output_path / "chunks"
+    existing = set(chunks.iterdir())
+    second = download(ee_emulator, root, end_date="2024-06-12")
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_APPEND, str(second.manifest_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not set(chunks.iterdir()) - existing:
+            assert child.poll() is None, f"the append ended before writing: {child.stdout!r}"
+            assert time.monotonic() < deadline, "the append wrote no chunk in 90 s"
+            time.sleep(0.005)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    assert set(chunks.iterdir()) - existing, "killed mid-write: new chunk objects exist"
+    assert head(created.output_path) == created.snapshot_id
+    assert len(messages(created.output_path)) == 2
+    after = open_stack(created.output_path)
+    assert after.sizes["time"] == 2
+    assert_same_cube(after, before)
+    # A re-run (after the kill, whose lock died with it) completes the append in one new commit.
+    [redone] = stack_images(StackConfig(manifest_path=second.manifest_path, store="icechunk"))
+    assert (
+        redone.appended == 2 and redone.image_count == 4 and head(created.output_path) == redone.snapshot_id
+    )
+    stack_images(StackConfig(manifest_path=first.manifest_path, chunk_size=64))
+    [plain] = stack_images(StackConfig(manifest_path=second.manifest_path))
+    assert_same_cube(open_stack(redone.output_path), open_stack(plain.output_path))
+
+
+def test_dask_local_forks_write_the_same_cube_in_one_commit(ee_emulator: Emulator, tmp_path: Path) -> None:
+    summary = download(ee_emulator, tmp_path / "data", end_date="2024-06-05")
+    [threads] = stack_images(StackConfig(manifest_path=summary.manifest_path, store="icechunk"))
+    reference = open_stack(threads.output_path).load()
+    [local] = stack_images(
+        StackConfig(
+            manifest_path=summary.manifest_path,
+            output_root=tmp_path / "dask",
+            store="icechunk",
+            backend="dask-local",
+            n_workers=2,
+        )
+    )
+    assert local.error is None, local.error
+    assert len(messages(local.output_path)) == 2
+    assert_same_cube(open_stack(local.output_path), reference)
+
+
+def test_overwrite_commits_a_rebuild_and_keeps_the_old_snapshot(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    root = tmp_path / "data"
+    first = download(ee_emulator, root, end_date="2024-06-05")
+    [created] = stack_images(StackConfig(manifest_path=first.manifest_path, store="icechunk"))
+    second = download(ee_emulator, root, start_date="2024-06-06", end_date="2024-06-12")
+    [rebuilt] = stack_images(
+        StackConfig(manifest_path=second.manifest_path, store="icechunk", overwrite=True)
+    )
+    assert rebuilt.appended == rebuilt.image_count == 2
+    now, old = open_stack(rebuilt.output_path), open_stack(rebuilt.output_path, snapshot=created.snapshot_id)
+    assert set(now.image_id.values).isdisjoint(old.image_id.values)
+    assert messages(rebuilt.output_path)[0].startswith(f"edown stack: rebuild group {rebuilt.group_id}")
+
+
+def test_something_else_under_the_repository_name_is_left_alone(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    summary = download(ee_emulator, tmp_path / "data", end_date="2024-06-05")
+    [plain] = stack_images(StackConfig(manifest_path=summary.manifest_path))
+    squatter = plain.output_path.with_suffix(".icechunk")
+    squatter.mkdir()
+    (squatter / "notes.txt").write_text("mine")
+    for overwrite in (False, True):
+        config = StackConfig(manifest_path=summary.manifest_path, store="icechunk", overwrite=overwrite)
+        [result] = stack_images(config)
+        assert result.error is not None and "is not an icechunk repository" in result.error
+    assert [p.name for p in squatter.iterdir()] == ["notes.txt"]
