@@ -4,6 +4,7 @@ leaves the previous snapshot as the head."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import xarray as xr
 from edown import StackConfig, open_stack, stack_images
 from edown.emulator.server import Emulator
 from edown.errors import StackError
+from tests.helpers import run_edown
 from tests.test_stack import download
 
 
@@ -198,3 +200,34 @@ def test_something_else_under_the_repository_name_is_left_alone(
         [result] = stack_images(config)
         assert result.error is not None and "is not an icechunk repository" in result.error
     assert [p.name for p in squatter.iterdir()] == ["notes.txt"]
+
+
+def test_cli_store_icechunk_commits_and_names_the_extra_when_missing(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    summary = download(ee_emulator, tmp_path / "data", end_date="2024-06-05")
+    done = run_edown("stack", "-m", str(summary.manifest_path), "--store", "icechunk", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    [result] = json.loads(done.stdout)
+    assert result["output_path"].endswith(".icechunk") and result["snapshot_id"] == head(
+        Path(result["output_path"])
+    )
+    assert "WARN" not in done.stderr, "icechunk's log lines stay out of the CLI's output"
+    # Without the icechunk package (marked unimportable in the child): one line naming the extra, exit 2.
+    hide = tmp_path / "no-icechunk"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['icechunk'] = None\n")
+    missing = run_edown(
+        "stack",
+        "-m",
+        str(summary.manifest_path),
+        "--store",
+        "icechunk",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(hide)},
+    )
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        "error: store='icechunk' needs the optional extra edown[icechunk]",
+        "hint: pip install 'edown[icechunk]' (on Python >= 3.12)",
+    ], missing.stderr

@@ -58,7 +58,7 @@ from edown.stack import (
 
 SUFFIX = ".icechunk"
 BRANCH = "main"
-EXTRA_HINT = "pip install 'edown[icechunk]'"
+EXTRA_HINT = "pip install 'edown[icechunk]' (on Python >= 3.12)"
 
 
 def require_icechunk() -> Any:
@@ -66,7 +66,9 @@ def require_icechunk() -> Any:
     try:
         import icechunk
     except ImportError:
-        raise StackError("store='icechunk' needs the icechunk package", hint=EXTRA_HINT) from None
+        raise StackError(
+            "store='icechunk' needs the optional extra edown[icechunk]", hint=EXTRA_HINT
+        ) from None
     # Its warning that local-file-system commits are not safe concurrently is moot under edown's root
     # lock, and would print on every run; errors still show.
     icechunk.set_logs_filter("error")
