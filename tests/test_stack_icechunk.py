@@ -231,3 +231,27 @@ def test_cli_store_icechunk_commits_and_names_the_extra_when_missing(
         "error: store='icechunk' needs the optional extra edown[icechunk]",
         "hint: pip install 'edown[icechunk]' (on Python >= 3.12)",
     ], missing.stderr
+
+
+@pytest.mark.slurm
+def test_dask_slurm_forks_write_the_same_cube_in_one_commit(ee_emulator: Emulator, tmp_path: Path) -> None:
+    summary = download(ee_emulator, tmp_path / "data", end_date="2024-06-05")
+    [threads] = stack_images(StackConfig(manifest_path=summary.manifest_path, store="icechunk"))
+    reference = open_stack(threads.output_path).load()
+    [slurm] = stack_images(
+        StackConfig(
+            manifest_path=summary.manifest_path,
+            output_root=tmp_path / "slurm",
+            store="icechunk",
+            backend="dask-slurm",
+            slurm_queue=os.environ.get("EDOWN_SLURM_PARTITION", "edown"),
+            n_workers=2,
+            memory_per_worker="1GB",
+            walltime="00:10:00",
+            scheduler_host="127.0.0.1",
+            worker_timeout_seconds=180,
+        )
+    )
+    assert slurm.error is None, slurm.error
+    assert len(messages(slurm.output_path)) == 2
+    assert_same_cube(open_stack(slurm.output_path), reference)
