@@ -25,6 +25,9 @@ Atomicity: a new store is built under a temporary name and renamed into place. A
 store (``overwrite=False``) extends the time axis and writes only the new time steps; readers see the
 consolidated metadata, which is rewritten last, so until an append has finished they see the store as it
 was, and an interrupted append is discarded and redone by the next run.
+
+``StackConfig(store="icechunk")`` keeps the same datacube in an icechunk repository instead, one commit
+per run (:mod:`edown.stack_icechunk`).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -69,9 +70,10 @@ def require_icechunk() -> Any:
         raise StackError(
             "store='icechunk' needs the optional extra edown[icechunk]", hint=EXTRA_HINT
         ) from None
-    # Its warning that local-file-system commits are not safe concurrently is moot under edown's root
-    # lock, and would print on every run; errors still show.
-    icechunk.set_logs_filter("error")
+    if "ICECHUNK_LOG" not in os.environ:
+        # Two warnings on every run, moot here: local-file-system commits are not safe concurrently
+        # (edown's root lock serialises them), and conditional writes without write ids (same).
+        icechunk.set_logs_filter("warn,icechunk_arrow_object_store=error,icechunk_storage::readback=error")
     return icechunk
 
 
