@@ -16,6 +16,7 @@ import icechunk
 import numpy as np
 import pytest
 import xarray as xr
+from PIL import Image
 
 from edown import StackConfig, open_stack, stack_images
 from edown.emulator.server import Emulator
@@ -213,6 +214,10 @@ def test_cli_store_icechunk_commits_and_names_the_extra_when_missing(
         Path(result["output_path"])
     )
     assert "WARN" not in done.stderr, "icechunk's log lines stay out of the CLI's output"
+    drawn = run_edown("quicklook", result["output_path"], "-b", "B4", "-o", "strip.png", cwd=tmp_path)
+    assert drawn.returncode == 0, drawn.stderr
+    with Image.open(tmp_path / "strip.png") as strip:
+        assert strip.mode == "LA" and np.asarray(strip)[..., 0].std() > 10
     # Without the icechunk package (marked unimportable in the child): one line naming the extra, exit 2.
     hide = tmp_path / "no-icechunk"
     hide.mkdir()
