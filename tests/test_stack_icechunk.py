@@ -260,3 +260,23 @@ def test_dask_slurm_forks_write_the_same_cube_in_one_commit(ee_emulator: Emulato
     assert slurm.error is None, slurm.error
     assert len(messages(slurm.output_path)) == 2
     assert_same_cube(open_stack(slurm.output_path), reference)
+
+
+def test_a_repository_edown_did_not_write_is_neither_appended_to_nor_rebuilt(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    import zarr
+
+    summary = download(ee_emulator, tmp_path / "data", end_date="2024-06-05")
+    group = summary.search.alignment_groups[0]
+    target = tmp_path / "data" / "stacks" / "COPERNICUS.S2_SR_HARMONIZED" / f"{group.group_id}.icechunk"
+    target.parent.mkdir(parents=True)
+    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(target)))
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, mode="w").attrs["owner"] = "someone else"
+    theirs = session.commit("their data")
+    for overwrite, message in ((False, "holds a different group"), (True, "edown did not write")):
+        config = StackConfig(manifest_path=summary.manifest_path, store="icechunk", overwrite=overwrite)
+        [result] = stack_images(config)
+        assert result.error is not None and message in result.error, result.error
+    assert head(target) == theirs and messages(target) == ["their data", "Repository initialized"]
