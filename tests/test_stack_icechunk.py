@@ -154,22 +154,27 @@ def test_killed_append_leaves_the_previous_snapshot_as_head(ee_emulator: Emulato
     assert_same_cube(open_stack(redone.output_path), open_stack(plain.output_path))
 
 
-def test_dask_local_forks_write_the_same_cube_in_one_commit(ee_emulator: Emulator, tmp_path: Path) -> None:
-    summary = download(ee_emulator, tmp_path / "data", end_date="2024-06-05")
-    [threads] = stack_images(StackConfig(manifest_path=summary.manifest_path, store="icechunk"))
-    reference = open_stack(threads.output_path).load()
-    [local] = stack_images(
-        StackConfig(
-            manifest_path=summary.manifest_path,
-            output_root=tmp_path / "dask",
-            store="icechunk",
-            backend="dask-local",
-            n_workers=2,
+def test_dask_local_forks_create_and_append_the_same_cube_one_commit_each(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    root = tmp_path / "data"
+    first = download(ee_emulator, root, end_date="2024-06-05")
+    second = download(ee_emulator, root, end_date="2024-06-12")
+    for manifest in (first.manifest_path, second.manifest_path):
+        [threads] = stack_images(StackConfig(manifest_path=manifest, store="icechunk"))
+        [local] = stack_images(
+            StackConfig(
+                manifest_path=manifest,
+                output_root=tmp_path / "dask",
+                store="icechunk",
+                backend="dask-local",
+                n_workers=2,
+            )
         )
-    )
-    assert local.error is None, local.error
-    assert len(messages(local.output_path)) == 2
-    assert_same_cube(open_stack(local.output_path), reference)
+        assert local.error is None, local.error
+        assert local.appended == threads.appended == 2
+        assert_same_cube(open_stack(local.output_path), open_stack(threads.output_path))
+    assert len(messages(local.output_path)) == 3
 
 
 def test_overwrite_commits_a_rebuild_and_keeps_the_old_snapshot(
