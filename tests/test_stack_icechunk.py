@@ -74,11 +74,11 @@ def test_append_is_a_second_commit_and_the_first_snapshot_keeps_the_old_times(
     ee_emulator: Emulator, tmp_path: Path
 ) -> None:
     root = tmp_path / "data"
-    first = download(ee_emulator, root, end_date="2024-06-05")
+    first = download(ee_emulator, root, end_date="2024-06-05", manifest_path=root / "first.json")
     [created] = stack_images(StackConfig(manifest_path=first.manifest_path, store="icechunk"))
     before = open_stack(created.output_path).load()
     between = dt.datetime.now(dt.timezone.utc)
-    second = download(ee_emulator, root, end_date="2024-06-12")
+    second = download(ee_emulator, root, end_date="2024-06-12", manifest_path=root / "second.json")
     [appended] = stack_images(StackConfig(manifest_path=second.manifest_path, store="icechunk"))
     assert appended.appended == 2 and appended.image_count == 4
     assert appended.snapshot_id == head(appended.output_path) != created.snapshot_id
@@ -114,7 +114,7 @@ stack_images(StackConfig(manifest_path=sys.argv[1], store="icechunk", threads=1)
 
 def test_killed_append_leaves_the_previous_snapshot_as_head(ee_emulator: Emulator, tmp_path: Path) -> None:
     root = tmp_path / "data"
-    first = download(ee_emulator, root, end_date="2024-06-05")
+    first = download(ee_emulator, root, end_date="2024-06-05", manifest_path=root / "first.json")
     # Small chunks make the append write hundreds of chunk objects, one at a time (threads=1): the first
     # new chunk object shows the append is writing, long before its commit.
     config = StackConfig(manifest_path=first.manifest_path, store="icechunk", chunk_size=64)
@@ -122,7 +122,7 @@ def test_killed_append_leaves_the_previous_snapshot_as_head(ee_emulator: Emulato
     before = open_stack(created.output_path).load()
     chunks = created.output_path / "chunks"
     existing = set(chunks.iterdir())
-    second = download(ee_emulator, root, end_date="2024-06-12")
+    second = download(ee_emulator, root, end_date="2024-06-12", manifest_path=root / "second.json")
     child = subprocess.Popen(
         [sys.executable, "-c", KILLED_APPEND, str(second.manifest_path)],
         stdout=subprocess.PIPE,
@@ -158,8 +158,9 @@ def test_dask_local_forks_create_and_append_the_same_cube_one_commit_each(
     ee_emulator: Emulator, tmp_path: Path
 ) -> None:
     root = tmp_path / "data"
-    first = download(ee_emulator, root, end_date="2024-06-05")
-    second = download(ee_emulator, root, end_date="2024-06-12")
+    # Named manifests: two runs started within one second would share the default run-<second>.json.
+    first = download(ee_emulator, root, end_date="2024-06-05", manifest_path=root / "first.json")
+    second = download(ee_emulator, root, end_date="2024-06-12", manifest_path=root / "second.json")
     for manifest in (first.manifest_path, second.manifest_path):
         [threads] = stack_images(StackConfig(manifest_path=manifest, store="icechunk"))
         [local] = stack_images(
@@ -181,9 +182,11 @@ def test_overwrite_commits_a_rebuild_and_keeps_the_old_snapshot(
     ee_emulator: Emulator, tmp_path: Path
 ) -> None:
     root = tmp_path / "data"
-    first = download(ee_emulator, root, end_date="2024-06-05")
+    first = download(ee_emulator, root, end_date="2024-06-05", manifest_path=root / "first.json")
     [created] = stack_images(StackConfig(manifest_path=first.manifest_path, store="icechunk"))
-    second = download(ee_emulator, root, start_date="2024-06-06", end_date="2024-06-12")
+    second = download(
+        ee_emulator, root, start_date="2024-06-06", end_date="2024-06-12", manifest_path=root / "second.json"
+    )
     [rebuilt] = stack_images(
         StackConfig(manifest_path=second.manifest_path, store="icechunk", overwrite=True)
     )
