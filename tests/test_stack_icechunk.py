@@ -10,7 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import icechunk
 import numpy as np
@@ -105,18 +107,31 @@ def test_append_is_a_second_commit_and_the_first_snapshot_keeps_the_old_times(
         open_stack(plain.output_path, snapshot=created.snapshot_id)
 
 
-KILLED_APPEND = """
+APPEND = """
 import sys
 from edown import StackConfig, stack_images
-stack_images(StackConfig(manifest_path=sys.argv[1], store="icechunk", threads=1))
+[result] = stack_images(StackConfig(manifest_path=sys.argv[1], store="icechunk", threads=1))
+print(result.error)
 """
 
 
-def test_killed_append_leaves_the_previous_snapshot_as_head(ee_emulator: Emulator, tmp_path: Path) -> None:
-    root = tmp_path / "data"
+@dataclass
+class SlowAppend:
+    first: Any  # DownloadSummary of the stacked dates
+    second: Any  # DownloadSummary with two more dates, being appended
+    created: Any  # StackResult of the first stack
+    before: xr.Dataset  # the first stack's contents, loaded before the append started
+    child: subprocess.Popen[str]
+
+
+def slow_append(ee_emulator: Emulator, root: Path) -> SlowAppend:
+    """A two-date stack of 64-pixel chunks, and an append of two more dates running in a child process,
+    returned once the append has written its first new chunk object.
+
+    Small chunks make the append write hundreds of chunk objects, one at a time (threads=1), so the
+    first one shows the append is writing, seconds before its commit.
+    """
     first = download(ee_emulator, root, end_date="2024-06-05", manifest_path=root / "first.json")
-    # Small chunks make the append write hundreds of chunk objects, one at a time (threads=1): the first
-    # new chunk object shows the append is writing, long before its commit.
     config = StackConfig(manifest_path=first.manifest_path, store="icechunk", chunk_size=64)
     [created] = stack_images(config)
     before = open_stack(created.output_path).load()
@@ -124,34 +139,61 @@ def test_killed_append_leaves_the_previous_snapshot_as_head(ee_emulator: Emulato
     existing = set(chunks.iterdir())
     second = download(ee_emulator, root, end_date="2024-06-12", manifest_path=root / "second.json")
     child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_APPEND, str(second.manifest_path)],
+        [sys.executable, "-c", APPEND, str(second.manifest_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 90
         while not set(chunks.iterdir()) - existing:
-            assert child.poll() is None, f"the append ended before writing: {child.stdout!r}"
+            if child.poll() is not None:
+                raise AssertionError(f"the append ended before writing: {child.communicate()[0]}")
             assert time.monotonic() < deadline, "the append wrote no chunk in 90 s"
             time.sleep(0.005)
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
+    except BaseException:
+        child.kill()
         child.wait(timeout=30)
-    assert child.returncode == -signal.SIGKILL
-    assert set(chunks.iterdir()) - existing, "killed mid-write: new chunk objects exist"
-    assert head(created.output_path) == created.snapshot_id
-    assert len(messages(created.output_path)) == 2
-    after = open_stack(created.output_path)
+        raise
+    return SlowAppend(first, second, created, before, child)
+
+
+def test_killed_append_leaves_the_previous_snapshot_as_head(ee_emulator: Emulator, tmp_path: Path) -> None:
+    run = slow_append(ee_emulator, tmp_path / "data")
+    os.kill(run.child.pid, signal.SIGKILL)
+    run.child.wait(timeout=30)
+    assert run.child.returncode == -signal.SIGKILL
+    path = run.created.output_path
+    assert head(path) == run.created.snapshot_id and len(messages(path)) == 2
+    after = open_stack(path)
     assert after.sizes["time"] == 2
-    assert_same_cube(after, before)
+    assert_same_cube(after, run.before)
     # A re-run (after the kill, whose lock died with it) completes the append in one new commit.
-    [redone] = stack_images(StackConfig(manifest_path=second.manifest_path, store="icechunk"))
-    assert (
-        redone.appended == 2 and redone.image_count == 4 and head(created.output_path) == redone.snapshot_id
-    )
-    stack_images(StackConfig(manifest_path=first.manifest_path, chunk_size=64))
-    [plain] = stack_images(StackConfig(manifest_path=second.manifest_path))
+    [redone] = stack_images(StackConfig(manifest_path=run.second.manifest_path, store="icechunk"))
+    assert redone.appended == 2 and redone.image_count == 4 and head(path) == redone.snapshot_id
+    stack_images(StackConfig(manifest_path=run.first.manifest_path, chunk_size=64))
+    [plain] = stack_images(StackConfig(manifest_path=run.second.manifest_path))
     assert_same_cube(open_stack(redone.output_path), open_stack(plain.output_path))
+
+
+def test_a_commit_by_someone_else_during_an_append_is_a_conflict_and_edown_commits_nothing(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    import zarr
+
+    run = slow_append(ee_emulator, tmp_path / "data")
+    path = run.created.output_path
+    repo = icechunk.Repository.open(icechunk.local_filesystem_storage(str(path)))
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, mode="r+").attrs["note"] = "theirs"
+    theirs = session.commit("their note")
+    out, _ = run.child.communicate(timeout=120)
+    assert run.child.returncode == 0, out
+    assert f"{path}: another writer committed to the repository during this run" in out.splitlines()[-1]
+    assert head(path) == theirs and messages(path)[0] == "their note"
+    now = open_stack(path)
+    assert now.attrs["note"] == "theirs" and now.sizes["time"] == 2
+    assert_same_cube(now.drop_attrs(deep=False), run.before.drop_attrs(deep=False))
 
 
 def test_dask_local_forks_create_and_append_the_same_cube_one_commit_each(

@@ -147,8 +147,34 @@ def stack_group(
     started: float,
 ) -> StackResult:
     """Create, extend or rebuild one group's repository in one commit."""
+    icechunk = require_icechunk()
     target = repository_path(zarr_path)
     check_no_links(output_root.absolute(), target.absolute())
+    try:
+        return _stack_group(config, collection_id, group, pairs, target, manifest, nodata, log_dir, started)
+    except icechunk.ConflictError:
+        raise StackError(
+            f"{target}: another writer committed to the repository during this run; nothing was committed",
+            hint="edown's own runs wait for each other; stop the other writer, then run again",
+        ) from None
+    except icechunk.IcechunkError as exc:
+        raise StackError(
+            f"{target}: icechunk: {str(exc).strip().splitlines()[0]}",
+            hint="the previous snapshot is intact; check the repository with icechunk, or use --overwrite",
+        ) from None
+
+
+def _stack_group(
+    config: StackConfig,
+    collection_id: str,
+    group: AlignmentGroup,
+    pairs: list[tuple[ImageRecord, Path]],
+    target: Path,
+    manifest: Manifest,
+    nodata: float,
+    log_dir: Path,
+    started: float,
+) -> StackResult:
     if not target.exists():
         return _create(config, collection_id, group, pairs, target, manifest, nodata, log_dir, started)
     if not is_repository(target):
