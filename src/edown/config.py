@@ -641,6 +641,8 @@ class DownloadConfig(SearchConfig):
 # ---- StackConfig ------------------------------------------------------------------------------------
 
 BACKENDS = ("threads", "dask-local", "dask-slurm")
+#: ``zarr``: a plain Zarr v3 store; ``icechunk``: an icechunk repository, one commit per run (optional extra).
+STORES = ("zarr", "icechunk")
 
 
 @dataclass(frozen=True)
@@ -653,7 +655,9 @@ class StackConfig:
     run), ``threads`` (worker threads for the ``threads`` backend; default = cores), ``walltime``
     (SLURM job walltime), ``scheduler_host`` (address SLURM workers use to reach the Dask scheduler;
     default: dask-jobqueue's choice), ``worker_timeout_seconds`` (how long to wait for the first SLURM
-    worker), ``chunk_size`` (spatial chunk side, default 512), ``progress``.
+    worker), ``chunk_size`` (spatial chunk side, default 512), ``progress``, ``store`` (``"zarr"``, or
+    ``"icechunk"`` for an icechunk repository where each run is one commit and earlier snapshots stay
+    readable; needs ``pip install 'edown[icechunk]'``).
     """
 
     manifest_path: Path
@@ -672,6 +676,7 @@ class StackConfig:
     chunk_size: int = 512
     progress: bool = False
     manifest_paths: tuple[Path, ...] = ()
+    store: str = "zarr"
 
     def __post_init__(self) -> None:
         _set(self, "manifest_path", Path(self.manifest_path).expanduser())
@@ -683,6 +688,8 @@ class StackConfig:
             _set(self, "output_root", Path(self.output_root).expanduser())
         if self.backend not in BACKENDS:
             raise ConfigError("backend", f"{self.backend!r} is not one of {BACKENDS}")
+        if self.store not in STORES:
+            raise ConfigError("store", f"{self.store!r} is not one of {STORES}")
         _check_positive_int(self.n_workers, "n_workers")
         _check_positive_int(self.cores_per_worker, "cores_per_worker")
         if self.threads is not None:

@@ -352,6 +352,7 @@ class StackResult:
     shape: tuple[int, ...] = ()
     seconds: float = 0.0
     error: str | None = None
+    snapshot_id: str | None = None  # the commit of an icechunk stack (store="icechunk")
 
     def to_dict(self, base: Path | None = None) -> dict[str, Any]:
         return {
@@ -364,6 +365,7 @@ class StackResult:
             "times": list(self.times),
             "shape": list(self.shape),
             "seconds": self.seconds,
+            "snapshot_id": self.snapshot_id,
         }
 
     @staticmethod
@@ -378,4 +380,5 @@ class StackResult:
             shape=tuple(d.get("shape", ())),
             seconds=float(d.get("seconds", 0.0)),
             error=d.get("error"),
+            snapshot_id=d.get("snapshot_id"),
         )
