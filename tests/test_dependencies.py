@@ -20,9 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 LOCK = ROOT / "requirements" / "dev.lock"
 
-#: Imported only where something else guarantees them: pytest loads the emulator plugin itself, and the
-#: SLURM backend asks for the ``slurm`` extra when dask_jobqueue is missing.
-PROVIDED_ELSEWHERE = {"pytest": "pytest", "dask_jobqueue": "slurm"}
+#: Imported only where something else guarantees them: pytest loads the emulator plugin itself, the
+#: SLURM backend asks for the ``slurm`` extra when dask_jobqueue is missing, and ``store="icechunk"`` for
+#: the ``icechunk`` extra.
+PROVIDED_ELSEWHERE = {"pytest": "pytest", "dask_jobqueue": "slurm", "icechunk": "icechunk"}
 
 #: Floors past published vulnerabilities in what edown declares (package -> first safe version).
 SAFE_FLOORS = {

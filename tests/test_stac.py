@@ -424,3 +424,27 @@ def test_a_damaged_catalog_is_refused_before_work_and_nothing_is_lost(
     collection.write_text(json.dumps(doc))
     with pytest.raises(OutputPathError, match="outside the catalog"):
         download_images(later)
+
+
+def test_an_icechunk_stack_gets_its_own_datacube_item_with_its_commit(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    from edown import open_stack
+
+    summary = download_images(config(ee_emulator, tmp_path, bands=("B4", "B8"), end_date="2024-06-05"))
+    [plain] = stack_images(StackConfig(manifest_path=summary.manifest_path))
+    [ice] = stack_images(StackConfig(manifest_path=summary.manifest_path, store="icechunk"))
+    root = tmp_path / "data"
+    assert validate_catalog(root / "stac" / "catalog.json") == 1 + 2 + summary.downloaded + 2
+    files = item_files(root)
+    zarr_doc = json.loads(files[plain.group_id].read_text())
+    ice_file = files[f"{ice.group_id}.icechunk"]
+    ice_doc = json.loads(ice_file.read_text())
+    asset = ice_doc["assets"]["zarr"]
+    assert resolve(ice_file, asset["href"]) == ice.output_path and "type" not in asset
+    assert asset["edown:store"] == "icechunk" and asset["edown:snapshot_id"] == ice.snapshot_id is not None
+    assert ice_doc["properties"]["cube:dimensions"] == zarr_doc["properties"]["cube:dimensions"]
+    with open_stack(ice.output_path) as ds:
+        assert ice_doc["properties"]["cube:dimensions"]["time"]["extent"][1].startswith(
+            str(ds["time"].values[-1])[:19]
+        )

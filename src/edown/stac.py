@@ -148,6 +148,12 @@ class StackEntry:
     result: StackResult
     times: tuple[dt.datetime, ...]
     nodata: float | None = None
+    store: str = "zarr"  # or "icechunk" (StackConfig.store)
+
+    @property
+    def item_id(self) -> str:
+        """The group id; an icechunk stack of the same group (beside its Zarr twin) gets its own item."""
+        return self.group.group_id if self.store != "icechunk" else f"{self.group.group_id}.icechunk"
 
 
 @dataclass
@@ -187,9 +193,9 @@ def catalog_documents(
     for stack in stacks:
         if stack.result.output_path is None:
             continue
-        folder = f"{collection_dir(stack.collection_id)}/datacubes/{safe_name(stack.group.group_id)}"
+        folder = f"{collection_dir(stack.collection_id)}/datacubes/{safe_name(stack.item_id)}"
         doc = _stack_item(root, folder, stack)
-        state.setdefault(stack.collection_id, CollectionState()).datacubes[stack.group.group_id] = doc
+        state.setdefault(stack.collection_id, CollectionState()).datacubes[stack.item_id] = doc
 
     catalog = pystac.Catalog(
         CATALOG_ID,
@@ -436,23 +442,33 @@ def _stack_item(root: Path, folder: str, stack: StackEntry) -> dict[str, Any]:
         "type": "Feature",
         "stac_version": pystac.get_stac_version(),
         "stac_extensions": [EXTENSIONS["cube"], EXTENSIONS["proj"]],
-        "id": group.group_id,
+        "id": stack.item_id,
         "geometry": _footprint(group.crs, group.transform, group.width, group.height),
         "bbox": _bbox(group.crs, group.transform, group.width, group.height),
         "properties": properties,
         "links": [],
-        "assets": {
-            "zarr": {
-                "href": href,
-                "type": ZARR,
-                "title": f"Zarr datacube {group.group_id} (time, band, y, x)",
-                "roles": ["data"],
-                **projection,
-            }
-        },
+        "assets": {"zarr": _stack_asset(href, stack, projection)},
         "collection": f"{stack.collection_id}/datacubes",
         "edown:folder": folder.rsplit("/", 1)[-1],
     }
+
+
+def _stack_asset(href: str, stack: StackEntry, projection: dict[str, Any]) -> dict[str, Any]:
+    """The datacube's asset: a Zarr store, or an icechunk repository (which plain Zarr readers cannot
+    open: no media type is claimed for it, and the commit it was described at is given)."""
+    group_id = stack.group.group_id
+    asset: dict[str, Any]
+    if stack.store != "icechunk":
+        asset = {"href": href, "type": ZARR, "title": f"Zarr datacube {group_id} (time, band, y, x)"}
+    else:
+        asset = {
+            "href": href,
+            "title": f"icechunk repository of datacube {group_id} (time, band, y, x): open it with "
+            "edown.open_stack or icechunk",
+            "edown:store": "icechunk",
+            "edown:snapshot_id": stack.result.snapshot_id,
+        }
+    return {**asset, "roles": ["data"], **projection}
 
 
 def _projection_fields(crs: str, transform: Transform, width: int, height: int) -> dict[str, Any]:
@@ -708,17 +724,19 @@ def update_catalog(root: Path, images: Sequence[ImageEntry] = (), stacks: Sequen
 
 def stack_entry(collection_id: str, group: AlignmentGroup, result: StackResult) -> StackEntry:
     """A datacube's entry, with its time steps and nodata read from the committed store (an append keeps
-    the earlier steps, which this run's records do not list)."""
-    import xarray as xr
+    the earlier steps, which this run's records do not list); a Zarr store or an icechunk repository."""
+    from edown.stack import open_stack  # edown.stack writes the catalog through this module
+    from edown.stack_icechunk import is_repository
 
     assert result.output_path is not None
-    with xr.open_zarr(result.output_path, decode_times=False, mask_and_scale=False) as ds:
-        milliseconds = np.asarray(ds["time"].values, dtype=np.int64)
+    with open_stack(result.output_path) as ds:
+        milliseconds = ds["time"].values.astype("datetime64[ms]").astype(np.int64)
         fill = ds["data"].attrs.get("_FillValue", ds["data"].encoding.get("_FillValue"))
     nodata = None if fill is None else float(fill)
     epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
     times = tuple(epoch + dt.timedelta(milliseconds=int(ms)) for ms in milliseconds)
-    return StackEntry(collection_id, group, result, times, nodata)
+    store = "icechunk" if is_repository(result.output_path) else "zarr"
+    return StackEntry(collection_id, group, result, times, nodata, store)
 
 
 def image_entries(
