@@ -129,6 +129,7 @@ def test_catalog_validates_offline_and_every_item_describes_its_geotiff_exactly(
         assert doc["collection"] == record.collection_id
         assert doc["properties"]["datetime"] == record.acquisition_time_utc.isoformat().replace("+00:00", "Z")
         assert doc["properties"]["ee:id"] == record.image_id
+        assert doc["properties"].get("edown:cloud_fraction") == record.cloud_fraction
         for key, value in record.properties.items():
             assert doc["properties"][f"ee:{key}"] == value
         with rasterio.open(result.tiff_path) as src:

@@ -366,6 +366,8 @@ def _image_item(root: Path, folder: str, entry: ImageEntry) -> tuple[dict[str, A
         }
     properties: dict[str, Any] = {"datetime": utc_iso(record.acquisition_time_utc)}
     properties.update(_ee_fields(record))
+    if record.cloud_fraction is not None:
+        properties["edown:cloud_fraction"] = record.cloud_fraction
     doc = {
         "type": "Feature",
         "stac_version": pystac.get_stac_version(),
