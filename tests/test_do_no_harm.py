@@ -659,7 +659,8 @@ def test_a_server_that_trickles_or_never_stops_meets_the_deadline_and_the_size_c
         "download",
         *cli_job(url),
         "--request-timeout-seconds",
-        "2",
+        # An endless body must meet the size cap, not the deadline, even on a loaded machine.
+        "2" if mode == "trickle" else "40",
         "--max-retries",
         "0",
         "-o",
@@ -668,6 +669,6 @@ def test_a_server_that_trickles_or_never_stops_meets_the_deadline_and_the_size_c
     elapsed = time.monotonic() - started
     server.shutdown()
     assert proc.returncode == 1, proc.stderr
-    assert elapsed < 60, elapsed
+    assert elapsed < 90, elapsed
     expected = "deadline" if mode == "trickle" else "more than 256 MiB"
     assert expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
