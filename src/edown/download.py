@@ -66,7 +66,7 @@ from edown.outputs import (
     image_tiff_path,
     partial_dir,
 )
-from edown.plan import Area, CostModel, plan_requests
+from edown.plan import Area, CostModel, plan_requests, resume_plan, reusable, uncovered
 from edown.plugins import bind, load_plugin
 from edown.progress import Counters, Reporter
 from edown.records import DownloadResult, DownloadSummary, ImageRecord, SearchResult, utc_iso
@@ -272,7 +272,40 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
         )
     jobs = [p for p in prepared if isinstance(p, ImageJob)]
     skipped = [p for p in prepared if isinstance(p, DownloadResult)]
+    _plan_around_stored(config, jobs, model)
     return Plan(jobs, skipped, [r.record_key for r in records], model)
+
+
+def _plan_around_stored(config: DownloadConfig, jobs: list[ImageJob], model: CostModel) -> None:
+    """Keep every stored chunk of an interrupted run, even one an earlier plan cut differently (another
+    cost model, chunk size or split), and cut only the rest: arrived pixels are never fetched again."""
+    resumed = [j for j in jobs if j.stored and any(covered_by(w, j.stored) is None for w in j.chunks)]
+    if not resumed:
+        return
+    stored = {j.index: [c.window for c in j.stored] for j in resumed}
+    if config.chunk_size_mode == "auto" and config.chunk_size is None:
+        cut = resume_plan(
+            {j.index: _area(j.record) for j in resumed}, stored, model, config.request_byte_limit
+        )
+    else:
+        cut = {}
+        for job in resumed:
+            area = _area(job.record)
+            kept = reusable(area.window, stored[job.index])
+            cut[job.index] = kept + [
+                w
+                for region in uncovered(area.window, kept)
+                for w in plan_chunks(
+                    region,
+                    area.band_count,
+                    area.itemsize,
+                    config.request_byte_limit,
+                    chunk_size=config.chunk_size,
+                    mode=config.chunk_size_mode,
+                )
+            ]
+    for job in resumed:
+        job.chunks = cut[job.index]
 
 
 def run_cost_model(config: DownloadConfig) -> CostModel:
