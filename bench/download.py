@@ -46,6 +46,7 @@ from harness import (
     BENCH,
     EDOWN,
     EmulatorProcess,
+    compile_bytecode,
     offline_service_account_env,
     peer_python,
     print_table,
@@ -293,6 +294,13 @@ def main() -> int:
     parser.add_argument("--skip-peer", action="store_true", help="do not run edown 0.2.1 on the big job")
     args = parser.parse_args()
 
+    print(
+        "compiling bytecode (once; PYTHONDONTWRITEBYTECODE would make every client compile)...",
+        file=sys.stderr,
+    )
+    compile_bytecode(sys.executable)
+    if any(JOBS[name].peer for name in args.jobs) and not args.skip_peer:
+        compile_bytecode(peer_python())
     emulator_args = ["--latency", args.latency, "--capture-bodies", "--cache-responses", "8192"]
     rows: list[list[Any]] = []
     verdicts: list[str] = []
