@@ -185,12 +185,13 @@ def plan_requests(
     floors = {key: min_pieces(area, byte_limit, tile) for key, area in areas.items()}
     best: tuple[float, int, float] | None = None
     for target in _candidate_targets(areas, floors, model):
+        counts = {key: _pieces_for(area, floors[key], target) for key, area in areas.items()}
+        if best is not None and (sum(counts.values()) - 1) / model.requests_per_second > best[0]:
+            continue  # the rate quota alone makes this cut slower than the best so far
         sizes = [
             pixels * area.band_count * area.itemsize
             for key, area in areas.items()
-            for pixels in _piece_pixels(
-                area.window.width, area.window.height, _pieces_for(area, floors[key], target), tile
-            )
+            for pixels in _piece_pixels(area.window.width, area.window.height, counts[key], tile)
         ]
         score = (round(model.makespan(sizes), 9), len(sizes), target)
         if best is None or score[:2] < best[:2]:
