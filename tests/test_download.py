@@ -540,6 +540,25 @@ def test_sigkill_midway_then_resume_fetches_only_missing_chunks_and_matches(tmp_
     assert not list(crashed_root.glob("images/*/*.partial"))
 
 
+def test_a_streamed_search_fetches_the_first_pages_images_before_the_last_page_is_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One image per listImages page and 0.4 s per page: a download that waited for the whole search
+    # would send its first pixel request after the last page was listed.
+    monkeypatch.setattr("edown.search.PAGE_SIZE", 1)
+    with serve(EmulatorConfig(latency=Latency(base_seconds=0.05, metadata_seconds=0.4))) as emu:
+        summary = download_images(config(emu, tmp_path, bands=("B4",), end_date="2024-06-20"))
+        check_all_exact(emu, summary)
+        log = emu.stats(include_log=True)["log"]
+    pages = [r for r in log if r["kind"] == "listAssets"]  # ee.data.listImages is a listAssets call
+    pixels = [r for r in log if r["kind"] == "computePixels"]
+    assert summary.search is not None and len(summary.search.images) >= 3
+    assert len(pages) == summary.search.requests == len(summary.search.images)
+    assert min(r["started"] for r in pixels) < max(r["started"] for r in pages)
+    assert [r.record_key for r in summary.results] == [r.record_key for r in summary.search.images]
+    assert summary.stats["requests"] == len(pixels)
+
+
 def test_resume_after_a_replan_reuses_every_arrived_chunk(tmp_path: Path) -> None:
     # The first run cut 256-px chunks and failed midway (a 403 on its 20th request); the second plans by
     # the cost model, which cuts differently, and must still fetch only the pixels that never arrived.

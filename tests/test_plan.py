@@ -275,3 +275,19 @@ def test_resume_keeps_chunks_another_plan_cut_and_cuts_only_the_rest() -> None:
     assert ((coverage(window, inside) > 0) == (coverage(window, kept) > 0)).all()
     # Image 2 had nothing stored: it gets the cost model's cut, not 256-px tiles.
     assert len(plan[2]) < 20
+
+
+def test_fetch_queue_takes_images_added_while_it_runs_oldest_first() -> None:
+    areas = {i: Area(Window(0, 0, 512, 512), 1, 2) for i in range(4)}
+    queue = FetchQueue({}, {}, CostModel(), LIMIT)
+    assert queue.get(timeout=0) is None and queue.empty
+    queue.add(2, areas[2], [Window(0, 0, 512, 256), Window(0, 256, 512, 256)])
+    first = queue.get(timeout=0)
+    assert first is not None and first[:2] == (2, Window(0, 0, 512, 256))
+    queue.add(0, areas[0], [Window(0, 0, 512, 512)])  # a page listed later held an older image
+    queue.add(3, areas[3], [])  # all stored already: nothing to fetch
+    order = []
+    while (item := queue.get(timeout=0)) is not None:
+        order.append(item[:2])
+    assert order == [(0, Window(0, 0, 512, 512)), (2, Window(0, 256, 512, 256))]
+    assert queue.empty
