@@ -412,20 +412,20 @@ def _existing_mismatch(tiff: Path, spec: OutputSpec) -> str | None:
 class _Run:
     """One download run's threads: fetchers (:class:`~edown.scheduler.Fetcher`) feed the writer
     (:class:`~edown.writer.ChunkWriter`); this class only reconciles stored chunks, starts and stops them,
-    and waits until every image has an outcome."""
+    takes images while they run (:meth:`add`, as a streamed search finds them) and waits until every
+    image has an outcome."""
 
     def __init__(
         self,
         config: DownloadConfig,
         conn: earthengine.Connection,
-        jobs: list[ImageJob],
         counters: Counters,
         on_image_done: Callable[[], None],
         model: CostModel | None = None,
     ) -> None:
         self.config = config
         self.conn = conn
-        self.jobs = jobs
+        self.jobs: list[ImageJob] = []
         self.counters = counters
         self.on_image_done = on_image_done
         self.model = model or run_cost_model(config)
@@ -435,7 +435,7 @@ class _Run:
         self.stop = threading.Event()
         self.remaining = 0
         self.done_cond = threading.Condition()
-        self.jobs_by_index = {j.index: j for j in jobs}
+        self.jobs_by_index: dict[int, ImageJob] = {}
         #: Bytes of responses in flight or waiting to be stored (``max_inflight_chunks`` of the largest size).
         self.budget = ByteBudget(config.max_inflight_chunks * config.request_byte_limit)
         self.queue: FetchQueue | None = None
@@ -447,17 +447,6 @@ class _Run:
         self.fatal: EdownError | None = None
 
     # -- lifecycle --
-    def run(self) -> None:
-        """Fetch and write ``jobs`` (given at construction) and wait until each has an outcome."""
-        self.start()
-        try:
-            jobs, self.jobs = self.jobs, []
-            self.add(jobs)
-            self.close_adding()
-            self.wait()
-        finally:
-            self.shutdown()
-
     def start(self) -> None:
         """Start the fetch and writer threads; jobs come with :meth:`add`, while they run."""
         self.queue = FetchQueue(
@@ -717,7 +706,7 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
                 raise
             log.warning("could not update the manifest: %s", exc)
 
-    run = _Run(config, conn, [], counters, progress_manifest, model)
+    run = _Run(config, conn, counters, progress_manifest, model)
     runs.append(run)
     writes = ("images",) if config.manifest_path is not None else ("images", "manifests")
     interrupted = False
