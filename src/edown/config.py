@@ -26,6 +26,7 @@ from shapely.validation import explain_validity
 from edown.errors import ConfigError
 from edown.redaction import redact
 from edown.rootstate import special_file_kind
+from edown.stores import Location, location
 
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
 STANDARD_URL = "https://earthengine.googleapis.com"
@@ -554,8 +555,8 @@ class DownloadConfig(SearchConfig):
     deadline) and ``progress`` (show progress on a terminal).
     """
 
-    output_root: Path = Path("data")
-    manifest_path: Path | None = None
+    output_root: Location = Path("data")
+    manifest_path: Location | None = None
     chunk_size: int | None = None
     chunk_size_mode: str = "auto"
     prepare_workers: int = 10
@@ -568,7 +569,7 @@ class DownloadConfig(SearchConfig):
     resume: bool = True
     nodata: float | None = None
     dry_run: bool = False
-    search_manifest: Path | None = None
+    search_manifest: Location | None = None
     compression: str = "zstd"
     cog: bool = False
     max_concurrent_requests: int = 40
@@ -578,12 +579,14 @@ class DownloadConfig(SearchConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _set(self, "output_root", Path(self.output_root).expanduser())
+        _set(self, "output_root", location(self.output_root, "output_root"))
         if self.manifest_path is not None:
-            _set(self, "manifest_path", Path(self.manifest_path).expanduser())
-            check_parent_folder(self.manifest_path, "manifest_path", self.output_root)
+            _set(self, "manifest_path", location(self.manifest_path, "manifest_path"))
+            if isinstance(self.manifest_path, Path):
+                root = self.output_root if isinstance(self.output_root, Path) else None
+                check_parent_folder(self.manifest_path, "manifest_path", root)
         if self.search_manifest is not None:
-            _set(self, "search_manifest", Path(self.search_manifest).expanduser())
+            _set(self, "search_manifest", location(self.search_manifest, "search_manifest"))
         if self.chunk_size_mode not in CHUNK_MODES:
             raise ConfigError("chunk_size_mode", f"{self.chunk_size_mode!r} is not one of {CHUNK_MODES}")
         if self.chunk_size is not None:
@@ -614,7 +617,7 @@ class DownloadConfig(SearchConfig):
             raise ConfigError("request_timeout_seconds", f"must be > 0, got {self.request_timeout_seconds!r}")
 
     @property
-    def manifests_dir(self) -> Path:
+    def manifests_dir(self) -> Location:
         return self.output_root / "manifests"
 
 

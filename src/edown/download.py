@@ -26,6 +26,7 @@ the dtype's maximum for integers).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
@@ -33,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,9 @@ from edown.records import DownloadResult, DownloadSummary, ImageRecord, SearchRe
 from edown.rootstate import check_no_links, locked_root
 from edown.scheduler import Fetcher, FetchQueue
 from edown.search import search_images
+from edown.storeroot import chunk_store, fetched, locked_store_root, mirrored, staging
+from edown.storeroot import exists as staged_exists
+from edown.stores import Location, ObjectStore, StoreURL
 from edown.writer import ByteBudget, ChunkWriter
 
 log = logging.getLogger("edown.download")
@@ -186,13 +190,12 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
     model = run_cost_model(config)
     planned = _planned_chunks(config, records, model)
     existing_conflicts: list[Path] = []
-    root = config.output_root.absolute()
+    output_root = _local(config.output_root)
+    root = output_root.absolute()
 
     def prepare(item: tuple[int, ImageRecord]) -> ImageJob | DownloadResult:
         index, record = item
-        tiff = image_tiff_path(
-            config.output_root, record.collection_id, record.system_index, record.grid_label
-        )
+        tiff = image_tiff_path(output_root, record.collection_id, record.system_index, record.grid_label)
         if record.missing_bands:
             return _skipped(
                 record,
@@ -222,9 +225,9 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
             ),
         )
         check_no_links(root, tiff.absolute())
-        store = ChunkStore(partial_dir(tiff), root)
+        store = chunk_store(partial_dir(tiff), root)
         store.check()
-        if tiff.exists():
+        if staged_exists(tiff):
             if config.overwrite:
                 pass  # replaced atomically when the new file is ready
             elif config.resume:
@@ -318,7 +321,8 @@ def _existing_mismatch(tiff: Path, spec: OutputSpec) -> str | None:
     bands, another AOI or another nodata in the same output root meets the earlier file.
     """
     try:
-        found = describe(tiff)
+        with fetched(tiff) as local:
+            found = describe(local)
     except Exception as exc:
         return f"cannot be read ({type(exc).__name__})"
     there: list[str] = []
@@ -404,7 +408,7 @@ class _Run:
             keep = {c.path for w in job.chunks if (cov := covered_by(w, job.stored)) for c in cov}
             for chunk in job.stored:
                 if chunk.path not in keep:
-                    chunk.path.unlink(missing_ok=True)
+                    job.store.discard(chunk)
             job.stored = [c for c in job.stored if c.path in keep]
             job.outstanding = len(todo[job.index])
         self.remaining = len(self.jobs)
@@ -500,10 +504,35 @@ class _Run:
 # ---- orchestration ------------------------------------------------------------------------------------
 
 
-def _manifest_path(config: DownloadConfig, started: dt.datetime) -> Path:
+def _manifest_path(config: DownloadConfig, started: dt.datetime) -> Location:
     if config.manifest_path is not None:
         return config.manifest_path
     return config.manifests_dir / f"run-{started.strftime('%Y%m%dT%H%M%S')}Z.json"
+
+
+def _local(where: Location) -> Path:
+    """A location that the run reaches on disk (store locations are staged before the run starts)."""
+    if isinstance(where, StoreURL):
+        raise AssertionError(f"{where} should have been staged")
+    return where
+
+
+@dataclass(frozen=True)
+class _StoreTarget:
+    """Where a staged run's outputs really go: the store root (if any) and the manifest's URL/path."""
+
+    root: StoreURL | None
+    root_id: str | None
+    staged_root: Path
+    manifest: Location
+
+    def url_of(self, path: Path | StoreURL | None) -> Path | StoreURL | None:
+        if path is None or self.root is None or isinstance(path, StoreURL):
+            return path
+        try:
+            return self.root / path.absolute().relative_to(self.staged_root.absolute()).as_posix()
+        except ValueError:
+            return path
 
 
 def _download_section(
@@ -548,11 +577,60 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
     ``failed`` with Earth Engine's message) rather than raised. Bad input raises
     :class:`~edown.errors.ConfigError`; outputs that exist with ``resume=False`` and ``overwrite=False``
     raise :class:`~edown.errors.OutputExistsError` before anything is fetched.
+
+    ``output_root`` and ``manifest_path`` may be ``s3://`` / ``gs://`` URLs: the run is then staged
+    locally and every output uploaded whole (:mod:`edown.storeroot`).
     """
     started_wall = now_utc()
+    if not isinstance(config.output_root, StoreURL) and not isinstance(config.manifest_path, StoreURL):
+        return _download(config, started_wall, None)
+    manifest_target = _manifest_path(config, started_wall)
+    with staging() as stage, contextlib.ExitStack() as stack:
+        local_root = stage / "root" if isinstance(config.output_root, StoreURL) else config.output_root
+        local_manifest: Path | None = None
+        if isinstance(manifest_target, StoreURL):
+            local_manifest = stage / "manifest" / manifest_target.name
+            (stage / "manifest").mkdir()
+            stack.enter_context(
+                mirrored(local_manifest, ObjectStore(manifest_target.parent), manifest_target.name)
+            )
+        elif config.manifest_path is not None:
+            local_manifest = manifest_target
+        root_id = None
+        if isinstance(config.output_root, StoreURL):
+            if config.dry_run:  # read-only: no lock, no marker
+                store = ObjectStore(config.output_root)
+            else:
+                store, root_id = stack.enter_context(
+                    locked_store_root(config.output_root, f"download to {config.output_root}")
+                )
+            stack.enter_context(mirrored(local_root, store))
+        local = replace(
+            config,
+            output_root=local_root,
+            manifest_path=local_manifest,
+            cog=config.cog or isinstance(config.output_root, StoreURL),
+        )
+        target = _StoreTarget(
+            config.output_root if isinstance(config.output_root, StoreURL) else None,
+            root_id,
+            local_root,
+            manifest_target,
+        )
+        summary = _download(local, started_wall, target)
+    return replace(
+        summary,
+        manifest_path=manifest_target,
+        results=tuple(replace(r, tiff_path=target.url_of(r.tiff_path)) for r in summary.results),
+    )
+
+
+def _download(
+    config: DownloadConfig, started_wall: dt.datetime, target: _StoreTarget | None
+) -> DownloadSummary:
     started = time.monotonic()
     search = resolve_search(config)
-    manifest_path = _manifest_path(config, started_wall)
+    manifest_path = _local(_manifest_path(config, started_wall))
     if config.dry_run:
         # Read-only: no lock, nothing cleaned, nothing sent to Earth Engine.
         plan = plan_download(config, search)
@@ -572,12 +650,16 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
     # The lock comes before anything on disk is looked at or cleaned: a second run that is refused must
     # not have touched the first one's chunks.
     writes = ("images",) if config.manifest_path is not None else ("images", "manifests")
-    with locked_root(config.output_root, f"download to {config.output_root}", writes) as held:
+    output_root = _local(config.output_root)
+    with locked_root(output_root, f"download to {output_root}", writes) as held:
         plan = plan_download(config, search)
-        manifest = new_manifest(manifest_path, config.output_root, held.root_id)
+        manifest = new_manifest(manifest_path, output_root, held.root_id)
+        if target is not None and target.root is not None:
+            manifest.doc["output_root"] = str(target.root)
+            manifest.doc["root_id"] = target.root_id
         set_search(manifest, config, search)
         counters = Counters(images_total=len(plan.jobs), chunks_total=sum(len(j.chunks) for j in plan.jobs))
-        base = config.output_root
+        base = output_root
         last_write = [0.0]
         write_lock = threading.Lock()
         runs: list[_Run] = []

@@ -320,7 +320,7 @@ def stack_images(config: StackConfig) -> list[StackResult]:
         r.record_key: r
         for r in sources.downloads
         if r.status in ("downloaded", "skipped_existing")
-        and r.tiff_path is not None
+        and isinstance(r.tiff_path, Path)
         and r.tiff_path.is_file()
     }
     results: list[StackResult] = []
@@ -527,7 +527,7 @@ def _stack_group(
 ) -> StackResult:
     started = time.monotonic()
     nodata = _common_nodata(members)
-    pairs = [(record, result.tiff_path) for record, result in members if result.tiff_path is not None]
+    pairs = [(record, result.tiff_path) for record, result in members if isinstance(result.tiff_path, Path)]
     log_dir = output_root / "stacks" / ".slurm-logs"
     check_no_links(output_root, log_dir)
     if target.exists() and not config.overwrite:
