@@ -173,11 +173,6 @@ class Manifest:
         return dict(section["config"]) if section else None
 
     @property
-    def download_results(self) -> tuple[DownloadResult, ...]:
-        section = self.doc.get("download") or {}
-        return tuple(DownloadResult.from_dict(r, self.output_root) for r in section.get("results", []))
-
-    @property
     def stack_results(self) -> tuple[StackResult, ...]:
         section = self.doc.get("stack") or {}
         return tuple(StackResult.from_dict(r, self.output_root) for r in section.get("results", []))
@@ -261,7 +256,11 @@ def _checked(doc: Any, path: Path, field: str, url: StoreURL | None = None) -> M
         )
     manifest = Manifest(path, doc, url)
     try:
-        _ = manifest.search, manifest.download_results, manifest.stack_results
+        # Parse every section now so damage is reported at load; download paths are checked against a
+        # root only when one is trusted (``downloads_in``), which is the only way to read them.
+        _ = manifest.search, manifest.stack_results
+        for entry in (doc.get("download") or {}).get("results", []):
+            DownloadResult.from_dict(entry, path.parent)
     except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
         what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
         raise ManifestError(

@@ -1,0 +1,5 @@
+"""``python -m edown.cli``."""
+
+from edown.cli import main
+
+main()
