@@ -92,11 +92,12 @@ def test_same_job_to_local_and_store_gives_identical_cogs(
 
 def test_unsupported_scheme_is_one_line_exit_2(tmp_path: Path) -> None:
     done = run_edown(
-        "download", "--collection", "X/Y", "--start-date", "2024-01-01", "--end-date", "2024-01-02",
-        "--bbox", "0", "0", "1", "1", "-o", "ftp://host/data", cwd=tmp_path,
+        "download", "--collection-id", "X/Y", "--start-date", "2024-01-01", "--end-date", "2024-01-02",
+        "--bbox", "0,0,1,1", "-o", "ftp://host/data", cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "ftp://" in lines[0], done.stderr
+    assert lines[0].startswith("error: output_root: ftp://host/data uses ftp://"), done.stderr
+    assert all(line.startswith("hint: ") for line in lines[1:]) and "Traceback" not in done.stderr
     with pytest.raises(Exception, match="ftp://"):
         location("ftp://host/data", "output_root")

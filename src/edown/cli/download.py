@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
@@ -18,12 +17,13 @@ from edown.redaction import redact
 def _download_config(params: dict[str, Any]) -> Any:
     from edown.config import DownloadConfig
     from edown.manifest import load_manifest, search_config_from_dict
+    from edown.stores import location
 
     extra = {name: params[name] for name in DOWNLOAD_FIELDS if params.get(name) is not None}
     extra["progress"] = True  # a live display on a terminal, a plain line every 10 s otherwise
     if params.get("search_manifest"):
         source = params["search_manifest"]
-        saved = load_manifest(Path(source), "--from-manifest").search_config
+        saved = load_manifest(location(source, "--from-manifest"), "--from-manifest").search_config
         if saved is None:
             raise ConfigError("--from-manifest", f"{source} has no search section")
         mine = {
