@@ -19,12 +19,11 @@ import numpy as np
 import pytest
 import rasterio
 
-from edown import DownloadConfig, download_images
-from edown.emulator.object_stores import StoreServer
+from edown import download_images
 from edown.emulator.server import Emulator
 from edown.errors import OutputLockedError
-from edown.stores import ObjectStore, StoreURL, location
 from edown.storeroot import LOCK_KEY
+from edown.stores import ObjectStore, StoreURL, location
 from tests.helpers import config, run_edown
 
 pytestmark = pytest.mark.timeout(300)
@@ -101,3 +100,140 @@ def test_unsupported_scheme_is_one_line_exit_2(tmp_path: Path) -> None:
     assert all(line.startswith("hint: ") for line in lines[1:]) and "Traceback" not in done.stderr
     with pytest.raises(Exception, match="ftp://"):
         location("ftp://host/data", "output_root")
+
+
+# ---- resume after a kill, the lock, do no harm -------------------------------------------------------
+
+KILL_SCRIPT = """
+import sys
+from edown import AOI, DownloadConfig, download_images
+download_images(DownloadConfig(
+    collection_id="COPERNICUS/S2_SR_HARMONIZED", start_date="2024-06-01", end_date="2024-06-10",
+    aoi=AOI.from_bbox((-0.60, 51.48, -0.43, 51.56)), bands=("B2", "B3", "B4", "B8"),
+    server_url=sys.argv[1], output_root=sys.argv[2], chunk_size=256, chunk_size_mode="fixed",
+    max_inflight_chunks=4))
+"""
+FIXED = {"chunk_size": 256, "chunk_size_mode": "fixed", "max_inflight_chunks": 4}
+
+
+def _start_download(emu: Emulator, root: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, emu.url, root],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+
+
+def _chunks(keys: list[str]) -> list[str]:
+    return [k for k in keys if ".tif.partial/c" in k and k.endswith(".npy")]
+
+
+def _assert_no_partial_object_under_a_final_name(root: str, keys: list[str], into: Path) -> None:
+    """Every object under a final name is whole: each .tif reads as a COG to its last pixel, each chunk
+    and JSON parses; and no temporary name is ever on the store."""
+    assert not [k for k in keys if k.endswith(".tmp") or "/.tmp-" in k], keys
+    store = ObjectStore(StoreURL(root))
+    for key in keys:
+        if key.endswith(".tif"):
+            info = _read_tiff(root, key, into / key)
+            assert info["layout"] == "COG" and info["pixels"].size > 0
+        elif key.endswith(".npy"):
+            (into / key).parent.mkdir(parents=True, exist_ok=True)
+            store.download(key, into / key)
+            assert np.load(into / key).ndim == 3
+        elif key.endswith(".json"):
+            json.loads(store.read_bytes(key))
+
+
+def test_sigkill_mid_download_to_a_store_then_resume_fetches_only_missing_chunks(
+    tmp_path: Path, s3_root: str
+) -> None:
+    from edown.emulator import EmulatorConfig, Latency, serve
+
+    root = s3_root
+    with serve(EmulatorConfig(latency=Latency(base_seconds=0.15))) as emu:
+        proc = _start_download(emu, root)
+        deadline = time.monotonic() + 90
+        listings: list[list[str]] = []
+        while time.monotonic() < deadline:
+            listings.append(_keys(root))
+            if len(_chunks(listings[-1])) >= 8:
+                break
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        after = _keys(root)
+        stored = len(_chunks(after))
+        assert stored >= 8, "the download should have stored some chunks before being killed"
+        assert LOCK_KEY in after, "a killed run leaves its lock behind"
+        for i, keys in enumerate([*listings[-3:], after]):
+            _assert_no_partial_object_under_a_final_name(root, keys, tmp_path / f"listing-{i}")
+        manifests = [k for k in after if k.startswith("manifests/")]
+        assert manifests
+        doc = json.loads(ObjectStore(StoreURL(root)).read_bytes(manifests[0]))
+        assert doc["download"]["state"] == "running"
+
+        time.sleep(1.0)  # let the killed process's in-flight requests finish before counting ours
+        emu.reset_stats()
+        resumed = download_images(config(emu, tmp_path, output_root=root, **FIXED))
+        refetched = emu.stats()["requests"]["computePixels"]
+        reference = download_images(config(emu, tmp_path, output_root=tmp_path / "ref", cog=True, **FIXED))
+    total = sum(r.chunk_count for r in reference.results)
+    assert resumed.downloaded + resumed.skipped == 2 and resumed.failed == 0
+    finished_before = [r for r in resumed.results if r.status == "skipped_existing"]
+    assert refetched == total - stored - sum(r.chunk_count for r in finished_before)
+    final = _keys(root)
+    assert not _chunks(final) and LOCK_KEY not in final
+    by_key = {r.record_key: r for r in reference.results}
+    for result in resumed.results:
+        assert isinstance(result.tiff_path, StoreURL)
+        key = result.tiff_path.relative_to(StoreURL(root))
+        there = _read_tiff(root, key, tmp_path / "final" / key)
+        mine = by_key[result.record_key].tiff_path
+        assert isinstance(mine, Path)
+        with rasterio.open(mine) as src:
+            np.testing.assert_array_equal(there["pixels"], src.read())
+
+
+def test_a_second_run_into_the_same_store_root_is_refused_by_the_lock(tmp_path: Path, gs_root: str) -> None:
+    from edown.emulator import EmulatorConfig, Latency, serve
+
+    with serve(EmulatorConfig(latency=Latency(base_seconds=0.3))) as emu:
+        proc = _start_download(emu, gs_root)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and LOCK_KEY not in _keys(gs_root):
+                time.sleep(0.1)
+            assert LOCK_KEY in _keys(gs_root)
+            holder = json.loads(ObjectStore(StoreURL(gs_root)).read_bytes(LOCK_KEY))
+            assert holder["pid"] == proc.pid
+            with pytest.raises(OutputLockedError, match=f"in use by another edown run \\(pid {proc.pid}"):
+                download_images(config(emu, tmp_path, output_root=gs_root, **FIXED))
+            assert proc.poll() is None, "the refused run must not have disturbed the first one"
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def test_edown_deletes_only_its_own_objects_on_a_store(
+    ee_emulator_session: Emulator, tmp_path: Path, s3_root: str
+) -> None:
+    store = ObjectStore(StoreURL(s3_root))
+    first = download_images(config(ee_emulator_session, tmp_path, output_root=s3_root))
+    assert first.downloaded > 0 and isinstance(first.results[0].tiff_path, StoreURL)
+    tiff_key = first.results[0].tiff_path.relative_to(StoreURL(s3_root))
+    users = {
+        "notes.txt": b"mine",
+        "images/mine.tif": b"not edown's",
+        f"{tiff_key}.partial/readme.txt": b"kept",
+        f"{tiff_key}.partial/c0_r0_w1_h1.npy.bak": b"also kept",
+        "manifests/hand-made.json": b"{}",
+        ".edown/journal/x.json": b'{"path": "notes.txt"}',
+    }
+    for key, data in users.items():
+        store.write_bytes(key, data)
+    again = download_images(
+        config(ee_emulator_session, tmp_path, output_root=s3_root, overwrite=True, **FIXED)
+    )
+    assert again.downloaded == first.downloaded and again.failed == 0
+    for key, data in users.items():
+        assert store.read_bytes(key) == data, key
