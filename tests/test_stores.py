@@ -237,3 +237,46 @@ def test_edown_deletes_only_its_own_objects_on_a_store(
     assert again.downloaded == first.downloaded and again.failed == 0
     for key, data in users.items():
         assert store.read_bytes(key) == data, key
+
+
+# ---- Zarr on the store --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("root_fixture", ["s3_root", "gs_root"])
+def test_stack_from_a_store_manifest_builds_the_zarr_on_the_store(
+    ee_emulator_session: Emulator, tmp_path: Path, root_fixture: str, request: pytest.FixtureRequest
+) -> None:
+    import xarray as xr
+
+    from edown import StackConfig, open_stack, stack_images
+    from edown.stores import storage_options
+
+    root: str = request.getfixturevalue(root_fixture)
+    local = download_images(config(ee_emulator_session, tmp_path, cog=True))
+    remote = download_images(config(ee_emulator_session, tmp_path, output_root=root))
+    assert isinstance(local.manifest_path, Path) and isinstance(remote.manifest_path, StoreURL)
+    [mine] = stack_images(StackConfig(manifest_path=local.manifest_path))
+    done = run_edown("stack", "-m", remote.manifest_path, "--json", cwd=tmp_path, timeout=240)
+    assert done.returncode == 0, done.stderr
+    [theirs] = json.loads(done.stdout)
+    assert theirs["output_path"].startswith(f"{root}/stacks/") and theirs["output_path"].endswith(".zarr")
+    url = theirs["output_path"]
+    keys = _keys(root)
+    zarr_key = StoreURL(url).relative_to(StoreURL(root))
+    assert f"{zarr_key}/zarr.json" in keys and LOCK_KEY not in keys
+    assert isinstance(mine.output_path, Path)
+    expected = open_stack(mine.output_path).load()
+    there = open_stack(url).load()
+    xr.testing.assert_equal(there, expected)
+    assert there.attrs.pop("source_manifest") == remote.manifest_path
+    for attrs in (there.attrs, expected.attrs):
+        attrs.pop("created_utc"), attrs.pop("source_manifest", None)
+    assert there.attrs == expected.attrs
+    assert there["data"].dtype == expected["data"].dtype and there.rio.crs == expected.rio.crs
+    if root.startswith("s3://"):  # plain xarray with storage_options, as any machine would open it
+        plain = xr.open_zarr(url, storage_options=storage_options(url), mask_and_scale=False).load()
+        np.testing.assert_array_equal(plain["data"].values, expected["data"].values)
+    doc = json.loads(
+        ObjectStore(StoreURL(root)).read_bytes(StoreURL(remote.manifest_path).relative_to(StoreURL(root)))
+    )
+    assert doc["output_root"] == root and doc["stack"]["manifests"] == [remote.manifest_path]

@@ -639,8 +639,8 @@ class StackConfig:
     worker), ``chunk_size`` (spatial chunk side, default 512), ``progress``.
     """
 
-    manifest_path: Path
-    output_root: Path | None = None
+    manifest_path: Location
+    output_root: Location | None = None
     backend: str = "threads"
     overwrite: bool = False
     n_workers: int = 4
@@ -654,16 +654,16 @@ class StackConfig:
     worker_timeout_seconds: float = 300.0
     chunk_size: int = 512
     progress: bool = False
-    manifest_paths: tuple[Path, ...] = ()
+    manifest_paths: tuple[Location, ...] = ()
 
     def __post_init__(self) -> None:
-        _set(self, "manifest_path", Path(self.manifest_path).expanduser())
+        _set(self, "manifest_path", location(self.manifest_path, "manifest_path"))
         extra: Any = self.manifest_paths
         if isinstance(extra, str | Path):
             extra = (extra,)
-        _set(self, "manifest_paths", tuple(Path(p).expanduser() for p in extra))
+        _set(self, "manifest_paths", tuple(location(p, "manifest_paths") for p in extra))
         if self.output_root is not None:
-            _set(self, "output_root", Path(self.output_root).expanduser())
+            _set(self, "output_root", location(self.output_root, "output_root"))
         if self.backend not in BACKENDS:
             raise ConfigError("backend", f"{self.backend!r} is not one of {BACKENDS}")
         _check_positive_int(self.n_workers, "n_workers")

@@ -66,7 +66,7 @@ def run_demo(
     if first is not None and isinstance(first.tiff_path, Path):
         pictures.append(render_geotiff(first.tiff_path, output_root / "quicklooks" / "first-image.png"))
     for stack in stacks:
-        if stack.output_path is not None:
+        if isinstance(stack.output_path, Path):
             pictures.append(
                 render_stack(
                     stack.output_path, output_root / "quicklooks" / f"{stack.group_id}-time-strip.png"

@@ -76,7 +76,7 @@ from edown.scheduler import Fetcher, FetchQueue
 from edown.search import search_images
 from edown.storeroot import chunk_store, fetched, locked_store_root, mirrored, staging
 from edown.storeroot import exists as staged_exists
-from edown.stores import Location, ObjectStore, StoreURL
+from edown.stores import Location, ObjectStore, StoreURL, on_disk
 from edown.writer import ByteBudget, ChunkWriter
 
 log = logging.getLogger("edown.download")
@@ -190,7 +190,7 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
     model = run_cost_model(config)
     planned = _planned_chunks(config, records, model)
     existing_conflicts: list[Path] = []
-    output_root = _local(config.output_root)
+    output_root = on_disk(config.output_root)
     root = output_root.absolute()
 
     def prepare(item: tuple[int, ImageRecord]) -> ImageJob | DownloadResult:
@@ -510,13 +510,6 @@ def _manifest_path(config: DownloadConfig, started: dt.datetime) -> Location:
     return config.manifests_dir / f"run-{started.strftime('%Y%m%dT%H%M%S')}Z.json"
 
 
-def _local(where: Location) -> Path:
-    """A location that the run reaches on disk (store locations are staged before the run starts)."""
-    if isinstance(where, StoreURL):
-        raise AssertionError(f"{where} should have been staged")
-    return where
-
-
 @dataclass(frozen=True)
 class _StoreTarget:
     """Where a staged run's outputs really go: the store root (if any) and the manifest's URL/path."""
@@ -630,7 +623,7 @@ def _download(
 ) -> DownloadSummary:
     started = time.monotonic()
     search = resolve_search(config)
-    manifest_path = _local(_manifest_path(config, started_wall))
+    manifest_path = on_disk(_manifest_path(config, started_wall))
     if config.dry_run:
         # Read-only: no lock, nothing cleaned, nothing sent to Earth Engine.
         plan = plan_download(config, search)
@@ -650,7 +643,7 @@ def _download(
     # The lock comes before anything on disk is looked at or cleaned: a second run that is refused must
     # not have touched the first one's chunks.
     writes = ("images",) if config.manifest_path is not None else ("images", "manifests")
-    output_root = _local(config.output_root)
+    output_root = on_disk(config.output_root)
     with locked_root(output_root, f"download to {output_root}", writes) as held:
         plan = plan_download(config, search)
         manifest = new_manifest(manifest_path, output_root, held.root_id)

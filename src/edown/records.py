@@ -341,7 +341,8 @@ class StackResult:
 
     group_id: str
     image_count: int
-    output_path: Path | None
+    #: A local path, or the datacube's URL when it is on an object store.
+    output_path: Path | StoreURL | None
     skipped_reason: str | None = None
     # extensions
     appended: int = 0

@@ -63,6 +63,7 @@ from edown.progress import Counters, Reporter
 from edown.records import AlignmentGroup, DownloadResult, ImageRecord, StackResult, utc_iso
 from edown.rootstate import check_no_links, journalled, locked_root
 from edown.search import alignment_groups
+from edown.stores import StoreURL, is_store_url, on_disk
 
 log = logging.getLogger("edown.stack")
 
@@ -310,11 +311,20 @@ def _executor(
 
 
 def stack_images(config: StackConfig) -> list[StackResult]:
-    """Build (or extend) one Zarr datacube per alignment group of one or several download manifests."""
+    """Build (or extend) one Zarr datacube per alignment group of one or several download manifests.
+
+    A manifest on an object store (``s3://…/manifests/run-….json``) is stacked into datacubes on that
+    store (:mod:`edown.storestack`)."""
     _require_zarr3()
+    if any(
+        isinstance(p, StoreURL) for p in (config.manifest_path, *config.manifest_paths, config.output_root)
+    ):
+        from edown.storestack import stack_on_store
+
+        return stack_on_store(config)
     sources = _merge(config)
     manifest = sources.newest
-    output_root = config.output_root or sources.output_root
+    output_root = on_disk(config.output_root or sources.output_root)
     records = {r.record_key: r for r in sources.records}
     available = {
         r.record_key: r
@@ -414,7 +424,10 @@ class _Sources:
 
 def _merge(config: StackConfig) -> _Sources:
     manifests = sorted(
-        (_download_manifest(p) for p in manifest_files((config.manifest_path, *config.manifest_paths))),
+        (
+            _download_manifest(p)
+            for p in manifest_files(on_disk(p) for p in (config.manifest_path, *config.manifest_paths))
+        ),
         key=_recency,
     )
     newest = manifests[-1]
@@ -427,7 +440,8 @@ def _merge(config: StackConfig) -> _Sources:
         )
     # A manifest's root is used only where edown made it (rootstate.trusted_root); the GeoTIFFs are read
     # from there, and the datacubes go to the root the user names, else to that same root.
-    sources = [_source_root(m, config.output_root) for m in manifests]
+    named = on_disk(config.output_root) if config.output_root is not None else None
+    sources = [_source_root(m, named) for m in manifests]
     roots = sorted({str(r) for r in sources})
     if len(roots) > 1 and config.output_root is None:
         raise StackError(
@@ -773,13 +787,19 @@ def open_stack(path: str | Path, masked: bool = False) -> Any:
     import rioxarray  # noqa: F401  (registers .rio)
     import xarray as xr
 
-    path = Path(path)
-    if not (path / "zarr.json").exists():
-        raise StackError(
-            f"{path} is not a Zarr store written by edown",
-            hint="give a path like data/stacks/<collection>/<group>.zarr",
-        )
-    ds = xr.open_zarr(path, mask_and_scale=masked)
+    source: Any
+    if is_store_url(path):
+        from edown.storestack import open_store_zarr
+
+        source = open_store_zarr(StoreURL(str(path)))
+    else:
+        source = Path(path)
+        if not (source / "zarr.json").exists():
+            raise StackError(
+                f"{path} is not a Zarr store written by edown",
+                hint="give a path like data/stacks/<collection>/<group>.zarr, or its s3:// / gs:// URL",
+            )
+    ds = xr.open_zarr(source, mask_and_scale=masked)
     if ds.rio.crs is None and "spatial_ref" in ds.coords:
         ds = ds.rio.write_crs(ds["spatial_ref"].attrs.get("crs_wkt"))
     return ds

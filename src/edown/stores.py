@@ -117,6 +117,13 @@ def location(value: str | os.PathLike[str], field: str) -> Location:
     return StoreURL("/".join([f"{scheme}://{parts[0]}", *inner]))
 
 
+def on_disk(where: Location) -> Path:
+    """``where`` as a local path, for code that runs after store locations were staged."""
+    if isinstance(where, StoreURL):
+        raise AssertionError(f"{where} should have been staged to a local folder first")
+    return where
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
@@ -216,38 +223,51 @@ _filesystems: dict[tuple[str, str], Any] = {}
 _filesystems_guard = threading.Lock()
 
 
+def _endpoint(scheme: str) -> str:
+    if scheme == "s3":
+        return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
+    return os.environ.get("STORAGE_EMULATOR_HOST", "")
+
+
+def _new_filesystem(scheme: str, asynchronous: bool) -> Any:
+    endpoint = _endpoint(scheme)
+    try:
+        if scheme == "s3":
+            import s3fs
+
+            return s3fs.S3FileSystem(
+                endpoint_url=endpoint or None, skip_instance_cache=True, asynchronous=asynchronous
+            )
+        # The core class: gcsfs's default "extended" one first probes gRPC control-plane APIs.
+        from gcsfs.core import GCSFileSystem
+
+        # An emulator gets no credentials: the user's Google identity is for Google only.
+        return GCSFileSystem(
+            endpoint_url=endpoint or None,
+            token="anon" if endpoint else None,
+            skip_instance_cache=True,
+            asynchronous=asynchronous,
+        )
+    except ImportError:
+        package = "s3fs" if scheme == "s3" else "gcsfs"
+        raise StoreError(
+            f"{scheme}:// needs the {package} package", hint="pip install 'edown[stores]'"
+        ) from None
+
+
 def _filesystem(scheme: str) -> Any:
     """The fsspec filesystem for ``scheme`` configured from the environment (one per endpoint)."""
-    if scheme == "s3":
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
-    else:
-        endpoint = os.environ.get("STORAGE_EMULATOR_HOST", "")
+    key = (scheme, _endpoint(scheme))
     with _filesystems_guard:
-        fs = _filesystems.get((scheme, endpoint))
-        if fs is not None:
-            return fs
-        try:
-            if scheme == "s3":
-                import s3fs
-
-                fs = s3fs.S3FileSystem(endpoint_url=endpoint or None, skip_instance_cache=True)
-            else:
-                # The core class: gcsfs's default "extended" one first probes gRPC control-plane APIs.
-                from gcsfs.core import GCSFileSystem
-
-                # An emulator gets no credentials: the user's Google identity is for Google only.
-                fs = GCSFileSystem(
-                    endpoint_url=endpoint or None,
-                    token="anon" if endpoint else None,
-                    skip_instance_cache=True,
-                )
-        except ImportError:
-            package = "s3fs" if scheme == "s3" else "gcsfs"
-            raise StoreError(
-                f"writing to {scheme}:// needs the {package} package", hint="pip install 'edown[stores]'"
-            ) from None
-        _filesystems[(scheme, endpoint)] = fs
+        fs = _filesystems.get(key)
+        if fs is None:
+            fs = _filesystems[key] = _new_filesystem(scheme, asynchronous=False)
         return fs
+
+
+def async_filesystem(scheme: str) -> Any:
+    """A new asynchronous fsspec filesystem for ``scheme`` (what zarr's ``FsspecStore`` needs)."""
+    return _new_filesystem(scheme, asynchronous=True)
 
 
 def storage_options(url: str) -> dict[str, Any]:
