@@ -280,3 +280,51 @@ def test_stack_from_a_store_manifest_builds_the_zarr_on_the_store(
         ObjectStore(StoreURL(root)).read_bytes(StoreURL(remote.manifest_path).relative_to(StoreURL(root)))
     )
     assert doc["output_root"] == root and doc["stack"]["manifests"] == [remote.manifest_path]
+
+
+# ---- progress, dry run and doctor ----------------------------------------------------------------------
+
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETKEY42"
+
+
+def test_doctor_checks_the_store_with_a_probe_and_never_prints_the_secret(
+    ee_emulator: Emulator, tmp_path: Path, s3_root: str, gs_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)  # moto takes any key; it must never be shown
+    for root in (s3_root, gs_root):
+        done = run_edown("doctor", "--server-url", ee_emulator.url, "-o", root, "--json", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["ok"] is True and report["output_root"] == root
+        assert report["output_root_check"].startswith("writable (.edown/doctor-probe-")
+        assert report["store"].startswith("S3 at http://127.0.0.1:" if root.startswith("s3") else "Google")
+        assert SECRET not in done.stdout + done.stderr
+        assert not [k for k in _keys(root) if "doctor-probe" in k], "the probe object is deleted"
+    # A bucket that does not exist: one failure line in the report, exit 1, still no secret.
+    missing = s3_root.replace("://edown-", "://missing-")
+    done = run_edown("doctor", "--server-url", ee_emulator.url, "-o", missing, "--json", cwd=tmp_path)
+    assert done.returncode == 1
+    report = json.loads(done.stdout)
+    assert report["ok"] is False
+    assert report["output_root_check"].startswith(f"failed: cannot write {missing}/.edown/doctor-probe-")
+    assert SECRET not in done.stdout + done.stderr
+
+
+def test_dry_run_and_summary_report_bytes_to_the_store(
+    ee_emulator_session: Emulator, tmp_path: Path, s3_root: str
+) -> None:
+    planned = download_images(config(ee_emulator_session, tmp_path, output_root=s3_root, dry_run=True))
+    assert planned.dry_run and planned.plan["store_upload_bytes_max"] > planned.plan["request_bytes"] * 0.5
+    assert _keys(s3_root) == [], "a dry run writes nothing to the store"
+    done = run_edown(
+        "download", "-c", "COPERNICUS/S2_SR_HARMONIZED", "--start-date", "2024-06-01", "--end-date",
+        "2024-06-10", "--bbox", "-0.60,51.48,-0.43,51.56", "-b", "B4", "--server-url", ee_emulator_session.url,
+        "-o", s3_root, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "data stored" in done.stdout
+    stored = sum(o.size for o in ObjectStore(StoreURL(s3_root)).list("images"))
+    summary = download_images(
+        config(ee_emulator_session, tmp_path, output_root=s3_root, bands=("B4",), overwrite=True)
+    )
+    assert summary.stats["bytes_to_store"] >= stored > 0

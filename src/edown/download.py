@@ -74,7 +74,7 @@ from edown.records import DownloadResult, DownloadSummary, ImageRecord, SearchRe
 from edown.rootstate import check_no_links, locked_root
 from edown.scheduler import Fetcher, FetchQueue
 from edown.search import search_images
-from edown.storeroot import chunk_store, fetched, locked_store_root, mirrored, staging
+from edown.storeroot import chunk_store, fetched, locked_store_root, mirrored, staging, uploads_of
 from edown.storeroot import exists as staged_exists
 from edown.stores import Location, ObjectStore, StoreURL, on_disk
 from edown.writer import ByteBudget, ChunkWriter
@@ -652,6 +652,9 @@ def _download(
             manifest.doc["root_id"] = target.root_id
         set_search(manifest, config, search)
         counters = Counters(images_total=len(plan.jobs), chunks_total=sum(len(j.chunks) for j in plan.jobs))
+        uploads = uploads_of(output_root)
+        if uploads is not None:  # an object-store root: progress shows the bytes stored there too
+            uploads.listeners.append(lambda nbytes: counters.add(stored=nbytes))
         base = output_root
         last_write = [0.0]
         write_lock = threading.Lock()
@@ -747,6 +750,7 @@ def _stats(
         "retries": snap["retries"],
         "throttled": pacer["throttled"] - before["throttled"],
         "bytes_downloaded": round(snap["mb"] * 1e6),
+        "bytes_to_store": round(snap["stored_mb"] * 1e6),
         "output_megapixels": round(pixels / 1e6, 3),
         "megapixels_per_second": round(pixels / 1e6 / elapsed, 3) if elapsed else None,
         "peak_inflight": pacer["peak_inflight"],
@@ -765,6 +769,14 @@ def _dry_run_summary(
         for j in plan.jobs
         for w in _missing(j)
     ]
+    if uploads_of(on_disk(config.output_root)) is not None:
+        # Each missing chunk is stored as it arrives, then each image as a COG (compressed, so at most
+        # about its raw size plus overviews): an upper bound of what goes to the store.
+        raw = sum(
+            j.spec.width * j.spec.height * len(j.spec.band_names) * np.dtype(j.spec.dtype).itemsize
+            for j in plan.jobs
+        )
+        totals["store_upload_bytes_max"] = sum(sizes) + raw * 4 // 3
     totals.update(
         {
             "concurrency": model.concurrency,

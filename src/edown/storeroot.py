@@ -40,7 +40,8 @@ import socket
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,45 +60,91 @@ MARKER_KEY = ".edown/root.json"
 #: Bytes read from a stored chunk to check its NPY header.
 HEADER_BYTES = 4096
 
-# Local files and folders that stand for objects on a store while a run lasts: path -> (store, key).
-_mirrors: dict[Path, tuple[Store, str]] = {}
+
+class Uploads:
+    """Bytes uploaded to a store during a run (what progress and the run's stats report)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.objects = 0
+        self.listeners: list[Callable[[int], None]] = []
+        self._guard = threading.Lock()
+
+    def add(self, nbytes: int) -> None:
+        with self._guard:
+            self.bytes += nbytes
+            self.objects += 1
+            listeners = list(self.listeners)
+        for listener in listeners:
+            listener(nbytes)
+
+
+@dataclass(frozen=True)
+class _Mirror:
+    store: Store
+    key: str
+    uploads: Uploads
+
+
+# Local files and folders that stand for objects on a store while a run lasts.
+_mirrors: dict[Path, _Mirror] = {}
 _mirrors_guard = threading.Lock()
+
+
+def _mirror_of(path: Path) -> tuple[_Mirror, str] | None:
+    path = Path(path).absolute()
+    with _mirrors_guard:
+        for local, mirror in _mirrors.items():
+            if path == local:
+                return mirror, mirror.key
+            if local in path.parents:
+                return mirror, "/".join(p for p in (mirror.key, path.relative_to(local).as_posix()) if p)
+    return None
 
 
 def remote_of(path: Path) -> tuple[Store, str] | None:
     """The store and key that the local ``path`` stands for, if it lies in a staging folder."""
-    path = Path(path).absolute()
-    with _mirrors_guard:
-        for local, (store, key) in _mirrors.items():
-            if path == local:
-                return store, key
-            if local in path.parents:
-                return store, "/".join(p for p in (key, path.relative_to(local).as_posix()) if p)
-    return None
+    found = _mirror_of(path)
+    return None if found is None else (found[0].store, found[1])
+
+
+def uploads_of(path: Path) -> Uploads | None:
+    """The upload tally of the staging folder ``path`` lies in (None for local outputs)."""
+    found = _mirror_of(path)
+    return None if found is None else found[0].uploads
 
 
 @contextlib.contextmanager
-def mirrored(local: Path, store: Store, key: str = "") -> Iterator[None]:
+def mirrored(local: Path, store: Store, key: str = "") -> Iterator[Uploads]:
     """Let ``local`` (a staging folder or file) stand for ``key`` on ``store`` during the block."""
     local = Path(local).absolute()
+    uploads = Uploads()
     with _mirrors_guard:
-        _mirrors[local] = (store, key)
+        _mirrors[local] = _Mirror(store, key, uploads)
     try:
-        yield
+        yield uploads
     finally:
         with _mirrors_guard:
             _mirrors.pop(local, None)
 
 
+def upload(path: Path) -> bool:
+    """Upload the local file ``path`` to the object it stands for (False outside a staging folder)."""
+    found = _mirror_of(path)
+    if found is None:
+        return False
+    mirror, key = found
+    size = Path(path).stat().st_size
+    mirror.store.upload(key, path)
+    mirror.uploads.add(size)
+    return True
+
+
 def publish(path: Path) -> None:
     """Upload a finished local file to the object it stands for, then drop the local copy (a no-op for
     paths outside a staging folder: local outputs are already in place)."""
-    remote = remote_of(path)
-    if remote is None:
-        return
-    store, key = remote
-    store.upload(key, path)
-    Path(path).unlink(missing_ok=True)
+    if upload(path):
+        Path(path).unlink(missing_ok=True)
 
 
 def exists(path: Path) -> bool:
@@ -225,14 +272,14 @@ def store_marker(url: StoreURL) -> dict[str, Any] | None:
 class _UploadingChunk(PendingChunk):
     """A chunk written locally, then uploaded whole to its object; the local copy goes once it is there."""
 
-    def __init__(self, pending: PendingChunk, store: Store, key: str) -> None:
+    def __init__(self, pending: PendingChunk) -> None:
         super().__init__(pending.handle, pending.tmp, pending.target)
-        self.store, self.key = store, key
 
     def commit(self) -> Path:
         target = super().commit()
         try:
-            self.store.upload(self.key, target)
+            if not upload(target):
+                raise RuntimeError(f"{target} is not in a staging folder")
         finally:
             target.unlink(missing_ok=True)
         return target
@@ -253,8 +300,7 @@ class ObjectChunkStore(ChunkStore):
         return f"{self.prefix}/{name}"
 
     def begin(self, window: Any) -> PendingChunk:
-        pending = super().begin(window)
-        return _UploadingChunk(pending, self.store, self._key(self.file_name(window)))
+        return _UploadingChunk(super().begin(window))
 
     def _own_objects(self) -> list[tuple[str, int]]:
         found = []

@@ -352,7 +352,14 @@ class ObjectStore:
         """A store's refusal becomes one line naming the object (never the credentials)."""
         try:
             yield
-        except (FileNotFoundError, FileExistsError):
+        except FileNotFoundError as exc:
+            if not writing:
+                raise
+            raise StoreError(
+                f"cannot write {self.root / key}: {' '.join(str(exc).split())[:200]}",
+                hint=f"create the bucket {self.root.bucket} first, or give another one",
+            ) from None
+        except FileExistsError:
             raise
         except Exception as exc:
             library = type(exc).__module__.split(".")[0] in (
@@ -378,3 +385,23 @@ def open_store(where: Location) -> Store:
     if isinstance(where, StoreURL):
         return ObjectStore(where)
     return LocalStore(Path(where))
+
+
+def probe(where: Location) -> str:
+    """Check that ``where`` is reachable and writable: write, read back and delete a probe object named
+    ``.edown/doctor-probe-<random>`` (nothing else is touched). Returns what was done; raises
+    :class:`StoreError` (or ``OSError`` for a folder) when it cannot."""
+    import time
+
+    store = open_store(where)
+    key = f".edown/doctor-probe-{uuid.uuid4().hex[:12]}"
+    body = b"edown doctor probe: safe to delete\n"
+    started = time.monotonic()
+    store.write_bytes(key, body)
+    try:
+        if store.read_bytes(key) != body:
+            raise StoreError(f"{store.url}: the probe object {key} read back different bytes")
+    finally:
+        store.delete(key)
+    elapsed = (time.monotonic() - started) * 1000
+    return f"writable ({key} written, read back and deleted in {elapsed:.0f} ms)"

@@ -116,6 +116,8 @@ def _print_plan(summary: Any) -> None:
         ("output pixels", f"{plan['output_pixels'] / 1e6:.2f} Mpx"),
         ("estimated time at quota", f"{plan['estimated_seconds']:.0f} s"),
     ]
+    if "store_upload_bytes_max" in plan:
+        rows.append(("bytes to the store (at most)", f"{plan['store_upload_bytes_max'] / 1e6:.1f} MB"))
     for what, value in rows:
         table.add_row(what, str(value))
     console = stdout_console()
@@ -148,6 +150,11 @@ def _print_summary(summary: Any) -> None:
             f"{stats.get('requests', 0)} ({stats.get('retries', 0)}, {stats.get('throttled', 0)})",
         ),
         ("data received", f"{stats.get('bytes_downloaded', 0) / 1e6:.1f} MB"),
+        *(
+            [("data stored", f"{stats['bytes_to_store'] / 1e6:.1f} MB")]
+            if stats.get("bytes_to_store")
+            else []
+        ),
         (
             "output",
             f"{stats.get('output_megapixels', 0):.2f} Mpx at {stats.get('megapixels_per_second') or 0:.2f} Mpx/s",
