@@ -328,3 +328,52 @@ def test_dry_run_and_summary_report_bytes_to_the_store(
         config(ee_emulator_session, tmp_path, output_root=s3_root, bands=("B4",), overwrite=True)
     )
     assert summary.stats["bytes_to_store"] >= stored > 0
+
+
+@pytest.mark.slurm
+def test_dask_workers_on_the_real_slurm_read_the_datacube_on_the_store(
+    ee_emulator_session: Emulator, tmp_path: Path, s3_root: str
+) -> None:
+    """Workers are SLURM batch jobs: each opens the store itself (the credentials and endpoint travel in
+    the task's storage options, as on a cluster whose nodes share no folder with the client)."""
+    import xarray as xr
+    from dask.distributed import Client
+    from dask_jobqueue import SLURMCluster
+
+    from edown import StackConfig, stack_images
+    from edown.stores import storage_options
+
+    summary = download_images(
+        config(ee_emulator_session, tmp_path, output_root=s3_root, end_date="2024-06-05")
+    )
+    assert isinstance(summary.manifest_path, StoreURL)
+    [cube] = stack_images(StackConfig(manifest_path=summary.manifest_path))
+    assert isinstance(cube.output_path, StoreURL)
+    options = {
+        **storage_options(cube.output_path),
+        "key": os.environ["AWS_ACCESS_KEY_ID"],
+        "secret": os.environ["AWS_SECRET_ACCESS_KEY"],
+    }
+    expected = xr.open_zarr(cube.output_path, storage_options=options, mask_and_scale=False).load()
+    cluster = SLURMCluster(
+        queue=os.environ.get("EDOWN_SLURM_PARTITION", "edown"),
+        cores=1,
+        processes=1,
+        memory="1GB",
+        walltime="00:10:00",
+        scheduler_options={"host": "127.0.0.1", "dashboard_address": None},
+        log_directory=str(tmp_path / "slurm-logs"),
+    )
+    try:
+        cluster.scale(2)
+        with Client(cluster) as client:
+            client.wait_for_workers(1, timeout=180)
+            lazy = xr.open_zarr(cube.output_path, storage_options=options, mask_and_scale=False, chunks={})
+            total = client.compute(lazy["data"].astype("float64").sum()).result()
+            first = client.compute(lazy["data"].isel(time=0)).result()
+            workers = {w["host"] for w in client.scheduler_info()["workers"].values()}
+    finally:
+        cluster.close()
+    assert workers, "the sums were computed on SLURM workers"
+    assert total == float(expected["data"].astype("float64").sum())
+    np.testing.assert_array_equal(first.values, expected["data"].isel(time=0).values)
