@@ -377,3 +377,23 @@ def test_dask_workers_on_the_real_slurm_read_the_datacube_on_the_store(
     assert workers, "the sums were computed on SLURM workers"
     assert total == float(expected["data"].astype("float64").sum())
     np.testing.assert_array_equal(first.values, expected["data"].isel(time=0).values)
+
+
+def test_google_credentials_are_never_sent_to_a_gcs_emulator(
+    ee_emulator: Emulator, tmp_path: Path, gs_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With STORAGE_EMULATOR_HOST set, edown talks to the emulator anonymously: the user's service account
+    (whose token endpoint here is the EE emulator's, which counts the tokens it issues) is never used."""
+    from edown.stores import probe, storage_options
+    from tests.test_auth import write_service_account_key
+
+    key_file = tmp_path / "key.json"
+    write_service_account_key(key_file, ee_emulator.url + "/token")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+    issued = len(ee_emulator.issued_tokens)
+    store = ObjectStore(StoreURL(gs_root))
+    store.write_bytes("a/b.txt", b"hello")
+    assert store.read_bytes("a/b.txt") == b"hello" and [o.key for o in store.list("a")] == ["a/b.txt"]
+    assert probe(StoreURL(gs_root)).startswith("writable")
+    assert storage_options(gs_root)["token"] == "anon"
+    assert len(ee_emulator.issued_tokens) == issued, "no token was fetched for the GCS emulator"
