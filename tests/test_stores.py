@@ -397,3 +397,25 @@ def test_google_credentials_are_never_sent_to_a_gcs_emulator(
     assert probe(StoreURL(gs_root)).startswith("writable")
     assert storage_options(gs_root)["token"] == "anon"
     assert len(ee_emulator.issued_tokens) == issued, "no token was fetched for the GCS emulator"
+
+
+def test_from_manifest_on_a_store_downloads_the_same_search_elsewhere(
+    ee_emulator_session: Emulator, tmp_path: Path, s3_root: str
+) -> None:
+    first = download_images(config(ee_emulator_session, tmp_path, output_root=s3_root, bands=("B4",)))
+    assert isinstance(first.manifest_path, StoreURL)
+    done = run_edown(
+        "download", "--from-manifest", first.manifest_path, "--server-url", ee_emulator_session.url,
+        "-o", str(tmp_path / "copy"), "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["downloaded"] == first.downloaded > 0 and summary["failed"] == 0
+    assert sorted(Path(r["tiff_path"]).name for r in summary["results"]) == sorted(
+        StoreURL(r.tiff_path).name for r in first.results if r.tiff_path
+    )
+    missing = run_edown(
+        "download", "--from-manifest", f"{s3_root}/manifests/nope.json", "--server-url", ee_emulator_session.url,
+        "-o", str(tmp_path / "x"), cwd=tmp_path,
+    )  # fmt: skip
+    assert missing.returncode == 2 and f"{s3_root}/manifests/nope.json does not exist" in missing.stderr

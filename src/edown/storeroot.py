@@ -25,6 +25,9 @@ How each guarantee is kept:
   must be deleted by hand (the message names it). On a store that ignores conditional writes, edown
   reads the lock back and refuses when another run's token is there, which narrows but does not close
   the race: run one edown per root there.
+- **Other writers** (a STAC catalog beside the outputs, say) write their files under the staged root
+  as they would locally and call :func:`publish` on each finished file: it is uploaded whole under the
+  same relative key, and the local copy dropped. Outside a staging folder :func:`publish` does nothing.
 - **Do no harm.** edown deletes only chunk objects (named as edown names chunks) under an image's
   ``.partial/`` prefix, and its own lock; nothing else under the prefix is listed for deletion.
 """
