@@ -35,6 +35,7 @@ How each guarantee is kept:
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -52,6 +53,7 @@ import numpy as np
 
 from edown._version import __version__
 from edown.errors import OutputLockedError
+from edown.grid import Window
 from edown.outputs import ChunkStore, PendingChunk, StoredChunk
 from edown.rootstate import MARKER_SCHEMA
 from edown.stores import ObjectStore, Store, StoreURL
@@ -302,7 +304,7 @@ class ObjectChunkStore(ChunkStore):
     def _key(self, name: str) -> str:
         return f"{self.prefix}/{name}"
 
-    def begin(self, window: Any) -> PendingChunk:
+    def begin(self, window: Window) -> PendingChunk:
         return _UploadingChunk(super().begin(window))
 
     def _own_objects(self) -> list[tuple[str, int]]:
@@ -315,8 +317,6 @@ class ObjectChunkStore(ChunkStore):
 
     def existing(self, bands: int, dtype: str, cleanup: bool = True) -> list[StoredChunk]:
         """Chunk objects whose header and size match the expected shape and dtype (others deleted)."""
-        from edown.grid import Window
-
         found = []
         for name, size in self._own_objects():
             match = self._CHUNK.fullmatch(name)
@@ -329,8 +329,6 @@ class ObjectChunkStore(ChunkStore):
         return found
 
     def _usable(self, name: str, size: int, shape: tuple[int, int, int], dtype: np.dtype[Any]) -> bool:
-        import io
-
         try:
             head = io.BytesIO(self.store.read_range(self._key(name), 0, min(size, HEADER_BYTES)))
             version = np.lib.format.read_magic(head)
