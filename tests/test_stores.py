@@ -20,6 +20,7 @@ import pytest
 import rasterio
 
 from edown import download_images
+from edown.emulator.object_stores import StoreServer
 from edown.emulator.server import Emulator
 from edown.errors import OutputLockedError
 from edown.storeroot import LOCK_KEY
@@ -419,3 +420,36 @@ def test_from_manifest_on_a_store_downloads_the_same_search_elsewhere(
         "-o", str(tmp_path / "x"), cwd=tmp_path,
     )  # fmt: skip
     assert missing.returncode == 2 and f"{s3_root}/manifests/nope.json does not exist" in missing.stderr
+
+
+def test_stacking_a_second_run_on_the_store_appends_like_locally(
+    ee_emulator_session: Emulator, tmp_path: Path, s3_root: str, s3_server: StoreServer
+) -> None:
+    """Two runs into one store root, stacked in turn: the datacube grows by the second run's dates and
+    equals the local datacube built the same way; the commit object (the group's zarr.json, with the
+    consolidated metadata) is written after every other object of the append."""
+    import xarray as xr
+
+    from edown import StackConfig, open_stack, stack_images
+
+    def runs(root: Any) -> list[Any]:
+        return [
+            download_images(
+                config(
+                    ee_emulator_session, tmp_path, output_root=root, cog=True, end_date=end, start_date=start
+                )
+            )
+            for start, end in (("2024-06-01", "2024-06-05"), ("2024-06-06", "2024-06-10"))
+        ]
+
+    local_runs, store_runs = runs(tmp_path / "local"), runs(s3_root)
+    for summary in local_runs:
+        [mine] = stack_images(StackConfig(manifest_path=summary.manifest_path))
+    for summary in store_runs:
+        [theirs] = stack_images(StackConfig(manifest_path=summary.manifest_path))
+    assert theirs.appended > 0 and theirs.appended == mine.appended
+    assert isinstance(theirs.output_path, StoreURL) and isinstance(mine.output_path, Path)
+    xr.testing.assert_equal(open_stack(theirs.output_path).load(), open_stack(mine.output_path).load())
+    zarr_key = theirs.output_path.relative_to(StoreURL(s3_root))
+    puts = [path for method, path in s3_server.requests() if method == "PUT" and f"/{zarr_key}/" in path]
+    assert puts[-1].endswith(f"/{zarr_key}/zarr.json"), puts[-5:]
