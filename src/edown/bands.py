@@ -190,12 +190,15 @@ def build_image(
     fill: float,
     scale_map: Mapping[str, float],
     plugin: Callable[[Any], Any] | None = None,
+    clear: Any = None,
 ) -> Any:
     """The ``ee.Image`` edown asks Earth Engine to compute for one record.
 
     ``plugin`` (already bound to the image's metadata and config) runs first on the full image; then the
-    selected bands, the scale factors (one multiply by a per-band constant), the output names,
-    ``unmask(fill, sameFootprint=False)`` so masked pixels arrive as nodata instead of zeros, and last the
+    selected bands, the scale factors (one multiply by a per-band constant), the output names, the cloud
+    mask (``updateMask(clear)``, ``clear`` from :func:`edown.clouds.clear_mask`, read by Earth Engine at each
+    output pixel's centre), ``unmask(fill, sameFootprint=False)`` so masked pixels arrive as nodata instead
+    of zeros, and last the
     cast to the output dtype. The cast must come last: ``unmask`` takes the union of the image's type and
     the fill's, so a float fill would otherwise turn uint16 into double and quadruple the bytes per pixel.
     """
@@ -212,6 +215,8 @@ def build_image(
     if any(f != 1.0 for f in factors):
         image = image.multiply(ee.Image.constant(factors if len(factors) > 1 else factors[0]))
     image = image.rename(list(names))
+    if clear is not None:
+        image = image.updateMask(clear)
     fill_arg: float | int = int(fill) if np.dtype(dtype).kind in "iu" else fill
     image = image.unmask(fill_arg, False)
     return getattr(image, CAST_METHODS[dtype])()

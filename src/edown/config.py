@@ -23,6 +23,7 @@ from shapely.geometry import MultiPolygon, Polygon, box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.validation import explain_validity
 
+from edown.clouds import DEFAULT_THRESHOLD, check_fraction, resolve_mask
 from edown.errors import ConfigError
 from edown.redaction import redact
 from edown.rootstate import special_file_kind
@@ -438,7 +439,11 @@ class SearchConfig:
     20"``), ``resample`` (``"none"``: bands of different resolutions become separate outputs, each on its
     native grid; ``"finest"``: one output per image on the finest selected grid, coarser bands resampled by
     nearest neighbour on the server), ``output_dtype`` (override the dtype of scaled/plugin output) and
-    ``max_images`` (stop after this many images, oldest first). ``server_url`` defaults to the
+    ``max_images`` (stop after this many images, oldest first), ``cloud_mask`` (``"scl"``,
+    ``"cloud-score-plus"``, ``"qa-pixel"`` or ``"auto"``: drop cloud and shadow pixels on Earth Engine, see
+    :mod:`edown.clouds`), ``cloud_score_threshold`` (Cloud Score+ ``cs_cdf`` below it is masked; 0.6) and
+    ``max_cloud_fraction`` (keep only images whose masked share inside the AOI is at most this; needs a
+    ``cloud_mask``). ``server_url`` defaults to the
     high-volume endpoint, or to ``$EDOWN_SERVER_URL`` when set (handy to point code at the emulator).
     """
 
@@ -462,6 +467,9 @@ class SearchConfig:
     resample: str = "none"
     output_dtype: str | None = None
     max_images: int | None = None
+    cloud_mask: str | None = None
+    cloud_score_threshold: float = DEFAULT_THRESHOLD
+    max_cloud_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.collection_id, str) or not re.fullmatch(
@@ -518,6 +526,18 @@ class SearchConfig:
             _check_positive_int(self.max_images, "max_images")
         if self.project is not None and not re.fullmatch(r"[a-z0-9][a-z0-9\-_.:]*", self.project):
             raise ConfigError("project", f"{self.project!r} is not a Google Cloud project id")
+        _set(self, "cloud_mask", resolve_mask(self.collection_id, self.cloud_mask))
+        _set(
+            self, "cloud_score_threshold", check_fraction(self.cloud_score_threshold, "cloud_score_threshold")
+        )
+        if self.max_cloud_fraction is not None:
+            _set(self, "max_cloud_fraction", check_fraction(self.max_cloud_fraction, "max_cloud_fraction"))
+            if self.cloud_mask is None:
+                raise ConfigError(
+                    "max_cloud_fraction",
+                    "needs a cloud mask to count cloudy pixels",
+                    "add --cloud-mask auto (cloud_mask='auto') or name a mask",
+                )
 
     @property
     def parsed_property_filters(self) -> tuple[PropertyFilter, ...]:
@@ -624,6 +644,8 @@ class DownloadConfig(SearchConfig):
 # ---- StackConfig ------------------------------------------------------------------------------------
 
 BACKENDS = ("threads", "dask-local", "dask-slurm")
+#: ``zarr``: a plain Zarr v3 store; ``icechunk``: an icechunk repository, one commit per run (optional extra).
+STORES = ("zarr", "icechunk")
 
 
 @dataclass(frozen=True)
@@ -636,7 +658,9 @@ class StackConfig:
     run), ``threads`` (worker threads for the ``threads`` backend; default = cores), ``walltime``
     (SLURM job walltime), ``scheduler_host`` (address SLURM workers use to reach the Dask scheduler;
     default: dask-jobqueue's choice), ``worker_timeout_seconds`` (how long to wait for the first SLURM
-    worker), ``chunk_size`` (spatial chunk side, default 512), ``progress``.
+    worker), ``chunk_size`` (spatial chunk side, default 512), ``progress``, ``store`` (``"zarr"``, or
+    ``"icechunk"`` for an icechunk repository where each run is one commit and earlier snapshots stay
+    readable; needs ``pip install 'edown[icechunk]'``).
     """
 
     manifest_path: Location
@@ -655,6 +679,7 @@ class StackConfig:
     chunk_size: int = 512
     progress: bool = False
     manifest_paths: tuple[Location, ...] = ()
+    store: str = "zarr"
 
     def __post_init__(self) -> None:
         _set(self, "manifest_path", location(self.manifest_path, "manifest_path"))
@@ -666,6 +691,8 @@ class StackConfig:
             _set(self, "output_root", location(self.output_root, "output_root"))
         if self.backend not in BACKENDS:
             raise ConfigError("backend", f"{self.backend!r} is not one of {BACKENDS}")
+        if self.store not in STORES:
+            raise ConfigError("store", f"{self.store!r} is not one of {STORES}")
         _check_positive_int(self.n_workers, "n_workers")
         _check_positive_int(self.cores_per_worker, "cores_per_worker")
         if self.threads is not None:

@@ -2,7 +2,9 @@
 
 A month of Sentinel-2 (four 10 m bands) over the London bbox of the Quickstart, which straddles the
 neighbouring tiles T30UXC and T30UYC: twelve images on one 10 m lattice, so one datacube whose edge
-tile is placed on the common grid. Nothing leaves the machine.
+tile is placed on the common grid. Clouds and their shadows are masked by default (``cloud_mask="auto"``:
+Cloud Score+ for Sentinel-2), so they arrive as nodata and show as transparent in the quicklooks. Nothing
+leaves the machine.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edown.clouds import MASKS
 from edown.config import AOI, DownloadConfig, StackConfig
 from edown.download import download_images
 from edown.emulator import EmulatorConfig, Latency, serve
@@ -32,9 +35,15 @@ class DemoOutcome:
 
 
 def run_demo(
-    output_root: Path, say: Callable[[str], None] = print, progress: bool = False, latency: str = "fast"
+    output_root: Path,
+    say: Callable[[str], None] = print,
+    progress: bool = False,
+    latency: str = "fast",
+    cloud_mask: str | None = "auto",
 ) -> DemoOutcome:
-    """Run the whole pipeline against an in-process emulator; ``say`` narrates each step."""
+    """Run the whole pipeline against an in-process emulator; ``say`` narrates each step.
+
+    ``cloud_mask`` is what the download masks (None: keep the clouds)."""
     started = time.monotonic()
     with serve(EmulatorConfig(latency=Latency.preset(latency))) as emulator:
         say(f"1/4 started a local Earth Engine emulator at {emulator.url} (latency preset '{latency}')")
@@ -47,8 +56,10 @@ def run_demo(
             server_url=emulator.url,
             output_root=output_root,
             progress=progress,
+            cloud_mask=cloud_mask,
         )
         say("2/4 searching and downloading a month of Sentinel-2 (B2, B3, B4, B8) over London...")
+        say(_cloud_line(config))
         summary = download_images(config)
         search = summary.search
         assert search is not None
@@ -73,6 +84,17 @@ def run_demo(
                 )
             )
     return DemoOutcome(summary, stacks, tuple(pictures), time.monotonic() - started)
+
+
+def _cloud_line(config: DownloadConfig) -> str:
+    if config.cloud_mask is None:
+        return "    clouds and shadows are kept (--cloud-mask auto masks them)"
+    kind = MASKS[config.cloud_mask]
+    threshold = f", threshold {config.cloud_score_threshold:g}" if kind.thresholded else ""
+    return (
+        f"    masking clouds and shadows ({kind.name}: {kind.summary}{threshold}): they become nodata,"
+        " transparent in the quicklooks (--cloud-mask none keeps them)"
+    )
 
 
 def open_snippet(store: Path) -> str:

@@ -21,7 +21,8 @@ The run has three stages:
 
 Nodata: Earth Engine serves masked pixels as zeros, which are valid values, so each request asks for
 ``unmask(fill, sameFootprint=False)``: pixels without data arrive as ``nodata`` (default: NaN for floats,
-the dtype's maximum for integers).
+the dtype's maximum for integers). A ``cloud_mask`` is applied just before (:mod:`edown.clouds`), so cloud
+pixels arrive as nodata too; images above ``max_cloud_fraction`` get status ``cloudy`` and no request.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import numpy as np
 
 from edown import earthengine
 from edown.bands import build_image, check_nodata_fits, default_nodata, fill_value
+from edown.clouds import clear_mask
 from edown.config import DownloadConfig, SearchConfig
 from edown.errors import (
     ConfigError,
@@ -73,7 +75,7 @@ from edown.progress import Counters, Reporter
 from edown.records import DownloadResult, DownloadSummary, ImageRecord, SearchResult, utc_iso
 from edown.rootstate import check_no_links, locked_root
 from edown.scheduler import Fetcher, FetchQueue
-from edown.search import search_images
+from edown.search import alignment_groups, is_cloudy, search_images, with_cloud_fractions
 from edown.storeroot import chunk_store, fetched, locked_store_root, mirrored, staging, uploads_of
 from edown.storeroot import exists as staged_exists
 from edown.stores import Location, ObjectStore, StoreURL, on_disk
@@ -132,6 +134,7 @@ class ImageJob:
             retries=self.retries,
             seconds=elapsed,
             nodata=self.nodata,
+            cloud_fraction=self.record.cloud_fraction,
         )
 
 
@@ -147,6 +150,7 @@ def _skipped(
         record_key=record.record_key,
         alignment_signature=record.alignment_signature,
         nodata=nodata,
+        cloud_fraction=record.cloud_fraction,
     )
 
 
@@ -205,6 +209,13 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
             )
         if record.outside_aoi:
             return _skipped(record, "skipped_outside_aoi", None)
+        if is_cloudy(record, config.max_cloud_fraction):
+            return _skipped(
+                record,
+                "cloudy",
+                None,
+                f"cloud fraction {record.cloud_fraction:.4f} > max_cloud_fraction {config.max_cloud_fraction:g}",
+            )
         names = record.output_band_names
         dtype = record.output_dtype
         nodata = default_nodata(dtype) if config.nodata is None else float(config.nodata)
@@ -261,8 +272,13 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
                 assert config.transform_plugin is not None
                 bound = bind(plugin, config.transform_plugin, metadata_from_record(record), config)
             selected = [b for b in record.selected_band_ids if b not in record.missing_bands]
+            clear = None
+            if config.cloud_mask is not None:
+                clear = clear_mask(
+                    record.image_id, record.system_index, config.cloud_mask, config.cloud_score_threshold
+                )
             job.expression = build_image(
-                record.image_id, selected, names, dtype, fill, config.scale_map, bound
+                record.image_id, selected, names, dtype, fill, config.scale_map, bound, clear
             )
         return job
 
@@ -559,8 +575,26 @@ def resolve_search(config: DownloadConfig) -> SearchResult:
         result = manifest.search
         if result is None:
             raise ConfigError("search_manifest", f"{config.search_manifest} has no search section")
+        if config.max_cloud_fraction is not None and any(
+            r.cloud_fraction is None and not r.outside_aoi for r in result.images
+        ):
+            result = _add_cloud_fractions(config, result)
         return result
     return search_images(config)
+
+
+def _add_cloud_fractions(config: DownloadConfig, result: SearchResult) -> SearchResult:
+    """A saved search read with ``max_cloud_fraction``: count its images' clouds now (batched)."""
+    conn = earthengine.connect(
+        config.server_url, config.project, config.credentials, timeout=config.request_timeout_seconds
+    )
+    policy = earthengine.RetryPolicy(max_retries=config.max_retries, base_delay=config.retry_delay_seconds)
+    records = with_cloud_fractions(conn, config, list(result.images), policy)
+    return replace(
+        result,
+        images=tuple(records),
+        alignment_groups=tuple(alignment_groups(records, config.max_cloud_fraction)),
+    )
 
 
 def download_images(config: DownloadConfig) -> DownloadSummary:

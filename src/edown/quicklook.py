@@ -239,6 +239,6 @@ def render(
         check_parent_folder(Path(out), "output")
     if path.suffix.lower() in (".tif", ".tiff") and path.is_file():
         return render_geotiff(path, out or path.with_suffix(".png"), bands, notify=notify)
-    if path.suffix == ".zarr" and path.is_dir():
+    if path.suffix in (".zarr", ".icechunk") and path.is_dir():
         return render_stack(path, out or path.with_name(path.stem + ".png"), bands, notify=notify)
-    raise ConfigError("path", f"{path} is neither a GeoTIFF nor a .zarr datacube")
+    raise ConfigError("path", f"{path} is neither a GeoTIFF nor a .zarr or .icechunk datacube")

@@ -21,6 +21,7 @@ STATUSES = (
     "skipped_missing_bands",
     "failed",
     "planned",
+    "cloudy",
 )
 
 
@@ -80,6 +81,8 @@ class ImageRecord:
     properties: dict[str, Any] = field(default_factory=dict, compare=False)
     footprint: dict[str, Any] | None = field(default=None, compare=False)
     version: int | None = None
+    #: Share of the mask band's valid pixels inside the AOI that the cloud mask removes (when computed).
+    cloud_fraction: float | None = None
 
     @property
     def grid(self) -> GridSpec:
@@ -131,6 +134,7 @@ class ImageRecord:
             "properties": self.properties,
             "footprint": self.footprint,
             "version": self.version,
+            "cloud_fraction": self.cloud_fraction,
         }
 
     @staticmethod
@@ -153,6 +157,7 @@ class ImageRecord:
             properties=dict(d.get("properties") or {}),
             footprint=d.get("footprint"),
             version=d.get("version"),
+            cloud_fraction=d.get("cloud_fraction"),
         )
 
 
@@ -271,6 +276,7 @@ class DownloadResult:
     retries: int = 0
     seconds: float = 0.0
     nodata: float | None = None
+    cloud_fraction: float | None = None
 
     def to_dict(self, base: Path | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -300,6 +306,7 @@ class DownloadResult:
             retries=int(d.get("retries", 0)),
             seconds=float(d.get("seconds", 0.0)),
             nodata=float("nan") if nodata == "nan" else nodata,
+            cloud_fraction=d.get("cloud_fraction"),
         )
 
 
@@ -322,7 +329,7 @@ class DownloadSummary:
     @staticmethod
     def tally(results: tuple[DownloadResult, ...]) -> tuple[int, int, int]:
         downloaded = sum(r.status == "downloaded" for r in results)
-        skipped = sum(r.status.startswith("skipped") for r in results)
+        skipped = sum(r.status.startswith("skipped") or r.status == "cloudy" for r in results)
         failed = sum(r.status == "failed" for r in results)
         return downloaded, skipped, failed
 
@@ -350,6 +357,7 @@ class StackResult:
     shape: tuple[int, ...] = ()
     seconds: float = 0.0
     error: str | None = None
+    snapshot_id: str | None = None  # the commit of an icechunk stack (store="icechunk")
 
     def to_dict(self, base: Path | None = None) -> dict[str, Any]:
         return {
@@ -362,6 +370,7 @@ class StackResult:
             "times": list(self.times),
             "shape": list(self.shape),
             "seconds": self.seconds,
+            "snapshot_id": self.snapshot_id,
         }
 
     @staticmethod
@@ -376,4 +385,5 @@ class StackResult:
             shape=tuple(d.get("shape", ())),
             seconds=float(d.get("seconds", 0.0)),
             error=d.get("error"),
+            snapshot_id=d.get("snapshot_id"),
         )

@@ -9,6 +9,10 @@ Mixed resolutions are never silently resampled: with ``resample="none"`` (the de
 native grid among an image's selected bands becomes its own record and its own output (S2 B4 at 10 m and
 B11 at 20 m give two records, labelled ``10m`` and ``20m``). ``resample="finest"`` keeps one record per
 image on the finest selected grid and lets Earth Engine resample the coarser bands (nearest neighbour).
+
+With ``max_cloud_fraction`` every candidate's cloud fraction inside the AOI is counted on Earth Engine
+(:mod:`edown.clouds`; one request per 100 images) and written to its record; images above it stay out of
+the alignment groups.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from edown import earthengine
 from edown.bands import BandMeta, band_meta_from_ee, check_maps, output_dtype, output_names, select_bands
+from edown.clouds import count_clouds
 from edown.config import SearchConfig
 from edown.errors import ConfigError, NoImagesFoundError
 from edown.grid import GridSpec, alignment_signature, aoi_window, common_window, crs_key
@@ -63,7 +69,9 @@ def search_images(config: SearchConfig) -> SearchResult:
     records, warnings = _build_records(
         config, assets, band_lists, transformed=plugin is not None or bool(config.scale_map)
     )
-    groups = alignment_groups(records)
+    if config.max_cloud_fraction is not None:
+        records = with_cloud_fractions(conn, config, records, policy)
+    groups = alignment_groups(records, config.max_cloud_fraction)
     selected = list(OrderedDict.fromkeys(b for r in records for b in r.selected_band_ids))
     names = list(OrderedDict.fromkeys(n for r in records for n in r.output_band_names))
     return SearchResult(
@@ -85,8 +93,12 @@ def date_filter(config: SearchConfig) -> str:
     images' *end* times, which drops a daily product's last day (it ends at midnight after).
     """
     start = f"{config.start_date}T00:00:00Z"
-    end_day = dt.date.fromisoformat(config.end_date) + dt.timedelta(days=1)
-    return f'startTime >= "{start}" AND startTime < "{end_day.isoformat()}T00:00:00Z"'
+    return f'startTime >= "{start}" AND startTime < "{date_filter_end(config)}T00:00:00Z"'
+
+
+def date_filter_end(config: SearchConfig) -> str:
+    """The day after ``end_date`` (ISO): the exclusive end of the search's time range."""
+    return (dt.date.fromisoformat(config.end_date) + dt.timedelta(days=1)).isoformat()
 
 
 def _discover(
@@ -295,12 +307,48 @@ def _version(asset: dict[str, Any]) -> int | None:
     return round(parse_utc(stamp).timestamp() * 1_000_000) if stamp else None
 
 
-def alignment_groups(records: list[ImageRecord]) -> list[AlignmentGroup]:
+def with_cloud_fractions(
+    conn: earthengine.Connection,
+    config: SearchConfig,
+    records: list[ImageRecord],
+    policy: earthengine.RetryPolicy,
+) -> list[ImageRecord]:
+    """The records with their images' cloud fractions inside the AOI (a few batched requests for all)."""
+    assert config.cloud_mask is not None
+    wanted = list(OrderedDict.fromkeys(r.system_index for r in records if not r.outside_aoi))
+    counts = count_clouds(
+        config.collection_id,
+        wanted,
+        (config.start_date, date_filter_end(config)),
+        config.aoi.geometry,
+        config.cloud_mask,
+        config.cloud_score_threshold,
+        lambda obj: earthengine.compute_value(conn, obj, policy),
+    )
+    return [
+        replace(r, cloud_fraction=counts[r.system_index].fraction) if r.system_index in counts else r
+        for r in records
+    ]
+
+
+def is_cloudy(record: ImageRecord, max_cloud_fraction: float | None) -> bool:
+    """Whether ``max_cloud_fraction`` drops this record (an image without a fraction is kept)."""
+    return (
+        max_cloud_fraction is not None
+        and record.cloud_fraction is not None
+        and record.cloud_fraction > max_cloud_fraction
+    )
+
+
+def alignment_groups(
+    records: list[ImageRecord], max_cloud_fraction: float | None = None
+) -> list[AlignmentGroup]:
     """Records on one grid with the same bands and dtype, each group on the common grid of its members'
-    AOI windows; also used to regroup the records of several manifests stacked together."""
+    AOI windows; also used to regroup the records of several manifests stacked together. Records too
+    cloudy for ``max_cloud_fraction`` stay out, as do those outside the AOI or missing bands."""
     by_sig: OrderedDict[str, list[ImageRecord]] = OrderedDict()
     for record in records:
-        if record.outside_aoi or record.missing_bands:
+        if record.outside_aoi or record.missing_bands or is_cloudy(record, max_cloud_fraction):
             continue
         by_sig.setdefault(record.alignment_signature, []).append(record)
     groups = []

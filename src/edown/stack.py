@@ -9,7 +9,8 @@ Layout of ``<output_root>/stacks/<collection>/<group_id>.zarr`` (documented in `
   and time-series reads among the append-safe ones (``docs/performance.md``).
 * coordinates ``time`` (UTC acquisition, int64 milliseconds on disk), ``band`` (output names), ``y``/``x``
   (pixel centres), per-time ``image_id`` and the images' scalar properties (e.g.
-  ``CLOUDY_PIXEL_PERCENTAGE``), and the CF grid mapping ``spatial_ref`` (``crs_wkt``, ``GeoTransform``), so
+  ``CLOUDY_PIXEL_PERCENTAGE``), ``cloud_fraction`` when the download computed it (the first image's, for
+  a mosaicked time step; NaN where unknown), and the CF grid mapping ``spatial_ref`` (``crs_wkt``, ``GeoTransform``), so
   ``xr.open_zarr(path).rio.crs`` / ``.rio.transform()`` and odc-geo's ``.odc.geobox`` are right.
 
 Images of a group whose AOI windows differ (edge tiles) are placed on the group's common grid. Images
@@ -25,6 +26,9 @@ Atomicity: a new store is built under a temporary name and renamed into place. A
 store (``overwrite=False``) extends the time axis and writes only the new time steps; readers see the
 consolidated metadata, which is rewritten last, so until an append has finished they see the store as it
 was, and an interrupted append is discarded and redone by the next run.
+
+``StackConfig(store="icechunk")`` keeps the same datacube in an icechunk repository instead, one commit
+per run (:mod:`edown.stack_icechunk`).
 """
 
 from __future__ import annotations
@@ -69,14 +73,14 @@ log = logging.getLogger("edown.stack")
 
 LAYOUT_VERSION = 1
 TIME_ENCODING = {"units": "milliseconds since 1970-01-01", "dtype": "int64"}
-RESERVED = {"time", "band", "y", "x", "data", "spatial_ref", "image_id"}
+RESERVED = {"time", "band", "y", "x", "data", "spatial_ref", "image_id", "cloud_fraction"}
 
 
 @dataclass(frozen=True)
 class SliceTask:
     """Everything a worker needs to write one time step (picklable, no open handles)."""
 
-    store: str
+    store: str  # the Zarr store's path (an icechunk stack's repository, for messages only)
     time_index: int
     sources: tuple[tuple[str, int, int], ...]  # (GeoTIFF path, column offset, row offset) in mosaic order
     height: int
@@ -88,14 +92,20 @@ class SliceTask:
 
 
 def write_time_slice(task: SliceTask) -> dict[str, float]:
-    """Write one time step into ``data``: whole chunks, each composed from the sources it overlaps."""
-    import rasterio
+    """Write one time step into ``data`` of the Zarr store at ``task.store``."""
     import zarr
+
+    return write_slice(zarr.open_array(task.store, path="data", mode="r+"), task)
+
+
+def write_slice(array: Any, task: SliceTask) -> dict[str, float]:
+    """Write one time step into ``array`` (``data`` of any Zarr store): whole chunks, each composed from
+    the sources it overlaps."""
+    import rasterio
     from rasterio.windows import Window as RioWindow
 
     started = time.monotonic()
     written = 0
-    array = zarr.open_array(task.store, path="data", mode="r+")
     fill = np.array(task.nodata, dtype=task.dtype)
     with rasterio.Env(GDAL_CACHEMAX=64), contextlib.ExitStack() as stack:
         sources = [
@@ -149,7 +159,8 @@ def _time_steps(records: list[tuple[ImageRecord, Path]]) -> list[TimeStep]:
 
 
 def _properties(steps: list[TimeStep]) -> dict[str, np.ndarray]:
-    """Scalar properties shared by the images as per-time coordinates (numbers as float64, text as str)."""
+    """Scalar properties shared by the images as per-time coordinates (numbers as float64, text as str),
+    and the cloud fraction inside the AOI when it was computed."""
     names: list[str] = []
     for step in steps:
         for record in step.records:
@@ -164,6 +175,9 @@ def _properties(steps: list[TimeStep]) -> dict[str, np.ndarray]:
             out[name] = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
         else:
             out[name] = np.array(["" if v is None else str(v) for v in values], dtype=object)
+    fractions = [step.records[0].cloud_fraction for step in steps]
+    if any(f is not None for f in fractions):
+        out["cloud_fraction"] = np.array([np.nan if f is None else f for f in fractions], dtype=np.float64)
     return out
 
 
@@ -235,19 +249,25 @@ def _encoding(ds: Any, chunk: int) -> dict[str, Any]:
 # ---- backends -----------------------------------------------------------------------------------------
 
 
+#: What a backend runs per task: :func:`write_time_slice`, or a store's own writer taking its own task type
+#: (picklable for the dask backends) and returning at least the ``bytes`` it wrote.
+Work = Callable[[Any], dict[str, Any]]
+Done = Callable[[Any, dict[str, Any]], None]
+
+
 @contextlib.contextmanager
 def _executor(
-    config: StackConfig, log_dir: Path
-) -> Iterator[Callable[[list[SliceTask], Callable[[SliceTask, dict[str, float]], None]], None]]:
+    config: StackConfig, log_dir: Path, work: Work = write_time_slice
+) -> Iterator[Callable[[list[Any], Done], None]]:
     """A function running tasks on the configured backend and reporting each finished task."""
     if config.backend == "threads":
         from concurrent.futures import ThreadPoolExecutor, as_completed
 
         workers = config.threads or os.cpu_count() or 2
 
-        def run_threads(tasks: list[SliceTask], done: Callable[[SliceTask, dict[str, float]], None]) -> None:
+        def run_threads(tasks: list[Any], done: Done) -> None:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edown-stack") as pool:
-                futures = {pool.submit(write_time_slice, t): t for t in tasks}
+                futures = {pool.submit(work, t): t for t in tasks}
                 for future in as_completed(futures):
                     done(futures[future], future.result())
 
@@ -296,8 +316,8 @@ def _executor(
             if config.backend == "dask-slurm":
                 client.wait_for_workers(1, timeout=config.worker_timeout_seconds)
 
-            def run_dask(tasks: list[SliceTask], done: Callable[[SliceTask, dict[str, float]], None]) -> None:
-                futures = client.map(write_time_slice, tasks, pure=False)
+            def run_dask(tasks: list[Any], done: Done) -> None:
+                futures = client.map(work, tasks, pure=False)
                 by_key = {f.key: t for f, t in zip(futures, tasks, strict=True)}
                 for future in dask_completed(futures):
                     done(by_key[future.key], future.result())
@@ -322,6 +342,10 @@ def stack_images(config: StackConfig) -> list[StackResult]:
         from edown.storestack import stack_on_store
 
         return stack_on_store(config)
+    if config.store == "icechunk":
+        from edown.stack_icechunk import require_icechunk
+
+        require_icechunk()
     sources = _merge(config)
     manifest = sources.newest
     output_root = on_disk(config.output_root or sources.output_root)
@@ -544,18 +568,16 @@ def _stack_group(
     pairs = [(record, result.tiff_path) for record, result in members if isinstance(result.tiff_path, Path)]
     log_dir = output_root / "stacks" / ".slurm-logs"
     check_no_links(output_root, log_dir)
+    if config.store == "icechunk":
+        from edown import stack_icechunk
+
+        return stack_icechunk.stack_group(
+            config, collection_id, group, pairs, target, output_root, manifest, nodata, log_dir, started
+        )
     if target.exists() and not config.overwrite:
         return _append(config, group, pairs, target, nodata, log_dir, started)
     steps = _time_steps(pairs)
-    attrs = {
-        "edown_layout_version": LAYOUT_VERSION,
-        "collection_id": collection_id,
-        "group_id": group.group_id,
-        "created_utc": utc_iso(_now()),
-        "source_manifest": str(manifest.path),
-        "nodata": "nan" if math.isnan(nodata) else nodata,
-    }
-    ds = _template(group, steps, nodata, config.chunk_size, attrs)
+    ds = _template(group, steps, nodata, config.chunk_size, _attrs(collection_id, group, manifest, nodata))
     tmp = store_temporary(target, "tmp")
     target.parent.mkdir(parents=True, exist_ok=True)
     with journalled(tmp, "dir"):
@@ -577,6 +599,18 @@ def _stack_group(
         shape=(len(steps), len(group.band_names), group.height, group.width),
         seconds=time.monotonic() - started,
     )
+
+
+def _attrs(collection_id: str, group: AlignmentGroup, manifest: Manifest, nodata: float) -> dict[str, Any]:
+    """The datacube's global attributes, written when it is created."""
+    return {
+        "edown_layout_version": LAYOUT_VERSION,
+        "collection_id": collection_id,
+        "group_id": group.group_id,
+        "created_utc": utc_iso(_now()),
+        "source_manifest": str(manifest.path),
+        "nodata": "nan" if math.isnan(nodata) else nodata,
+    }
 
 
 def _now() -> Any:
@@ -630,14 +664,20 @@ def _tasks(
     return tasks
 
 
-def _run(config: StackConfig, tasks: list[SliceTask], log_dir: Path) -> None:
+def _run(
+    config: StackConfig, tasks: list[Any], log_dir: Path, work: Work = write_time_slice
+) -> list[dict[str, Any]]:
+    """Run ``work`` over ``tasks`` on the configured backend; return what each task returned."""
     counters = Counters(images_total=len(tasks), chunks_total=len(tasks))
-    with Reporter(counters, "stack", enabled=config.progress), _executor(config, log_dir) as execute:
+    outcomes: list[dict[str, Any]] = []
+    with Reporter(counters, "stack", enabled=config.progress), _executor(config, log_dir, work) as execute:
 
-        def done(task: SliceTask, stats: dict[str, float]) -> None:
+        def done(task: Any, stats: dict[str, Any]) -> None:
             counters.add(images_done=1, chunks_done=1, bytes=int(stats["bytes"]))
+            outcomes.append(stats)
 
         execute(tasks, done)
+    return outcomes
 
 
 def _to_zarr(ds: Any, path: Path, chunk: int) -> None:
@@ -682,33 +722,11 @@ def _append(
     import zarr
 
     committed = xr.open_zarr(target, mask_and_scale=False)
-    if committed.attrs.get("group_id") != group.group_id or tuple(committed.band.values) != group.band_names:
-        raise StackError(
-            f"{target} holds a different group or bands", hint="use overwrite=True (--overwrite)"
-        )
-    if str(committed["data"].dtype) != group.dtype:
-        raise StackError(
-            f"{target} has dtype {committed['data'].dtype}, not {group.dtype}", hint="use overwrite=True"
-        )
-    existing_ids = set()
-    for joined in committed["image_id"].values.tolist():
-        existing_ids.update(str(joined).split("|"))
+    existing_ids = committed_image_ids(committed, group, target)
     t_committed = committed.sizes["time"]
-    stored_transform = tuple(committed.rio.transform())[:6]
-    if (committed.sizes["y"], committed.sizes["x"]) != (
-        group.height,
-        group.width,
-    ) or stored_transform != tuple(group.transform):
-        raise StackError(
-            f"{target} is on a different grid than group {group.group_id}", hint="use overwrite=True"
-        )
     committed.close()
     root = zarr.open_group(str(target), mode="r+", use_consolidated=False)
-    arrays = {
-        name: arr
-        for name, arr in root.arrays()
-        if (getattr(arr.metadata, "dimension_names", None) or ("",))[0] == "time"
-    }
+    arrays = time_arrays(root)
     # Time steps beyond the committed ones come from an interrupted append: drop them and redo.
     for arr in arrays.values():
         if arr.shape[0] != t_committed:
@@ -727,20 +745,7 @@ def _append(
         )
     steps = _time_steps(new_pairs)
     n = len(steps)
-    props = _properties(steps)
-    for arr in arrays.values():
-        arr.resize((t_committed + n, *arr.shape[1:]))
-    arrays["time"][t_committed:] = np.array([s.millis for s in steps], dtype=np.int64)
-    arrays["image_id"][t_committed:] = np.array([s.image_id for s in steps], dtype=object)
-    for name, arr in arrays.items():
-        if name in ("data", "time", "image_id"):
-            continue
-        if name in props:
-            arr[t_committed:] = props[name]
-        elif np.dtype(arr.dtype).kind == "f":
-            arr[t_committed:] = np.full(n, np.nan)
-        else:
-            arr[t_committed:] = np.array([""] * n, dtype=object)
+    extend_time(arrays, t_committed, steps)
     # An append keeps the store's own chunking, whatever chunk_size says today.
     tasks = _tasks(str(target), group, steps, t_committed, nodata, max(arrays["data"].chunks[-2:]))
     _run(config, tasks, log_dir)
@@ -758,6 +763,60 @@ def _append(
         shape=(total, len(group.band_names), group.height, group.width),
         seconds=time.monotonic() - started,
     )
+
+
+def committed_image_ids(committed: Any, group: AlignmentGroup, target: Path) -> set[str]:
+    """The image ids in a datacube opened with xarray, after checking that ``group`` may be appended to
+    it (same group, bands, dtype and grid)."""
+    if committed.attrs.get("group_id") != group.group_id or tuple(committed.band.values) != group.band_names:
+        raise StackError(
+            f"{target} holds a different group or bands", hint="use overwrite=True (--overwrite)"
+        )
+    if str(committed["data"].dtype) != group.dtype:
+        raise StackError(
+            f"{target} has dtype {committed['data'].dtype}, not {group.dtype}", hint="use overwrite=True"
+        )
+    stored_transform = tuple(committed.rio.transform())[:6]
+    if (committed.sizes["y"], committed.sizes["x"]) != (
+        group.height,
+        group.width,
+    ) or stored_transform != tuple(group.transform):
+        raise StackError(
+            f"{target} is on a different grid than group {group.group_id}", hint="use overwrite=True"
+        )
+    existing_ids: set[str] = set()
+    for joined in committed["image_id"].values.tolist():
+        existing_ids.update(str(joined).split("|"))
+    return existing_ids
+
+
+def time_arrays(root: Any) -> dict[str, Any]:
+    """The arrays of a Zarr group whose first dimension is ``time`` (``data`` and the per-time values)."""
+    return {
+        name: arr
+        for name, arr in root.arrays()
+        if (getattr(arr.metadata, "dimension_names", None) or ("",))[0] == "time"
+    }
+
+
+def extend_time(arrays: dict[str, Any], t_committed: int, steps: list[TimeStep]) -> None:
+    """Grow the time arrays by ``steps`` and write their time, image ids and properties (a property the
+    store does not have is dropped; one the new images lack is NaN or empty)."""
+    n = len(steps)
+    props = _properties(steps)
+    for arr in arrays.values():
+        arr.resize((t_committed + n, *arr.shape[1:]))
+    arrays["time"][t_committed:] = np.array([s.millis for s in steps], dtype=np.int64)
+    arrays["image_id"][t_committed:] = np.array([s.image_id for s in steps], dtype=object)
+    for name, arr in arrays.items():
+        if name in ("data", "time", "image_id"):
+            continue
+        if name in props:
+            arr[t_committed:] = props[name]
+        elif np.dtype(arr.dtype).kind == "f":
+            arr[t_committed:] = np.full(n, np.nan)
+        else:
+            arr[t_committed:] = np.array([""] * n, dtype=object)
 
 
 def _record(
@@ -778,28 +837,45 @@ def _record(
         manifest.write()
 
 
-def open_stack(path: str | Path, masked: bool = False) -> Any:
+def open_stack(path: str | Path, masked: bool = False, snapshot: str | None = None, as_of: Any = None) -> Any:
     """Open a datacube written by :func:`stack_images` as an xarray Dataset with its CRS attached.
 
     ``masked=False`` keeps the stored dtype (nodata in ``data.attrs['_FillValue']``); ``masked=True`` gives
-    floats with NaN where there is no data, as ``xr.open_zarr`` does by default.
+    floats with NaN where there is no data, as ``xr.open_zarr`` does by default. An icechunk stack
+    (``store="icechunk"``) opens at its newest commit, or at the commit ``snapshot`` (an id, as in
+    ``StackResult.snapshot_id``), or as it was at the time ``as_of`` (a timezone-aware datetime).
     """
     import rioxarray  # noqa: F401  (registers .rio)
     import xarray as xr
 
-    source: Any
+    from edown import stack_icechunk
+
     if is_store_url(path):
+        if snapshot is not None or as_of is not None:
+            raise StackError(
+                f"{path} is a Zarr store on an object store: it has no snapshots",
+                hint="snapshot= and as_of= are for stacks built with store='icechunk'",
+            )
         from edown.storestack import open_store_zarr
 
-        source = open_store_zarr(StoreURL(str(path)))
+        ds = xr.open_zarr(open_store_zarr(StoreURL(str(path))), mask_and_scale=masked)
     else:
-        source = Path(path)
-        if not (source / "zarr.json").exists():
+        path = Path(path)
+        if stack_icechunk.is_repository(path):
+            ds = stack_icechunk.open_repository(path, masked, snapshot, as_of)
+        elif snapshot is not None or as_of is not None:
+            raise StackError(
+                f"{path} is not an icechunk stack: it has no snapshots",
+                hint="snapshot= and as_of= are for stacks built with store='icechunk'",
+            )
+        elif not (path / "zarr.json").exists():
             raise StackError(
                 f"{path} is not a Zarr store written by edown",
-                hint="give a path like data/stacks/<collection>/<group>.zarr, or its s3:// / gs:// URL",
+                hint="give a path like data/stacks/<collection>/<group>.zarr (or <group>.icechunk), "
+                "or its s3:// / gs:// URL",
             )
-    ds = xr.open_zarr(source, mask_and_scale=masked)
+        else:
+            ds = xr.open_zarr(path, mask_and_scale=masked)
     if ds.rio.crs is None and "spatial_ref" in ds.coords:
         ds = ds.rio.write_crs(ds["spatial_ref"].attrs.get("crs_wkt"))
     return ds

@@ -45,6 +45,11 @@ def stack_on_store(config: StackConfig) -> list[StackResult]:
             "manifest_path: stacking from a store takes exactly one manifest on the store",
             hint="stack each run's manifest in turn; each appends to the datacube",
         )
+    if config.store != "zarr":
+        raise StackError(
+            f"store: {config.store!r} datacubes on an object store are not supported yet",
+            hint="stack to Zarr on the store (the default), or stack a local download with store='icechunk'",
+        )
     manifest = load_manifest(manifest_url)
     root = _trusted_store_root(manifest_url, manifest.root_id)
     if config.output_root is not None and str(config.output_root) != str(root):

@@ -18,14 +18,20 @@ from edown.cli.errors import handle_errors
 @click.option(
     "--latency", default="fast", show_default=True, help="Emulator latency preset: none, fast or ee."
 )
+@click.option(
+    "--cloud-mask",
+    default="auto",
+    show_default=True,
+    help="Cloud mask for the download (scl, cloud-score-plus, auto) or none to keep the clouds.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print where everything is as JSON.")
 @handle_errors
-def demo(output_root: str, latency: str, as_json: bool) -> None:
+def demo(output_root: str, latency: str, cloud_mask: str, as_json: bool) -> None:
     """Run search -> download -> stack offline against the embedded Earth Engine emulator.
 
     \b
     Writes GeoTIFFs, a Zarr datacube, a manifest and quicklook PNGs under OUTPUT_ROOT, then prints how to
-    open them. Nothing leaves the machine.
+    open them. Clouds are masked (Cloud Score+) unless --cloud-mask none. Nothing leaves the machine.
     """
     from edown.demo import open_snippet, run_demo
 
@@ -36,6 +42,7 @@ def demo(output_root: str, latency: str, as_json: bool) -> None:
         say=lambda line: console.print(line, markup=False),
         progress=sys.stderr.isatty(),
         latency=latency,
+        cloud_mask=None if cloud_mask == "none" else cloud_mask,
     )
     stores = [str(s.output_path) for s in outcome.stacks if s.output_path]
     if as_json:

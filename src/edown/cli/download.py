@@ -9,7 +9,7 @@ import click
 
 from edown.cli.console import echo_json, stderr_console, stdout_console
 from edown.cli.errors import handle_errors
-from edown.cli.options import DOWNLOAD_FIELDS, download_options, search_kwargs, search_options
+from edown.cli.options import DOWNLOAD_FIELDS, cloud_kwargs, download_options, search_kwargs, search_options
 from edown.errors import ConfigError
 from edown.redaction import redact
 
@@ -28,7 +28,7 @@ def _download_config(params: dict[str, Any]) -> Any:
             raise ConfigError("--from-manifest", f"{source} has no search section")
         mine = {
             k: params[k] for k in ("server_url", "project", "transform_plugin") if params.get(k) is not None
-        }
+        } | cloud_kwargs(params)
         base = search_config_from_dict(saved, **mine)
         _check_saved_user_fields(source, saved, base)
         values = {**{k: getattr(base, k) for k in saved if hasattr(base, k)}, **mine, **extra}
@@ -123,13 +123,31 @@ def _print_plan(summary: Any) -> None:
     console = stdout_console()
     console.print(table)
     console.print(f"[dim]estimate assumes {plan['assumptions']}[/]", markup=True)
+    _print_cloud_fractions(summary)
+
+
+def _print_cloud_fractions(summary: Any) -> None:
+    """The cloud fraction inside the AOI of every image, when they were computed (--max-cloud-fraction)."""
+    from rich.table import Table
+
+    from edown.cli.search import cloud_text
+
+    measured = [r for r in summary.results if r.cloud_fraction is not None]
+    if not measured:
+        return
+    table = Table(title="cloud fraction inside the AOI", title_justify="left")
+    for column in ("image", "cloud", "status"):
+        table.add_column(column, no_wrap=True)
+    for r in measured:
+        table.add_row(r.record_key, cloud_text(r.cloud_fraction), r.status)
+    stdout_console().print(table)
 
 
 def _print_summary(summary: Any) -> None:
     from rich.table import Table
 
     console = stdout_console()
-    problems = [r for r in summary.results if r.status == "failed" or r.status == "skipped_missing_bands"]
+    problems = [r for r in summary.results if r.status in ("failed", "skipped_missing_bands", "cloudy")]
     if problems:
         table = Table(title="images not downloaded", title_justify="left")
         for column in ("image", "status", "error"):

@@ -58,6 +58,24 @@ def search_options(func: F) -> F:
             help="Override the output dtype (default: from Earth Engine; float32 when scaled).",
         ),
         click.option("--max-images", type=int, help="Keep at most this many images (oldest first)."),
+        # Values are parsed by the config (not click), so a bad one is one line naming the option.
+        click.option(
+            "--cloud-mask",
+            metavar="[scl|cloud-score-plus|qa-pixel|auto]",
+            help="Mask clouds and shadows on Earth Engine (masked pixels become nodata); auto: the"
+            " collection's default (Cloud Score+ for Sentinel-2, QA_PIXEL for Landsat).",
+        ),
+        click.option(
+            "--cloud-score-threshold",
+            metavar="FLOAT",
+            help="cloud-score-plus: mask pixels whose cs_cdf is below this (0..1, default 0.6).",
+        ),
+        click.option(
+            "--max-cloud-fraction",
+            metavar="FLOAT",
+            help="Keep only images whose masked share of the AOI is at most this (0..1; costs one"
+            " request per 100 images; needs --cloud-mask).",
+        ),
         click.option(
             "--server-url",
             envvar="EDOWN_SERVER_URL",
@@ -89,7 +107,25 @@ def _aoi(bbox: str | None, geojson: str | None) -> Any:
     return AOI.from_geojson(Path(str(geojson)), "geojson")
 
 
+def cloud_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    """The cloud options given on the command line (also what overrides a saved search's)."""
+    out: dict[str, Any] = {}
+    if params.get("cloud_mask") is not None:
+        out["cloud_mask"] = params["cloud_mask"]
+    for name in ("cloud_score_threshold", "max_cloud_fraction"):
+        text = params.get(name)
+        if text is not None:
+            try:
+                out[name] = float(text)
+            except ValueError:
+                raise ConfigError(
+                    name, f"{text!r} is not a number", "give a number from 0 to 1, e.g. 0.3"
+                ) from None
+    return out
+
+
 def search_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    from edown.clouds import DEFAULT_THRESHOLD
     from edown.config import HIGH_VOLUME_URL
 
     for name in ("collection_id", "start_date", "end_date"):
@@ -110,6 +146,8 @@ def search_kwargs(params: dict[str, Any]) -> dict[str, Any]:
         "resample": params.get("resample") or "none",
         "output_dtype": params.get("output_dtype"),
         "max_images": params.get("max_images"),
+        "cloud_score_threshold": DEFAULT_THRESHOLD,
+        **cloud_kwargs(params),
         "server_url": params.get("server_url") or HIGH_VOLUME_URL,
         "project": params.get("project"),
     }

@@ -29,7 +29,7 @@ from edown.cli.errors import handle_errors
 @click.option("--json", "as_json", is_flag=True, help="Print the PNG's path as JSON.")
 @handle_errors
 def quicklook(path: str, output: str | None, bands: tuple[str, ...], as_json: bool) -> None:
-    """Render a PNG of a GeoTIFF, or a dated time strip of a Zarr datacube (nodata transparent).
+    """Render a PNG of a GeoTIFF, or a dated time strip of a Zarr or icechunk datacube (nodata transparent).
 
     One band is drawn in grey, three as red, green, blue; when bands are left out a note says which are
     drawn and how to choose.

@@ -59,13 +59,19 @@ def _print_search_table(result: Any) -> None:
         f"{len(result.alignment_groups)} alignment group(s)",
         title_justify="left",
     )
-    for column in ("time (UTC)", "image", "CRS", "pixel", "window (px)", "group", "note"):
+    clouds = any(r.cloud_fraction is not None for r in result.images)
+    columns = ("time (UTC)", "image", "CRS", "pixel", "window (px)", "group", *(("cloud",) if clouds else ()))
+    for column in (*columns, "note"):
         table.add_column(column, no_wrap=True, min_width=12 if column == "image" else None)
     for r in result.images:
         note = (
             "missing " + ",".join(r.missing_bands)
             if r.missing_bands
-            else ("outside AOI" if r.outside_aoi else "")
+            else "outside AOI"
+            if r.outside_aoi
+            else "cloudy (above --max-cloud-fraction)"
+            if r.cloud_fraction is not None and result.group_of(r) is None
+            else ""
         )
         label = f" [{r.grid_label}]" if r.grid_label else ""
         table.add_row(
@@ -75,6 +81,7 @@ def _print_search_table(result: Any) -> None:
             f"{abs(r.native_transform[0]):g}",
             f"{r.window[2]}x{r.window[3]}",
             r.alignment_signature,
+            *((cloud_text(r.cloud_fraction),) if clouds else ()),
             note,
         )
     console = stdout_console()
@@ -85,6 +92,11 @@ def _print_search_table(result: Any) -> None:
     )
     for warning in result.warnings:
         stderr_console().print(f"[yellow]warning:[/] {warning}", markup=True)
+
+
+def cloud_text(fraction: float | None) -> str:
+    """A cloud fraction as the tables show it (``-``: the mask band has no data in the AOI)."""
+    return "-" if fraction is None else f"{100 * fraction:.1f}%"
 
 
 def _shorten(image_id: str, collection_id: str) -> str:

@@ -40,6 +40,14 @@ from edown.stores import StoreURL, location
 )
 @click.option("--overwrite", is_flag=True, help="Rebuild stores instead of appending new dates.")
 @click.option(
+    "--store",
+    type=click.Choice(["zarr", "icechunk"]),
+    default="zarr",
+    show_default=True,
+    help="icechunk: each run is one commit of an icechunk repository, older snapshots stay readable "
+    "(pip install 'edown[icechunk]').",
+)
+@click.option(
     "--n-workers", type=int, default=4, show_default=True, help="Dask workers (SLURM jobs for dask-slurm)."
 )
 @click.option("--cores-per-worker", type=int, default=1, show_default=True)
@@ -68,7 +76,8 @@ def stack(
       edown stack -m data/manifests
       edown stack -m latest -o data
       edown stack -m run.json --backend dask-slurm --slurm-queue normal --n-workers 8
-    Open a result with: edown.open_stack("data/stacks/<collection>/<group>.zarr")
+      edown stack -m latest --store icechunk
+    Open a result with: edown.open_stack("data/stacks/<collection>/<group>.zarr") (or <group>.icechunk)
     """
     from edown.config import StackConfig
     from edown.stack import manifest_files, stack_images
@@ -104,7 +113,7 @@ def stack(
             table.add_column(column)
         for r in results:
             where = (
-                str(r.output_path)
+                str(r.output_path) + (f" (commit {r.snapshot_id})" if r.snapshot_id else "")
                 if r.output_path
                 else (r.error and f"error: {r.error}") or r.skipped_reason or ""
             )

@@ -22,13 +22,30 @@ For band ``b`` of image ``i`` at native row ``r`` and column ``c``:
    ``terrain`` (``T``), ``vegetation`` and ``cloud``; the cloud field is shifted per acquisition by the
    image's ``cloud_seed`` so clouds move between dates.
 3. *Derived quantities* (integers): ``season`` is a triangle wave of the day of year peaking on day 196
-   (0..1000); ``veg = V * (400 + 3 * season // 5) // 1000``; ``water = T < 16000``; the cloud opacity
-   ``O = clip((C - thr) * 6, 0, 65535)`` with ``thr = 32768 + (5000 - cloud_percent_x100) * 4`` so
-   that roughly ``CLOUDY_PIXEL_PERCENTAGE`` percent of an image is cloud.
+   (0..1000); ``veg = V * (400 + 3 * season // 5) // 1000``; ``water = T < 16000``. The *cloud field* is
+   the one source of every cloud product. With ``thr = 32768 + (5000 - cloud_percent_x100) * 4`` (so that
+   roughly ``CLOUDY_PIXEL_PERCENTAGE`` percent of an image is cloud) and ``C(dr, dc)`` the cloud field
+   looked up ``dr`` rows and ``dc`` columns away:
+
+   - *opacity* ``O = clip((C(0, 0) - thr) * 6, 0, 65535)``; *cloud* where ``O > 15000``, *opaque cloud*
+     where ``O > 40000``;
+   - *shadow*: the opacity ``O`` a fixed ``(30, 20)`` pixels away (south-east: the sun is in the
+     south-east at overpass, so a cloud's shadow lies to its north-west) is above 15000, here is no
+     cloud, and this is not water;
+   - *cirrus* strength ``K = clip((C(733, 1291) - thr - 2000) * 3, 0, 65535)`` (an independent patch of
+     the same field); *thin cirrus* where ``K > 8000`` and here is no cloud;
+   - *dilated cloud*: ``C(0, 0) > thr - 1500`` and here is no cloud (a ring around every cloud: the field
+     is smooth).
+
+   Offsets are in pixels of the band's own grid.
 4. *Band recipe.* Reflectance-like bands: ``base + (T * soil >> 16) + (veg * vegcoef >> 16)`` on land,
-   ``water_level + (T >> 10)`` on water, then mixed towards the cloud brightness by ``O``. Class and QA
-   bands are thresholds of the same quantities; float bands are affine maps of the fields computed in
-   float64 and rounded once to float32. The coefficients are the tables below.
+   ``water_level + (T >> 10)`` on water; then darkened to 45 % under a shadow, mixed towards the cloud
+   brightness by ``K // 4`` (cirrus) and last by ``O``. Class and QA bands are the cloud field's classes
+   (S2 ``SCL``: 3 shadow, 8 cloud, 9 opaque cloud, 10 thin cirrus, else 4 vegetation, 5 bare, 6 water;
+   Landsat ``QA_PIXEL``: bit 1 dilated cloud, 2 cirrus, 3 cloud, 4 shadow, 6 clear, 7 water and the
+   confidence pairs; see :func:`qa_pixel`); ``cs``/``cs_cdf`` of Cloud Score+ fall with ``max(O, K // 2,
+   shadow * 30000)``; float bands are affine maps of the fields computed in float64 and rounded once to
+   float32. The coefficients are the tables below.
 5. *Validity.* A pixel has data when its centre ``(x0 + (c + 0.5) * res, y0 - (r + 0.5) * res)`` is inside
    the image footprint (exact half-plane tests in the native CRS), inside the grid, and, for MODIS, inside
    the sinusoidal projection's valid area, for ERA5-Land, on land (``T >= 16000``). Invalid pixels are
@@ -56,6 +73,19 @@ FIELD_SEEDS = {"terrain": 0x7E44A1, "vegetation": 0x5E6E7A, "cloud": 0xC10D5}
 B_SHIFT = (517, 911)
 MODIS_SPHERE_RADIUS = 6371007.181
 WATER_LEVEL = 16000
+#: Opacity above which a pixel is cloud (S2 SCL 8, Landsat QA_PIXEL bit 3), and opaque cloud (SCL 9).
+CLOUD_OPACITY = 15000
+OPAQUE_OPACITY = 40000
+#: Where a pixel's shadow-casting cloud is looked up, in (rows, columns) of the band's grid.
+SHADOW_OFFSET = (30, 20)
+#: Cirrus: an independent patch of the cloud field, thinner (above ``thr + margin``) and sparser.
+CIRRUS_SHIFT = (733, 1291)
+CIRRUS_MARGIN = 2000
+CIRRUS_MIN = 8000
+#: Dilated cloud: the cloud field within this margin below the cloud threshold.
+DILATION_MARGIN = 1500
+#: Shadows keep this share (percent) of the reflectance.
+SHADOW_PERCENT = 45
 
 _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xD1B54A32D192ED03)
@@ -213,11 +243,60 @@ class _Context:
     @property
     def opacity(self) -> np.ndarray:
         def make() -> np.ndarray:
-            cc = int(self.asset.seeds.get("cloud_percent_x100", 0))
-            thr = 32768 + (5000 - cc) * 4
-            return np.clip((self.cloud - thr) * 6, 0, 65535)
+            return np.clip((self.cloud - self.cloud_threshold) * 6, 0, 65535)
 
         return self.get("O", make)
+
+    def _opacity_at(self, dr: int, dc: int) -> np.ndarray:
+        seed = int(self.asset.seeds.get("cloud_seed", 0))
+        field_ = self._lookup("cloud", (seed * 37) % 3_072_000 + dr, (seed * 101) % 3_072_000 + dc)
+        return np.clip((field_ - self.cloud_threshold) * 6, 0, 65535)
+
+    @property
+    def cloud_threshold(self) -> int:
+        return 32768 + (5000 - int(self.asset.seeds.get("cloud_percent_x100", 0))) * 4
+
+    @property
+    def cloudy(self) -> np.ndarray:
+        return self.get("cloudy", lambda: self.opacity > CLOUD_OPACITY)
+
+    @property
+    def shadow(self) -> np.ndarray:
+        def make() -> np.ndarray:
+            caster = self._opacity_at(*SHADOW_OFFSET) > CLOUD_OPACITY
+            return caster & ~self.cloudy & ~self.water
+
+        return self.get("shadow", make)
+
+    @property
+    def cirrus_strength(self) -> np.ndarray:
+        def make() -> np.ndarray:
+            seed = int(self.asset.seeds.get("cloud_seed", 0))
+            dr, dc = CIRRUS_SHIFT
+            field_ = self._lookup("cloud", (seed * 37) % 3_072_000 + dr, (seed * 101) % 3_072_000 + dc)
+            return np.clip((field_ - self.cloud_threshold - CIRRUS_MARGIN) * 3, 0, 65535)
+
+        return self.get("K", make)
+
+    @property
+    def cirrus(self) -> np.ndarray:
+        return self.get("cirrus", lambda: (self.cirrus_strength > CIRRUS_MIN) & ~self.cloudy)
+
+    @property
+    def dilated(self) -> np.ndarray:
+        return self.get(
+            "dilated", lambda: (self.cloud > self.cloud_threshold - DILATION_MARGIN) & ~self.cloudy
+        )
+
+    @property
+    def obstruction(self) -> np.ndarray:
+        """What Cloud Score+ sees: clouds, a share of the cirrus, and shadows (0..65535)."""
+        return self.get(
+            "Q",
+            lambda: np.maximum(
+                np.maximum(self.opacity, self.cirrus_strength // 2), np.where(self.shadow, 30000, 0)
+            ),
+        )
 
     def global_rows(self) -> np.ndarray:
         return self.pos.r() + self.row_offset
@@ -285,6 +364,8 @@ def reflectance(ctx: _Context, kind: str) -> np.ndarray:
         base, soil, vegc, water_level, cloud_level = REFLECTANCE[kind]
         land = base + ((ctx.terrain * soil) >> 16) + ((ctx.veg * vegc) >> 16)
         value = np.where(ctx.water, water_level + (ctx.terrain >> 10), land)
+        value = np.where(ctx.shadow, value * SHADOW_PERCENT // 100, value)
+        value = value + (((cloud_level - value) * (ctx.cirrus_strength // 4)) >> 16)
         return value + (((cloud_level - value) * ctx.opacity) >> 16)
 
     return ctx.get("refl:" + kind, make)
@@ -301,19 +382,21 @@ def _s2(ctx: _Context, band: str) -> np.ndarray:
     if band == "SCL":
         cls = np.where(ctx.veg > 20000, 4, 5)
         cls = np.where(ctx.water, 6, cls)
-        cls = np.where(o > 15000, 8, cls)
-        return np.where(o > 40000, 9, cls)
+        cls = np.where(ctx.shadow, 3, cls)
+        cls = np.where(ctx.cirrus, 10, cls)
+        cls = np.where(ctx.cloudy, 8, cls)
+        return np.where(o > OPAQUE_OPACITY, 9, cls)
     if band in ("TCI_R", "TCI_G", "TCI_B"):
         kind = {"TCI_R": "red", "TCI_G": "green", "TCI_B": "blue"}[band]
         return np.minimum(255, reflectance(ctx, kind) * 255 // 3000)
     if band == "MSK_CLDPRB":
         return o * 100 // 65535
     if band == "QA60":
-        return np.where(o > 40000, 1024, np.where((o > 10000) & (o <= 25000), 2048, 0))
+        return np.where(o > OPAQUE_OPACITY, 1024, np.where(ctx.cirrus, 2048, 0))
     if band == "MSK_CLASSI_OPAQUE":
-        return (o > 40000).astype(np.int32)
+        return (o > OPAQUE_OPACITY).astype(np.int32)
     if band == "MSK_CLASSI_CIRRUS":
-        return ((o > 10000) & (o <= 25000)).astype(np.int32)
+        return ctx.cirrus.astype(np.int32)
     if band in ("MSK_SNWPRB", "QA10", "QA20", "MSK_CLASSI_SNOW_ICE"):
         return np.zeros(ctx.pos.shape, dtype=np.int32)
     raise KeyError(band)
@@ -322,10 +405,11 @@ def _s2(ctx: _Context, band: str) -> np.ndarray:
 def _s2_clouds(ctx: _Context, band: str) -> np.ndarray:
     """Cloud Score+ and S2 cloud probability: views of the S2 image's own cloud opacity ``O``.
 
-    ``cs = 1 - O / 65535`` and ``cs_cdf = 1 - min(1, 1.25 * O / 65535)`` (float32, 1 = clear);
-    ``probability = O * 100 // 65535`` (uint8, the S2 image's ``MSK_CLDPRB`` on the 10 m grid).
+    With the obstruction ``Q = max(O, K // 2, 30000 where shadow)``: ``cs = 1 - Q / 65535`` and
+    ``cs_cdf = 1 - min(1, 1.25 * Q / 65535)`` (float32, 1 = clear); ``probability = O * 100 // 65535``
+    (uint8, the S2 image's ``MSK_CLDPRB`` on the 10 m grid).
     """
-    o = ctx.opacity.astype(np.float64)
+    o = ctx.obstruction.astype(np.float64)
     if band == "cs":
         return 1.0 - o / 65535.0
     if band == "cs_cdf":
@@ -357,12 +441,34 @@ def _landsat(ctx: _Context, band: str) -> np.ndarray:
         "ST_QA": lambda: 100 + (o >> 8),
         "ST_TRAD": lambda: 7000 + (t >> 5),
         "ST_URAD": lambda: 800 + (t >> 8),
-        "QA_PIXEL": lambda: np.where(
-            o > 40000, 22280, np.where(o > 15000, 22018, np.where(ctx.water, 21952, 21824))
-        ),
+        "QA_PIXEL": lambda: qa_pixel(ctx),
         "QA_RADSAT": lambda: np.zeros(ctx.pos.shape, dtype=np.int32),
     }
     return simple[band]()
+
+
+def qa_pixel(ctx: _Context) -> np.ndarray:
+    """Landsat Collection 2 ``QA_PIXEL`` from the cloud field.
+
+    Bit 1 dilated cloud, 2 cirrus, 3 cloud, 4 cloud shadow, 6 clear (neither cloud nor dilated cloud),
+    7 water; confidence pairs (1 low, 2 medium, 3 high): cloud 8-9 (medium for cloud, high for opaque
+    cloud), shadow 10-11, snow 12-13 (always low), cirrus 14-15 (high where cirrus).
+    """
+    o = ctx.opacity
+    cloud_conf = np.where(o > OPAQUE_OPACITY, 3, np.where(ctx.cloudy, 2, 1))
+    clear = ~ctx.cloudy & ~ctx.dilated
+    return (
+        ctx.dilated * 2
+        + ctx.cirrus * 4
+        + ctx.cloudy * 8
+        + ctx.shadow * 16
+        + clear * 64
+        + ctx.water * 128
+        + (cloud_conf << 8)
+        + (np.where(ctx.shadow, 3, 1) << 10)
+        + (1 << 12)
+        + (np.where(ctx.cirrus, 3, 1) << 14)
+    )
 
 
 def _modis(ctx: _Context, band: str) -> np.ndarray:
