@@ -528,12 +528,12 @@ def _manifest_path(config: DownloadConfig, started: dt.datetime) -> Location:
 
 @dataclass(frozen=True)
 class _StoreTarget:
-    """Where a staged run's outputs really go: the store root (if any) and the manifest's URL/path."""
+    """Where a staged run's outputs really go: the store root (None when only the manifest is on a
+    store), its id, and the staging folder that stands for it."""
 
     root: StoreURL | None
     root_id: str | None
     staged_root: Path
-    manifest: Location
 
     def url_of(self, path: Path | StoreURL | None) -> Path | StoreURL | None:
         if path is None or self.root is None or isinstance(path, StoreURL):
@@ -642,7 +642,6 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
             config.output_root if isinstance(config.output_root, StoreURL) else None,
             root_id,
             local_root,
-            manifest_target,
         )
         summary = _download(local, started_wall, target)
     return replace(
