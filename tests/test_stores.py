@@ -453,3 +453,22 @@ def test_stacking_a_second_run_on_the_store_appends_like_locally(
     zarr_key = theirs.output_path.relative_to(StoreURL(s3_root))
     puts = [path for method, path in s3_server.requests() if method == "PUT" and f"/{zarr_key}/" in path]
     assert puts[-1].endswith(f"/{zarr_key}/zarr.json"), puts[-5:]
+
+
+def test_a_search_saved_on_a_store_is_downloaded_from_there(
+    ee_emulator_session: Emulator, tmp_path: Path, gs_root: str
+) -> None:
+    saved = f"{gs_root}/searches/june.json"
+    area = ["-c", "COPERNICUS/S2_SR_HARMONIZED", "--start-date", "2024-06-01", "--end-date", "2024-06-05"]
+    area += ["--bbox", "-0.60,51.48,-0.43,51.56", "-b", "B4", "--server-url", ee_emulator_session.url]
+    done = run_edown("search", *area, "--manifest-path", saved, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "searches/june.json" in _keys(gs_root) and not (tmp_path / "gs:").exists()
+    done = run_edown(
+        "download", "--from-manifest", saved, "--server-url", ee_emulator_session.url, "-o", gs_root, "--json",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["downloaded"] > 0 and summary["failed"] == 0
+    assert all(r["tiff_path"].startswith(f"{gs_root}/images/") for r in summary["results"])
