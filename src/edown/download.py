@@ -77,6 +77,18 @@ from edown.records import DownloadResult, DownloadSummary, ImageRecord, SearchRe
 from edown.rootstate import HeldRoot, check_no_links, locked_root
 from edown.scheduler import Fetcher, FetchQueue
 from edown.search import alignment_groups, is_cloudy, search_images, with_cloud_fractions
+from edown.storeroot import (
+    chunk_store,
+    fetched,
+    locked_store_root,
+    mirrored,
+    pull_tree,
+    staging,
+    upload,
+    uploads_of,
+)
+from edown.storeroot import exists as staged_exists
+from edown.stores import Location, ObjectStore, StoreURL, on_disk
 from edown.writer import ByteBudget, ChunkWriter
 
 log = logging.getLogger("edown.download")
@@ -209,14 +221,14 @@ def prepare_jobs(
     """
     plugin = load_plugin(config.transform_plugin) if config.transform_plugin else None
     planned = _planned_chunks(config, records, model)
-    root = config.output_root.absolute()
+    output_root = on_disk(config.output_root)
+    root = output_root.absolute()
     if not config.resume and not config.overwrite:
         existing = [
             tiff
             for _, r in records
-            if (
-                tiff := image_tiff_path(config.output_root, r.collection_id, r.system_index, r.grid_label)
-            ).exists()
+            if (tiff := image_tiff_path(output_root, r.collection_id, r.system_index, r.grid_label))
+            and staged_exists(tiff)
             and not r.missing_bands
             and not r.outside_aoi
             and not is_cloudy(r, config.max_cloud_fraction)
@@ -229,9 +241,7 @@ def prepare_jobs(
 
     def prepare(item: tuple[int, ImageRecord]) -> ImageJob | DownloadResult:
         index, record = item
-        tiff = image_tiff_path(
-            config.output_root, record.collection_id, record.system_index, record.grid_label
-        )
+        tiff = image_tiff_path(output_root, record.collection_id, record.system_index, record.grid_label)
         if record.missing_bands:
             return _skipped(
                 record,
@@ -268,9 +278,9 @@ def prepare_jobs(
             ),
         )
         check_no_links(root, tiff.absolute())
-        store = ChunkStore(partial_dir(tiff), root)
+        store = chunk_store(partial_dir(tiff), root)
         store.check()
-        if tiff.exists() and not config.overwrite:
+        if staged_exists(tiff) and not config.overwrite:
             problem = _existing_mismatch(tiff, spec)
             if problem:
                 raise OutputExistsError(
@@ -389,7 +399,8 @@ def _existing_mismatch(tiff: Path, spec: OutputSpec) -> str | None:
     bands, another AOI or another nodata in the same output root meets the earlier file.
     """
     try:
-        found = describe(tiff)
+        with fetched(tiff) as local:
+            found = describe(local)
     except Exception as exc:
         return f"cannot be read ({type(exc).__name__})"
     there: list[str] = []
@@ -508,7 +519,7 @@ class _Run:
             keep = {c.path for w in job.chunks if (cov := covered_by(w, job.stored)) for c in cov}
             for chunk in job.stored:
                 if chunk.path not in keep:
-                    chunk.path.unlink(missing_ok=True)
+                    job.store.discard(chunk)
             job.stored = [c for c in job.stored if c.path in keep]
             job.outstanding = len(todo)
             self.jobs_by_index[job.index] = job
@@ -599,10 +610,28 @@ class _Run:
 # ---- orchestration ------------------------------------------------------------------------------------
 
 
-def _manifest_path(config: DownloadConfig, started: dt.datetime) -> Path:
+def _manifest_path(config: DownloadConfig, started: dt.datetime) -> Location:
     if config.manifest_path is not None:
         return config.manifest_path
     return config.manifests_dir / f"run-{started.strftime('%Y%m%dT%H%M%S')}Z.json"
+
+
+@dataclass(frozen=True)
+class _StoreTarget:
+    """Where a staged run's outputs really go: the store root (None when only the manifest is on a
+    store), its id, and the staging folder that stands for it."""
+
+    root: StoreURL | None
+    root_id: str | None
+    staged_root: Path
+
+    def url_of(self, path: Path | StoreURL | None) -> Path | StoreURL | None:
+        if path is None or self.root is None or isinstance(path, StoreURL):
+            return path
+        try:
+            return self.root / path.absolute().relative_to(self.staged_root.absolute()).as_posix()
+        except ValueError:
+            return path
 
 
 def _download_section(
@@ -665,10 +694,58 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
     ``failed`` with Earth Engine's message) rather than raised. Bad input raises
     :class:`~edown.errors.ConfigError`; outputs that exist with ``resume=False`` and ``overwrite=False``
     raise :class:`~edown.errors.OutputExistsError` before anything is fetched.
+
+    ``output_root`` and ``manifest_path`` may be ``s3://`` / ``gs://`` URLs: the run is then staged
+    locally and every output uploaded whole (:mod:`edown.storeroot`).
     """
     started_wall = now_utc()
+    if not isinstance(config.output_root, StoreURL) and not isinstance(config.manifest_path, StoreURL):
+        return _download(config, started_wall, None)
+    manifest_target = _manifest_path(config, started_wall)
+    with staging() as stage, contextlib.ExitStack() as stack:
+        local_root = stage / "root" if isinstance(config.output_root, StoreURL) else config.output_root
+        local_manifest: Path | None = None
+        if isinstance(manifest_target, StoreURL):
+            local_manifest = stage / "manifest" / manifest_target.name
+            (stage / "manifest").mkdir()
+            stack.enter_context(
+                mirrored(local_manifest, ObjectStore(manifest_target.parent), manifest_target.name)
+            )
+        elif config.manifest_path is not None:
+            local_manifest = manifest_target
+        root_id = None
+        if isinstance(config.output_root, StoreURL):
+            if config.dry_run:  # read-only: no lock, no marker
+                store = ObjectStore(config.output_root)
+            else:
+                store, root_id = stack.enter_context(
+                    locked_store_root(config.output_root, f"download to {config.output_root}")
+                )
+            stack.enter_context(mirrored(local_root, store))
+        local = replace(
+            config,
+            output_root=local_root,
+            manifest_path=local_manifest,
+            cog=config.cog or isinstance(config.output_root, StoreURL),
+        )
+        target = _StoreTarget(
+            config.output_root if isinstance(config.output_root, StoreURL) else None,
+            root_id,
+            local_root,
+        )
+        summary = _download(local, started_wall, target)
+    return replace(
+        summary,
+        manifest_path=manifest_target,
+        results=tuple(replace(r, tiff_path=target.url_of(r.tiff_path)) for r in summary.results),
+    )
+
+
+def _download(
+    config: DownloadConfig, started_wall: dt.datetime, target: _StoreTarget | None
+) -> DownloadSummary:
     started = time.monotonic()
-    manifest_path = _manifest_path(config, started_wall)
+    manifest_path = on_disk(_manifest_path(config, started_wall))
     # A fresh search streams into the download (each page's images are fetched while the next page is
     # listed); without resume or overwrite every existing output must be refused before anything is
     # fetched, so the whole search comes first.
@@ -696,7 +773,11 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
     model = run_cost_model(config)
     plan = Plan([], [], [], model)
     counters = Counters()
-    base = config.output_root
+    output_root = on_disk(config.output_root)
+    uploads = uploads_of(output_root)
+    if uploads is not None:  # an object-store root: progress shows the bytes stored there too
+        uploads.listeners.append(lambda nbytes: counters.add(stored=nbytes))
+    base = output_root
     last_write = [0.0]
     write_lock = threading.Lock()
     manifest: Manifest | None = None
@@ -718,12 +799,12 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
         nonlocal manifest
         with write_lock:
             now = time.monotonic()
-            target = first or manifest
-            if target is None or (not (final or first) and now - last_write[0] < MANIFEST_EVERY_S):
+            into = first or manifest
+            if into is None or (not (final or first) and now - last_write[0] < MANIFEST_EVERY_S):
                 return
             last_write[0] = now
             stats = _stats(conn, before, counters, plan, time.monotonic() - started, runs)
-            target.doc["download"] = _download_section(
+            into.doc["download"] = _download_section(
                 config,
                 started_wall,
                 results_now(),
@@ -732,8 +813,8 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
                 base,
                 interrupted,
             )
-            target.write()
-            manifest = target
+            into.write()
+            manifest = into
 
     def progress_manifest() -> None:
         # Called from worker threads as images finish; a full disk is reported by the final write.
@@ -764,10 +845,9 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
             if not held:
                 # The lock comes before anything on disk is looked at or cleaned: a second run that is
                 # refused must not have touched the first one's chunks.
-                held.append(
-                    stack.enter_context(locked_root(config.output_root, f"download to {base}", writes))
-                )
-                catalog_before.append(stac.read_catalog(config.output_root))  # a damaged one is refused now
+                held.append(stack.enter_context(locked_root(output_root, f"download to {base}", writes)))
+                pull_tree(output_root / stac.STAC_DIR)  # a store root: merge with the catalog it holds
+                catalog_before.append(stac.read_catalog(output_root))  # a damaged one is refused now
                 run.start()
             taken.update(r.record_key for r in fresh)
             first = len(taken) - len(fresh)
@@ -785,7 +865,10 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
                 search = search_images(config, on_records=take)
             take(list(search.images), last=True)
             plan.order = [r.record_key for r in search.images]
-            started_manifest = new_manifest(manifest_path, config.output_root, held[0].root_id)
+            started_manifest = new_manifest(manifest_path, output_root, held[0].root_id)
+            if target is not None and target.root is not None:
+                started_manifest.doc["output_root"] = str(target.root)
+                started_manifest.doc["root_id"] = target.root_id
             set_search(started_manifest, config, search)
             try:
                 with user_folder(manifest_path.parent, "manifest folder", "--manifest-path / manifest_path"):
@@ -833,10 +916,13 @@ def _write_catalog(
     """Merge this run's finished images into the root's STAC catalog (the lock is held throughout, so
     ``existing``, read when the run started, is still what is on disk)."""
     entries = stac.image_entries(search.images, results, config.cog)
+    root = on_disk(config.output_root)
     try:
-        return stac.write_documents(
-            config.output_root, stac.catalog_documents(config.output_root, existing, entries)
-        )
+        documents = stac.catalog_documents(root, existing, entries)
+        catalog = stac.write_documents(root, documents)
+        for relative in documents:  # on a store root: uploaded in the same order, items first
+            upload(root / stac.STAC_DIR / relative)
+        return catalog
     except OSError as exc:
         if is_disk_full(exc):
             raise DiskFullError(str(config.output_root)) from None
@@ -861,6 +947,7 @@ def _stats(
         "retries": snap["retries"],
         "throttled": pacer["throttled"] - before["throttled"],
         "bytes_downloaded": round(snap["mb"] * 1e6),
+        "bytes_to_store": round(snap["stored_mb"] * 1e6),
         "output_megapixels": round(pixels / 1e6, 3),
         "megapixels_per_second": round(pixels / 1e6 / elapsed, 3) if elapsed else None,
         "peak_inflight": pacer["peak_inflight"],
@@ -879,6 +966,14 @@ def _dry_run_summary(
         for j in plan.jobs
         for w in _missing(j)
     ]
+    if uploads_of(on_disk(config.output_root)) is not None:
+        # Each missing chunk is stored as it arrives, then each image as a COG (compressed, so at most
+        # about its raw size plus overviews): an upper bound of what goes to the store.
+        raw = sum(
+            j.spec.width * j.spec.height * len(j.spec.band_names) * np.dtype(j.spec.dtype).itemsize
+            for j in plan.jobs
+        )
+        totals["store_upload_bytes_max"] = sum(sizes) + raw * 4 // 3
     totals.update(
         {
             "concurrency": model.concurrency,

@@ -28,6 +28,7 @@ from edown.outputs import ChunkStore, StoredChunk, covered_by, sidecar_path
 from edown.progress import Counters
 from edown.records import utc_iso
 from edown.rootstate import atomic_write_text
+from edown.storeroot import publish
 
 if TYPE_CHECKING:
     from edown.download import ImageJob
@@ -324,6 +325,8 @@ class ChunkWriter:
             pieces.extend(cover)
         write_sidecar(job)
         write_geotiff(job.tiff, job.spec, job.store, pieces, job.record.aoi_window)
+        publish(sidecar_path(job.tiff))  # on a store: uploaded whole, sidecar first as on disk
+        publish(job.tiff)
         job.store.remove()
         self.finish(job, "downloaded", None)
 
