@@ -472,3 +472,36 @@ def test_a_search_saved_on_a_store_is_downloaded_from_there(
     summary = json.loads(done.stdout)
     assert summary["downloaded"] > 0 and summary["failed"] == 0
     assert all(r["tiff_path"].startswith(f"{gs_root}/images/") for r in summary["results"])
+
+
+def test_the_stac_catalog_goes_to_the_store_and_merges_across_runs(
+    ee_emulator_session: Emulator, tmp_path: Path, s3_root: str
+) -> None:
+    local_root = tmp_path / "local"
+    downloaded = 0
+    for dates in ({"end_date": "2024-06-04"}, {"start_date": "2024-06-05"}):
+        here = download_images(
+            config(ee_emulator_session, tmp_path, output_root=local_root, cog=True, **dates)
+        )
+        there = download_images(config(ee_emulator_session, tmp_path, output_root=s3_root, **dates))
+        assert here.downloaded == there.downloaded > 0
+        downloaded += there.downloaded
+        assert there.stac_catalog == StoreURL(f"{s3_root}/stac/catalog.json")
+    store = ObjectStore(StoreURL(s3_root))
+    on_store = sorted(k for k in _keys(s3_root) if k.startswith("stac/"))
+    on_disk = sorted(
+        p.relative_to(local_root).as_posix() for p in (local_root / "stac").rglob("*") if p.is_file()
+    )
+    assert on_store == on_disk and "stac/catalog.json" in on_store
+    items = [
+        k for k in on_store if k.endswith(".json") and not k.endswith(("catalog.json", "collection.json"))
+    ]
+    assert len(items) == downloaded  # one item per image of either run
+    for key in on_store:
+        if not key.endswith(".json"):
+            continue
+        mine, theirs = json.loads((local_root / key).read_text()), json.loads(store.read_bytes(key))
+        for doc in (mine, theirs):
+            doc.get("properties", {}).pop("created", None)
+            doc.get("properties", {}).pop("updated", None)
+        assert theirs == mine, key  # same ids, relative hrefs, grids and bands, both runs' items

@@ -738,6 +738,7 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
         summary,
         manifest_path=manifest_target,
         results=tuple(replace(r, tiff_path=target.url_of(r.tiff_path)) for r in summary.results),
+        stac_catalog=target.url_of(summary.stac_catalog),
     )
 
 

@@ -325,7 +325,7 @@ class DownloadSummary:
     plan: dict[str, Any] = field(default_factory=dict, repr=False)
     elapsed_seconds: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict, repr=False)
-    stac_catalog: Path | None = None
+    stac_catalog: Path | StoreURL | None = None
 
     @staticmethod
     def tally(results: tuple[DownloadResult, ...]) -> tuple[int, int, int]:
