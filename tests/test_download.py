@@ -682,3 +682,17 @@ def test_nodata_override_and_cloud_optimized_output(ee_emulator: Emulator, tmp_p
     with rasterio.open(summary.results[0].tiff_path) as src:
         assert src.nodata == -9999.0 and (src.read(1) == -9999.0).any()
         assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+
+
+def test_a_run_never_takes_the_manifest_name_of_an_earlier_run_in_the_same_second(tmp_path: Path) -> None:
+    from edown.download import _unused_run_name
+
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    first = manifests / "run-20240601T235959Z.json"
+    assert _unused_run_name(first) == first
+    first.write_text("{}")
+    (manifests / "run-20240602T000000Z.json").write_text("{}")
+    later = _unused_run_name(first)
+    assert later == manifests / "run-20240602T000001Z.json"  # the next free second, across midnight
+    assert sorted(p.name for p in [*manifests.iterdir(), later])[-1] == later.name  # still newest by name

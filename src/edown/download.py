@@ -634,6 +634,19 @@ class _StoreTarget:
             return path
 
 
+def _unused_run_name(path: Path) -> Path:
+    """``run-<UTC second>Z.json``, or the next second not yet taken (called under the root's lock).
+
+    Two runs into one root that start within the same second run one after the other; the later one must
+    not replace the earlier one's record, and names must still sort by start (``stack -m latest``).
+    """
+    stamp = dt.datetime.strptime(path.name, "run-%Y%m%dT%H%M%SZ.json")
+    while staged_exists(path):
+        stamp += dt.timedelta(seconds=1)
+        path = path.with_name(f"run-{stamp.strftime('%Y%m%dT%H%M%S')}Z.json")
+    return path
+
+
 def _download_section(
     config: DownloadConfig,
     started: dt.datetime,
@@ -705,14 +718,13 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
     with staging() as stage, contextlib.ExitStack() as stack:
         local_root = stage / "root" if isinstance(config.output_root, StoreURL) else config.output_root
         local_manifest: Path | None = None
-        if isinstance(manifest_target, StoreURL):
-            local_manifest = stage / "manifest" / manifest_target.name
+        if isinstance(config.manifest_path, StoreURL):
+            named = config.manifest_path
+            local_manifest = stage / "manifest" / named.name
             (stage / "manifest").mkdir()
-            stack.enter_context(
-                mirrored(local_manifest, ObjectStore(manifest_target.parent), manifest_target.name)
-            )
+            stack.enter_context(mirrored(local_manifest, ObjectStore(named.parent), named.name))
         elif config.manifest_path is not None:
-            local_manifest = manifest_target
+            local_manifest = config.manifest_path
         root_id = None
         if isinstance(config.output_root, StoreURL):
             if config.dry_run:  # read-only: no lock, no marker
@@ -736,7 +748,9 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
         summary = _download(local, started_wall, target)
     return replace(
         summary,
-        manifest_path=manifest_target,
+        # A default name is chosen under the lock (the staged root's manifests/ stands for the store's).
+        manifest_path=(target.url_of(summary.manifest_path) if local_manifest is None else None)
+        or manifest_target,
         results=tuple(replace(r, tiff_path=target.url_of(r.tiff_path)) for r in summary.results),
         stac_catalog=target.url_of(summary.stac_catalog),
     )
@@ -866,6 +880,8 @@ def _download(
                 search = search_images(config, on_records=take)
             take(list(search.images), last=True)
             plan.order = [r.record_key for r in search.images]
+            if config.manifest_path is None:
+                manifest_path = _unused_run_name(manifest_path)
             started_manifest = new_manifest(manifest_path, output_root, held[0].root_id)
             if target is not None and target.root is not None:
                 started_manifest.doc["output_root"] = str(target.root)
