@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import signal
 import subprocess
 import sys
@@ -281,6 +282,15 @@ def test_stack_from_a_store_manifest_builds_the_zarr_on_the_store(
         ObjectStore(StoreURL(root)).read_bytes(StoreURL(remote.manifest_path).relative_to(StoreURL(root)))
     )
     assert doc["output_root"] == root and doc["stack"]["manifests"] == [remote.manifest_path]
+    # the catalog on the store gained the datacube's item, whose Zarr asset resolves to the datacube
+    store = ObjectStore(StoreURL(root))
+    [cube_key] = [k for k in _keys(root) if "/datacubes/" in k and not k.endswith("collection.json")]
+    cube = json.loads(store.read_bytes(cube_key))
+    assert set(cube["properties"]["cube:dimensions"]) >= {"time", "band", "x", "y"}
+    [href] = [a["href"] for a in cube["assets"].values() if a["href"].rstrip("/").endswith(".zarr")]
+    assert posixpath.normpath(posixpath.join(posixpath.dirname(cube_key), href)).rstrip("/") == zarr_key
+    images = json.loads(store.read_bytes(cube_key.split("/datacubes/")[0] + "/collection.json"))
+    assert any(link["rel"] == "child" and "datacubes" in link["href"] for link in images["links"])
 
 
 # ---- progress, dry run and doctor ----------------------------------------------------------------------

@@ -35,6 +35,7 @@ How each guarantee is kept:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -165,10 +166,18 @@ def pull_tree(folder: Path) -> None:
     """Copy every object under the staged ``folder``'s prefix into it, so that code that reads local files
     (the STAC catalog's merge) sees what the store holds; a no-op outside a staging folder."""
     remote = remote_of(folder)
-    if remote is None:
-        return
-    store, key = remote
+    if remote is not None:
+        download_tree(remote[0], remote[1], folder)
+
+
+def download_tree(store: Store, key: str, folder: Path) -> dict[str, str]:
+    """Download the objects under ``key/`` into ``folder``; returns each object's key and SHA-256.
+
+    Keys with empty, ``.`` or ``..`` parts are skipped: an object name never steers a write out of
+    ``folder``.
+    """
     prefix = f"{key.rstrip('/')}/" if key else ""
+    digests: dict[str, str] = {}
     for info in store.list(prefix):
         relative = info.key[len(prefix) :]
         parts = relative.split("/")
@@ -177,6 +186,8 @@ def pull_tree(folder: Path) -> None:
         target = Path(folder).joinpath(*parts)
         target.parent.mkdir(parents=True, exist_ok=True)
         store.download(info.key, target)
+        digests[info.key] = hashlib.sha256(target.read_bytes()).hexdigest()
+    return digests
 
 
 @contextlib.contextmanager

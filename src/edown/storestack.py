@@ -18,6 +18,7 @@ uploads the result:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import replace
@@ -29,7 +30,8 @@ from edown.errors import StackError, UnsafePathError
 from edown.manifest import dumps, load_manifest
 from edown.records import StackResult
 from edown.rootstate import MARKER_SCHEMA, STATE_DIR, atomic_write_text
-from edown.storeroot import locked_store_root, staging, store_marker
+from edown.stac import STAC_DIR
+from edown.storeroot import download_tree, locked_store_root, staging, store_marker
 from edown.stores import Store, StoreURL
 
 log = logging.getLogger("edown.storestack")
@@ -71,6 +73,7 @@ def stack_on_store(config: StackConfig) -> list[StackResult]:
                     result.tiff_path.parent.mkdir(parents=True, exist_ok=True)
                     store.download(key, result.tiff_path)
         fetched = _fetch_stacks(store, local_root, collection)
+        catalog_before = download_tree(store, STAC_DIR, local_root / STAC_DIR)
         results = stack_images(replace(config, manifest_path=local_manifest, output_root=None))
         out = []
         for stacked in results:
@@ -81,6 +84,7 @@ def stack_on_store(config: StackConfig) -> list[StackResult]:
                 out.append(replace(stacked, output_path=root / key))
             else:
                 out.append(stacked)
+        _upload_catalog(store, local_root, catalog_before)
         _publish_manifest(store, local_manifest, manifest_url, root)
     return out
 
@@ -154,6 +158,19 @@ def upload_zarr(store: Store, local: Path, zarr_key: str, fetched: dict[str, int
         if key.startswith(f"{zarr_key}/") and key not in files:
             store.delete(key)
     return uploaded
+
+
+def _upload_catalog(store: Store, local_root: Path, before: dict[str, str]) -> None:
+    """Upload the STAC documents the stacker changed (its datacube items), items before the collections
+    and the catalog that link them, so the store never holds a link to a missing document."""
+    folder = local_root / STAC_DIR
+    if not folder.is_dir():
+        return
+    files = {p.relative_to(local_root).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+    order = {"collection.json": 1, "catalog.json": 2}
+    for key in sorted(files, key=lambda k: (order.get(k.rsplit("/", 1)[-1], 0), k)):
+        if before.get(key) != hashlib.sha256(files[key].read_bytes()).hexdigest():
+            store.upload(key, files[key])
 
 
 def _publish_manifest(store: Store, local: Path, url: StoreURL, root: StoreURL) -> None:
