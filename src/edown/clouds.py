@@ -113,6 +113,24 @@ def resolve_mask(collection_id: str, mask: str | None) -> str | None:
     return mask
 
 
+def mask_identity(mask: str | None, threshold: float) -> str:
+    """What a run's pixels depend on from its cloud settings, as one short name: ``none``, ``scl``,
+    ``qa-pixel`` or ``cloud-score-plus@<threshold>``.
+
+    Finished GeoTIFFs carry it (tag :data:`IDENTITY_TAG`, and the sidecar) and stored chunks of a partial
+    download carry it in their file names, so a run with other cloud settings never reuses pixels made
+    with these. It uses only file-name-safe characters.
+    """
+    if mask is None:
+        return "none"
+    return f"{mask}@{threshold:g}" if MASKS[mask].thresholded else mask
+
+
+#: The GeoTIFF tag holding :func:`mask_identity` (absent on files without a mask, so older files read as
+#: ``none``).
+IDENTITY_TAG = "EDOWN_CLOUD_MASK"
+
+
 def check_fraction(value: Any, field_name: str) -> float:
     """A number in [0, 1] (threshold or maximum fraction), else bad input naming the field."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):

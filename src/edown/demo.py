@@ -40,10 +40,13 @@ def run_demo(
     progress: bool = False,
     latency: str = "fast",
     cloud_mask: str | None = "auto",
+    overwrite: bool = False,
 ) -> DemoOutcome:
     """Run the whole pipeline against an in-process emulator; ``say`` narrates each step.
 
-    ``cloud_mask`` is what the download masks (None: keep the clouds)."""
+    ``cloud_mask`` is what the download masks (None: keep the clouds). A second run into the same folder
+    reuses the first's GeoTIFFs, or refuses them when they were made with another cloud mask unless
+    ``overwrite``; what the clouds became is said only once the download has settled it."""
     started = time.monotonic()
     with serve(EmulatorConfig(latency=Latency.preset(latency))) as emulator:
         say(f"1/4 started a local Earth Engine emulator at {emulator.url} (latency preset '{latency}')")
@@ -57,10 +60,11 @@ def run_demo(
             output_root=output_root,
             progress=progress,
             cloud_mask=cloud_mask,
+            overwrite=overwrite,
         )
         say("2/4 searching and downloading a month of Sentinel-2 (B2, B3, B4, B8) over London...")
-        say(_cloud_line(config))
         summary = download_images(config)
+        say(_cloud_line(config))
         search = summary.search
         assert search is not None
         say(

@@ -42,7 +42,7 @@ import numpy as np
 
 from edown import earthengine, stac
 from edown.bands import build_image, check_nodata_fits, default_nodata, fill_value
-from edown.clouds import clear_mask
+from edown.clouds import IDENTITY_TAG, clear_mask, mask_identity
 from edown.config import DownloadConfig, SearchConfig
 from edown.errors import (
     ConfigError,
@@ -218,6 +218,12 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
         nodata = default_nodata(dtype) if config.nodata is None else float(config.nodata)
         check_nodata_fits(nodata, dtype)
         window = record.aoi_window
+        identity = mask_identity(config.cloud_mask, config.cloud_score_threshold)
+        tags = tags_for(
+            record.image_id, record.version, record.properties, utc_iso(record.acquisition_time_utc)
+        )
+        if identity != "none":
+            tags[IDENTITY_TAG] = identity
         spec = OutputSpec(
             width=window.width,
             height=window.height,
@@ -228,12 +234,10 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
             nodata=nodata,
             compression=config.compression,
             cog=config.cog,
-            tags=tags_for(
-                record.image_id, record.version, record.properties, utc_iso(record.acquisition_time_utc)
-            ),
+            tags=tags,
         )
         check_no_links(root, tiff.absolute())
-        store = ChunkStore(partial_dir(tiff), root)
+        store = ChunkStore(partial_dir(tiff), root, identity)
         store.check()
         if tiff.exists():
             if config.overwrite:
@@ -243,7 +247,8 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
                 if problem:
                     raise OutputExistsError(
                         f"{tiff} exists but {problem}",
-                        hint="replace it with --overwrite (overwrite=True), or keep both with another --output-root",
+                        hint="replace it with --overwrite (overwrite=True), or keep both with another --output-root"
+                        + (" (or rerun with its cloud mask)" if "cloud mask" in problem else ""),
                     )
                 return _skipped(record, "skipped_existing", tiff, nodata=nodata)
             else:
@@ -363,11 +368,14 @@ def _existing_mismatch(tiff: Path, spec: OutputSpec) -> str | None:
             f"origin {old[2]:.10g},{old[5]:.10g} step {abs(old[0]):g}",
             f"origin {new[2]:.10g},{new[5]:.10g} step {abs(new[0]):g}",
         )
+    made_with, makes = found["tags"].get(IDENTITY_TAG, "none"), (spec.tags or {}).get(IDENTITY_TAG, "none")
+    if made_with != makes:
+        differ("cloud mask", made_with, makes)
     if not there:
         return None
     return (
         f"with {', '.join(there)}; this run makes {', '.join(here)} (a file's name comes from its image only,"
-        " not from the bands, AOI or nodata)"
+        " not from the bands, AOI, nodata or cloud mask)"
     )
 
 

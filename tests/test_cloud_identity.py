@@ -1,0 +1,133 @@
+"""A run never reuses pixels made under other cloud settings: finished GeoTIFFs are refused (one line,
+exit 2, ``--overwrite`` replaces them) and stored chunks of a partial download are refetched."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+
+from edown import AOI, download_images
+from edown.emulator.behaviour import FaultPlan, FaultRule
+from edown.emulator.server import EmulatorConfig, serve
+from edown.errors import OutputExistsError
+from tests.helpers import config, run_edown
+
+CENTRAL_LONDON = (-0.15, 51.48, 0.02, 51.56)
+ONE_DAY: dict[str, Any] = {
+    "start_date": "2024-06-03",
+    "end_date": "2024-06-03",
+    "aoi": AOI.from_bbox(CENTRAL_LONDON),
+    "bands": ("B4", "B8"),
+    "max_images": 1,
+    "chunk_size": 128,
+    "chunk_size_mode": "fixed",
+    "max_concurrent_requests": 1,
+}
+
+
+def _pixels(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        data: np.ndarray = src.read()
+    return data
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ({}, {"cloud_mask": "scl"}),
+        ({"cloud_mask": "scl"}, {}),
+        (
+            {"cloud_mask": "cloud-score-plus", "cloud_score_threshold": 0.3},
+            {"cloud_mask": "cloud-score-plus", "cloud_score_threshold": 0.9},
+        ),
+    ],
+    ids=["none-then-scl", "scl-then-none", "threshold-0.3-then-0.9"],
+)
+def test_a_resume_with_other_cloud_settings_refetches_every_stored_chunk(
+    tmp_path: Path, before: dict[str, Any], after: dict[str, Any]
+) -> None:
+    # The fifth pixel request fails for good: the image fails with four chunks stored, as after a kill.
+    rules = (FaultRule(kind="error", status=403, nth=(5,)),)
+    with serve(EmulatorConfig(faults=FaultPlan(rules=rules))) as emu:
+        first = download_images(config(emu, tmp_path, **ONE_DAY, **before))
+        assert [r.status for r in first.results] == ["failed"]
+        stored = list((tmp_path / "data").glob("images/*/*.partial/c*.npy"))
+        assert len(stored) == 4
+        emu.reset_stats()
+        resumed = download_images(config(emu, tmp_path, **ONE_DAY, **after))
+        refetched = emu.stats()["requests"]["computePixels"]
+        fresh = download_images(config(emu, tmp_path, output_root=tmp_path / "fresh", **ONE_DAY, **after))
+    [result], [reference] = resumed.results, fresh.results
+    assert result.status == reference.status == "downloaded"
+    assert refetched == reference.chunk_count > 4
+    assert result.tiff_path is not None and reference.tiff_path is not None
+    np.testing.assert_array_equal(_pixels(result.tiff_path), _pixels(reference.tiff_path))
+    assert not list((tmp_path / "data").glob("images/*/*.partial"))
+
+
+def test_a_resume_with_the_same_cloud_settings_still_reuses_its_chunks(tmp_path: Path) -> None:
+    rules = (FaultRule(kind="error", status=403, nth=(5,)),)
+    with serve(EmulatorConfig(faults=FaultPlan(rules=rules))) as emu:
+        download_images(config(emu, tmp_path, **ONE_DAY, cloud_mask="scl"))
+        emu.reset_stats()
+        resumed = download_images(config(emu, tmp_path, **ONE_DAY, cloud_mask="scl"))
+        refetched = emu.stats()["requests"]["computePixels"]
+    [result] = resumed.results
+    assert result.status == "downloaded" and refetched == result.chunk_count - 4
+
+
+def test_finished_outputs_made_with_another_cloud_mask_are_refused_and_overwrite_replaces_them(
+    tmp_path: Path,
+) -> None:
+    with serve(EmulatorConfig()) as emu:
+        plain = download_images(config(emu, tmp_path, **ONE_DAY))
+        [made] = plain.results
+        assert made.tiff_path is not None
+        sidecar = json.loads(made.tiff_path.with_suffix(".json").read_text())
+        assert sidecar["cloud_mask"] == "none"
+        with pytest.raises(OutputExistsError) as refused:
+            download_images(config(emu, tmp_path, **ONE_DAY, cloud_mask="scl"))
+        assert "with cloud mask none; this run makes cloud mask scl" in refused.value.message
+        assert "--overwrite" in (refused.value.hint or "")
+        masked = download_images(config(emu, tmp_path, **ONE_DAY, cloud_mask="scl", overwrite=True))
+        [result] = masked.results
+        assert result.status == "downloaded" and result.tiff_path is not None
+        assert json.loads(result.tiff_path.with_suffix(".json").read_text())["cloud_mask"] == "scl"
+        assert (_pixels(result.tiff_path) == result.nodata).any()
+        with pytest.raises(OutputExistsError) as again:
+            download_images(
+                config(emu, tmp_path, **ONE_DAY, cloud_mask="cloud-score-plus", cloud_score_threshold=0.3)
+            )
+        assert "cloud mask scl; this run makes cloud mask cloud-score-plus@0.3" in again.value.message
+        kept = download_images(config(emu, tmp_path, **ONE_DAY, cloud_mask="scl"))
+        assert [r.status for r in kept.results] == ["skipped_existing"]
+
+
+def test_demo_rerun_without_the_mask_refuses_the_masked_files(tmp_path: Path) -> None:
+    first = run_edown("demo", "-o", "d", "--latency", "none", cwd=tmp_path, timeout=300)
+    assert first.returncode == 0, first.stderr
+    again = run_edown(
+        "demo", "-o", "d", "--latency", "none", "--cloud-mask", "none", cwd=tmp_path, timeout=300
+    )
+    assert again.returncode == 2, again.stderr
+    assert "clouds and shadows are kept" not in again.stderr + again.stdout
+    assert "this run makes cloud mask none" in again.stderr and "--overwrite" in again.stderr
+    replaced = run_edown(
+        "demo",
+        "-o",
+        "d",
+        "--latency",
+        "none",
+        "--cloud-mask",
+        "none",
+        "--overwrite",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert replaced.returncode == 0, replaced.stderr
+    assert "clouds and shadows are kept" in replaced.stderr
