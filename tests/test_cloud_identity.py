@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from edown import AOI, download_images
+from edown import AOI, download_images, search_images
 from edown.emulator.behaviour import FaultPlan, FaultRule
-from edown.emulator.server import EmulatorConfig, serve
+from edown.emulator.server import Emulator, EmulatorConfig, serve
 from edown.errors import OutputExistsError
 from tests.helpers import config, run_edown
 
@@ -131,3 +131,85 @@ def test_demo_rerun_without_the_mask_refuses_the_masked_files(tmp_path: Path) ->
     )
     assert replaced.returncode == 0, replaced.stderr
     assert "clouds and shadows are kept" in replaced.stderr
+
+
+# ---- a saved search read with other cloud settings ----------------------------------------------------
+
+TEN_DAYS = ["-c", "COPERNICUS/S2_SR_HARMONIZED", "--start-date", "2024-06-01", "--end-date", "2024-06-10"]
+
+
+def _saved_search(emu: Emulator, tmp_path: Path, *cloud: str) -> Path:
+    where = tmp_path / "s.json"
+    bbox = ",".join(map(str, CENTRAL_LONDON))
+    done = run_edown(
+        "search", *TEN_DAYS, "--bbox", bbox, "-b", "B4", "--server-url", emu.url, *cloud,
+        "--manifest-path", str(where), cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return where
+
+
+def _fractions(images: Any) -> dict[str, float | None]:
+    return {r.system_index: r.cloud_fraction for r in images}
+
+
+def test_from_manifest_with_another_mask_counts_the_fractions_again_for_that_mask(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    saved = _saved_search(ee_emulator, tmp_path, "--cloud-mask", "scl", "--max-cloud-fraction", "0.3")
+    base: dict[str, Any] = {
+        "collection_id": "COPERNICUS/S2_SR_HARMONIZED",
+        "start_date": "2024-06-01",
+        "end_date": "2024-06-10",
+        "aoi": AOI.from_bbox(CENTRAL_LONDON),
+        "bands": ("B4",),
+        "dry_run": True,
+    }
+    truth = search_images(
+        config(ee_emulator, tmp_path, **base, cloud_mask="cloud-score-plus", max_cloud_fraction=1.0)
+    )
+    scl = search_images(config(ee_emulator, tmp_path, **base, cloud_mask="scl", max_cloud_fraction=1.0))
+    assert _fractions(truth.images) != _fractions(scl.images)
+    plan = download_images(
+        config(
+            ee_emulator,
+            tmp_path,
+            **base,
+            search_manifest=saved,
+            cloud_mask="cloud-score-plus",
+            max_cloud_fraction=0.3,
+        )
+    )
+    assert plan.search is not None
+    assert _fractions(plan.search.images) == pytest.approx(_fractions(truth.images), abs=1e-12)
+    cloudy = {r.record_key for r in plan.results if r.status == "cloudy"}
+    assert cloudy == {r.record_key for r in truth.images if (r.cloud_fraction or 0) > 0.3}
+    # No filter this time: fractions of the other mask are dropped rather than shown under this one.
+    unfiltered = download_images(
+        config(ee_emulator, tmp_path, **base, search_manifest=saved, cloud_mask="cloud-score-plus")
+    )
+    assert unfiltered.search is not None
+    assert set(_fractions(unfiltered.search.images).values()) == {None}
+    assert all(r.status != "cloudy" for r in unfiltered.results)
+
+
+# ---- saved fractions are checked when read ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["abc", 5, -1, float("nan"), True])
+def test_a_hand_edited_cloud_fraction_is_a_one_line_manifest_error(
+    ee_emulator: Emulator, tmp_path: Path, bad: Any
+) -> None:
+    saved = _saved_search(ee_emulator, tmp_path, "--cloud-mask", "scl", "--max-cloud-fraction", "1")
+    doc = json.loads(saved.read_text())
+    image = doc["search"]["result"]["images"][0]
+    image["cloud_fraction"] = bad
+    saved.write_text(json.dumps(doc))
+    done = run_edown(
+        "download", "--from-manifest", str(saved), "-o", "o", "--server-url", ee_emulator.url, "--dry-run",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    first = done.stderr.strip().splitlines()[0]
+    assert str(saved) in first and image["image_id"] in first and "cloud_fraction" in first, done.stderr
+    assert "not a number in [0, 1] or null" in first and "Traceback" not in done.stderr

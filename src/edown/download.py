@@ -42,7 +42,7 @@ import numpy as np
 
 from edown import earthengine, stac
 from edown.bands import build_image, check_nodata_fits, default_nodata, fill_value
-from edown.clouds import IDENTITY_TAG, clear_mask, mask_identity
+from edown.clouds import DEFAULT_THRESHOLD, IDENTITY_TAG, MASKS, clear_mask, mask_identity
 from edown.config import DownloadConfig, SearchConfig
 from edown.errors import (
     ConfigError,
@@ -561,12 +561,30 @@ def resolve_search(config: DownloadConfig) -> SearchResult:
         result = manifest.search
         if result is None:
             raise ConfigError("search_manifest", f"{config.search_manifest} has no search section")
+        saved = manifest.search_config or {}
+        if _saved_mask(saved) != mask_identity(config.cloud_mask, config.cloud_score_threshold):
+            # Fractions counted under another mask say nothing about this one: forget them (and the
+            # groups they shaped), and count again below when this run filters on them.
+            records = [replace(r, cloud_fraction=None) for r in result.images]
+            result = replace(
+                result, images=tuple(records), alignment_groups=tuple(alignment_groups(records, None))
+            )
         if config.max_cloud_fraction is not None and any(
             r.cloud_fraction is None and not r.outside_aoi for r in result.images
         ):
             result = _add_cloud_fractions(config, result)
         return result
     return search_images(config)
+
+
+def _saved_mask(saved: dict[str, Any]) -> str:
+    """:func:`~edown.clouds.mask_identity` of a saved search's config (an unknown mask stays as written)."""
+    mask, threshold = saved.get("cloud_mask"), saved.get("cloud_score_threshold", DEFAULT_THRESHOLD)
+    if mask is not None and mask not in MASKS:
+        return str(mask)
+    if not isinstance(threshold, int | float):
+        return f"{mask}@{threshold}"
+    return mask_identity(mask, threshold)
 
 
 def _add_cloud_fractions(config: DownloadConfig, result: SearchResult) -> SearchResult:
