@@ -27,7 +27,8 @@ from edown import (
     search_images,
     stack_images,
 )
-from edown.clouds import FRACTION_BATCH, CloudCount, count_clouds, masks_for, resolve_mask
+from edown.clouds import FRACTION_BATCH, MASKS, CloudCount, count_clouds, masks_for, resolve_mask
+from edown.emulator import EmulatorConfig, Limits, serve
 from edown.emulator.server import Emulator
 from edown.errors import ConfigError
 from edown.quicklook import render_geotiff
@@ -373,3 +374,53 @@ def _one_line_error(code: int, stderr: str, names: str) -> None:
     assert code == 2, stderr
     assert lines[0].startswith("error: ") and names in lines[0], stderr
     assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("hint: ")), stderr
+
+
+def test_a_fraction_batch_too_big_for_earth_engine_is_asked_again_as_two_halves(tmp_path: Path) -> None:
+    # 1000 evaluation steps fit three images' fractions but not six ("User memory limit exceeded"; a
+    # "Computation timed out" is split the same way).
+    common: dict[str, Any] = {
+        "collection_id": S2,
+        "start_date": "2024-06-01",
+        "end_date": "2024-06-14",
+        "aoi": AOI.from_bbox(CENTRAL_LONDON),
+        "bands": ("B4",),
+        "cloud_mask": "scl",
+        "max_cloud_fraction": 1.0,
+    }
+    with serve(EmulatorConfig()) as roomy:
+        reference = search_images(config(roomy, tmp_path, **common))
+    with serve(EmulatorConfig(limits=Limits(max_evaluation_nodes=1000))) as tight:
+        found = search_images(config(tight, tmp_path, **common))
+        requests = tight.stats()["requests"]["compute"]
+    fractions = {r.system_index: r.cloud_fraction for r in found.images}
+    assert len(fractions) == 6 and None not in fractions.values()
+    assert fractions == {r.system_index: r.cloud_fraction for r in reference.images}
+    assert requests == 3  # the batch of six, then two of three
+
+
+def test_cloud_score_plus_fractions_are_asked_in_smaller_batches(ee_emulator_session: Emulator) -> None:
+    assert MASKS["cloud-score-plus"].fraction_batch == 25 < MASKS["scl"].fraction_batch == FRACTION_BATCH
+    found = search_images(
+        SearchConfig(
+            collection_id=S2,
+            start_date="2024-06-01",
+            end_date="2024-06-14",
+            aoi=AOI.from_bbox(CENTRAL_LONDON),
+            bands=("B4",),
+            server_url=ee_emulator_session.url,
+        )
+    )
+    indices = [r.system_index for r in found.images]
+    ee_emulator_session.reset_stats()
+    counts = count_clouds(
+        S2,
+        indices * 5,  # 30 names (repeats are counted once by Earth Engine's inList): two batches
+        ("2024-06-01", "2024-06-15"),
+        AOI.from_bbox(CENTRAL_LONDON).geometry,
+        "cloud-score-plus",
+        0.6,
+        lambda obj: obj.getInfo(),
+    )
+    assert set(counts) == set(indices)
+    assert ee_emulator_session.stats()["requests"]["compute"] == 2

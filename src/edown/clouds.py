@@ -24,7 +24,8 @@ from typing import Any
 from edown.errors import ConfigError
 
 CLOUD_SCORE_PLUS = "GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED"
-#: Candidate images per ``value:compute`` request when computing cloud fractions.
+#: Candidate images per ``value:compute`` request when computing cloud fractions, for a mask band read
+#: from the image itself at 20-30 m (:attr:`MaskKind.fraction_batch` says less for dearer masks).
 FRACTION_BATCH = 100
 DEFAULT_THRESHOLD = 0.6
 #: The property names the batched fraction request sets on each image.
@@ -46,6 +47,9 @@ class MaskKind:
     #: Masked below the threshold (``cloud-score-plus``).
     thresholded: bool = False
     summary: str = ""
+    #: Images per fraction request: a linked 10 m band (Cloud Score+) costs Earth Engine about four times
+    #: the pixels of SCL plus a join, and 100 of them overrun a 60 s evaluation.
+    fraction_batch: int = FRACTION_BATCH
 
 
 MASKS: dict[str, MaskKind] = {
@@ -61,6 +65,7 @@ MASKS: dict[str, MaskKind] = {
         "cs_cdf",
         CLOUD_SCORE_PLUS,
         thresholded=True,
+        fraction_batch=25,
         summary=f"Cloud Score+ ({CLOUD_SCORE_PLUS}) cs_cdf below cloud_score_threshold",
     ),
     "qa-pixel": MaskKind(
@@ -188,13 +193,16 @@ def count_clouds(
     mask: str,
     threshold: float,
     compute: Callable[[Any], Any],
-    batch_size: int = FRACTION_BATCH,
+    batch_size: int | None = None,
 ) -> dict[str, CloudCount]:
-    """Cloudy and valid pixel counts inside ``aoi`` for every image, ``batch_size`` images per request.
+    """Cloudy and valid pixel counts inside ``aoi`` for every image, ``batch_size`` images per request
+    (the mask's :attr:`~MaskKind.fraction_batch` by default).
 
     ``dates`` is the search's ``[start, end)`` (ISO dates): with the AOI it narrows the collection before
     the ``system:index`` filter, as Earth Engine's index is by time and place. ``compute`` evaluates an ee
-    object (``getInfo`` through edown's pacer and retries).
+    object (``getInfo`` through edown's pacer and retries). A batch that Earth Engine finds too big
+    ("Computation timed out", "User memory limit exceeded") is asked again as two halves, down to single
+    images, so a long search over a large AOI still completes.
     """
     import ee
 
@@ -213,8 +221,7 @@ def count_clouds(
         )
         return image.set({_CLOUDY: sums.get("cloudy"), _VALID: sums.get("valid")})
 
-    for start in range(0, len(system_indices), batch_size):
-        batch = list(system_indices[start : start + batch_size])
+    def count_batch(batch: list[str]) -> None:
         mapped = (
             ee.ImageCollection(collection_id)
             .filterDate(*dates)
@@ -222,15 +229,32 @@ def count_clouds(
             .filter(ee.Filter.inList("system:index", batch))
             .map(counts)
         )
-        names, cloudy_px, valid_px = compute(
-            ee.List(
-                [
-                    mapped.aggregate_array("system:index"),
-                    mapped.aggregate_array(_CLOUDY),
-                    mapped.aggregate_array(_VALID),
-                ]
-            )
+        request = ee.List(
+            [
+                mapped.aggregate_array("system:index"),
+                mapped.aggregate_array(_CLOUDY),
+                mapped.aggregate_array(_VALID),
+            ]
         )
+        try:
+            names, cloudy_px, valid_px = compute(request)
+        except Exception as exc:
+            if len(batch) < 2 or not too_big(exc):
+                raise
+            half = len(batch) // 2
+            count_batch(batch[:half])
+            count_batch(batch[half:])
+            return
         for name, c, v in zip(names, cloudy_px, valid_px, strict=True):
             out[str(name)] = CloudCount(float(c), float(v))
+
+    size = batch_size or kind.fraction_batch
+    for start in range(0, len(system_indices), size):
+        count_batch(list(system_indices[start : start + size]))
     return out
+
+
+def too_big(exc: BaseException) -> bool:
+    """Whether Earth Engine refused a computation for its size or duration (a smaller one may pass)."""
+    text = str(exc)
+    return "Computation timed out" in text or "User memory limit exceeded" in text
