@@ -424,3 +424,47 @@ def test_cloud_score_plus_fractions_are_asked_in_smaller_batches(ee_emulator_ses
     )
     assert set(counts) == set(indices)
     assert ee_emulator_session.stats()["requests"]["compute"] == 2
+
+
+def test_a_threshold_without_cloud_score_plus_is_refused_and_hints_only_suggest_what_fits() -> None:
+    from edown import DownloadConfig
+
+    base = {"start_date": "2024-06-01", "end_date": "2024-06-02", "aoi": AOI.from_bbox(CENTRAL_LONDON)}
+    for kw, message, hint in (
+        ({"collection_id": S2, "cloud_mask": "scl"}, "this run's cloud mask is scl", "cloud-score-plus"),
+        ({"collection_id": S2}, "there is no cloud mask", "--cloud-mask cloud-score-plus"),
+        ({"collection_id": L9, "cloud_mask": "auto"}, "cloud mask is qa-pixel", "does not fit " + L9),
+    ):
+        with pytest.raises(ConfigError, match="cloud_score_threshold: applies to cloud-score-plus only") as e:
+            DownloadConfig(**base, **kw, cloud_score_threshold=0.3, output_root=Path("x"))
+        assert message in e.value.message and hint in (e.value.hint or "")
+    fine = DownloadConfig(**base, collection_id=S2, cloud_mask="auto", cloud_score_threshold=0.3)
+    assert (fine.cloud_mask, fine.cloud_score_threshold) == ("cloud-score-plus", 0.3)
+    assert DownloadConfig(**base, collection_id=S2, cloud_mask="none").cloud_mask is None
+    for collection, mask in (("MODIS/061/MOD09GA", "qa-pixel"), ("COPERNICUS/S2_CLOUD_PROBABILITY", "auto")):
+        with pytest.raises(ConfigError) as refused:
+            DownloadConfig(**base, collection_id=collection, cloud_mask=mask)
+        hint = refused.value.hint or ""
+        assert "auto" not in hint and "S2*" not in hint and "drop --cloud-mask" in hint, hint
+        assert "COPERNICUS/S2_SR_HARMONIZED" not in hint and "S2_SR_HARMONIZED" in hint
+
+
+def test_cli_accepts_none_and_the_demo_checks_its_mask_before_starting(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    bbox = ",".join(str(v) for v in CENTRAL_LONDON)
+    common = ["-c", S2, "--start-date", "2024-06-03", "--end-date", "2024-06-03", "--bbox", bbox, "-b", "B4"]
+    common += ["--server-url", ee_emulator.url, "--cloud-mask", "none"]
+    searched = run_edown("search", *common, cwd=tmp_path)
+    assert searched.returncode == 0, searched.stderr
+    planned = run_edown("download", *common, "-o", "o", "--dry-run", "--json", cwd=tmp_path)
+    assert planned.returncode == 0, planned.stderr
+    threshold = run_edown("download", *common, "-o", "o", "--cloud-score-threshold", "0.3", cwd=tmp_path)
+    _one_line_error(
+        threshold.returncode, threshold.stderr, "cloud_score_threshold: applies to cloud-score-plus"
+    )
+    demo = run_edown("demo", "-o", "d", "--cloud-mask", "qa-pixel", cwd=tmp_path)
+    _one_line_error(
+        demo.returncode, demo.stderr, "'qa-pixel' is not one of cloud-score-plus, scl, auto, none"
+    )
+    assert "emulator" not in demo.stderr + demo.stdout and not (tmp_path / "d").exists()

@@ -86,6 +86,13 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+#: The collections of :data:`RULES`, as a hint says them.
+KNOWN_COLLECTIONS = (
+    "Sentinel-2 (COPERNICUS/S2, S2_HARMONIZED, S2_SR, S2_SR_HARMONIZED) and Landsat Collection 2"
+    " (e.g. LANDSAT/LC09/C02/T1_L2, LANDSAT/LE07/C02/T1_TOA)"
+)
+
+
 def masks_for(collection_id: str) -> tuple[str, ...]:
     """The masks that fit a collection, best first (empty when edown knows none)."""
     for pattern, masks in RULES:
@@ -95,27 +102,50 @@ def masks_for(collection_id: str) -> tuple[str, ...]:
 
 
 def resolve_mask(collection_id: str, mask: str | None) -> str | None:
-    """The concrete mask for ``cloud_mask`` on this collection (``"auto"`` resolved); bad input raises."""
-    if mask is None:
+    """The concrete mask for ``cloud_mask`` on this collection (``"auto"`` resolved, ``"none"`` is None);
+    bad input raises, with a hint that only suggests what works for this collection."""
+    if mask is None or mask == "none":
         return None
     if mask not in CHOICES:
-        raise ConfigError("cloud_mask", f"{mask!r} is not one of {', '.join(CHOICES)}")
+        raise ConfigError("cloud_mask", f"{mask!r} is not one of {', '.join(CHOICES)}, none")
     fitting = masks_for(collection_id)
     if mask == "auto":
         if not fitting:
             raise ConfigError(
                 "cloud_mask",
                 f"'auto' knows no cloud mask for {collection_id}",
-                "masks exist for Sentinel-2 (COPERNICUS/S2*) and Landsat Collection 2 (LANDSAT/*/C02/*);"
-                " drop --cloud-mask for this collection",
+                f"masks exist for {KNOWN_COLLECTIONS}; drop --cloud-mask for this collection",
             )
         return fitting[0]
     if mask not in fitting:
-        fits = f"it fits {', '.join(fitting)}" if fitting else "no cloud mask fits it"
+        if not fitting:
+            raise ConfigError(
+                "cloud_mask",
+                f"{mask!r} does not fit {collection_id}; no cloud mask fits it",
+                f"masks exist for {KNOWN_COLLECTIONS}; drop --cloud-mask for this collection",
+            )
         raise ConfigError(
-            "cloud_mask", f"{mask!r} does not fit {collection_id}; {fits}", "or use --cloud-mask auto"
+            "cloud_mask",
+            f"{mask!r} does not fit {collection_id}; it fits {', '.join(fitting)}",
+            f"use --cloud-mask {fitting[0]}, or auto (which picks {fitting[0]})",
         )
     return mask
+
+
+def check_threshold(mask: str | None, threshold: float, collection_id: str) -> None:
+    """A ``cloud_score_threshold`` other than the default means nothing without ``cloud-score-plus``: refuse
+    it rather than ignore it (as ``max_cloud_fraction`` without a mask is refused)."""
+    if threshold == DEFAULT_THRESHOLD or (mask is not None and MASKS[mask].thresholded):
+        return
+    what = "there is no cloud mask" if mask is None else f"this run's cloud mask is {mask}"
+    fits = "cloud-score-plus" in masks_for(collection_id)
+    raise ConfigError(
+        "cloud_score_threshold",
+        f"applies to cloud-score-plus only, and {what}",
+        "add --cloud-mask cloud-score-plus (cloud_mask='cloud-score-plus'), or drop --cloud-score-threshold"
+        if fits
+        else f"drop --cloud-score-threshold: cloud-score-plus does not fit {collection_id}",
+    )
 
 
 def mask_identity(mask: str | None, threshold: float) -> str:

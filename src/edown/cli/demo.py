@@ -22,7 +22,7 @@ from edown.cli.errors import handle_errors
     "--cloud-mask",
     default="auto",
     show_default=True,
-    help="Cloud mask for the download (scl, cloud-score-plus, auto) or none to keep the clouds.",
+    help="Cloud mask for the download (cloud-score-plus, scl, auto) or none to keep the clouds.",
 )
 @click.option(
     "--overwrite", is_flag=True, help="Replace GeoTIFFs an earlier demo made (e.g. with another cloud mask)."
