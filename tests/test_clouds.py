@@ -31,7 +31,7 @@ from edown.clouds import FRACTION_BATCH, MASKS, CloudCount, count_clouds, masks_
 from edown.emulator import EmulatorConfig, Limits, serve
 from edown.emulator.server import Emulator
 from edown.errors import ConfigError
-from edown.quicklook import render_geotiff
+from edown.quicklook import render_geotiff, render_stack
 from tests.helpers import config, run_edown
 
 S2 = "COPERNICUS/S2_SR_HARMONIZED"
@@ -312,6 +312,16 @@ def test_max_cloud_fraction_keeps_exactly_the_images_at_or_under_it(
     alpha = np.asarray(Image.open(png))[..., -1]
     np.testing.assert_array_equal(alpha == 0, nodata_px)
     assert nodata_px.any() and not nodata_px.all()
+    # The time strip too: each frame's masked and nodata pixels are transparent, the rest opaque.
+    strip = np.asarray(Image.open(render_stack(cubes[0], tmp_path / "strip.png", thumb=4096)))
+    ds = xr.open_zarr(cubes[0], mask_and_scale=False)
+    fill = ds["data"].attrs.get("_FillValue", ds["data"].encoding.get("fill_value"))
+    height, width = ds.sizes["y"], ds.sizes["x"]
+    for i in range(ds.sizes["time"]):
+        missing = ds["data"].isel(time=i, band=0).values == fill
+        frame = strip[4 : 4 + height, 4 + i * (width + 4) : 4 + i * (width + 4) + width, -1]
+        np.testing.assert_array_equal(frame == 0, missing)
+        assert missing.any() and not missing.all()
 
 
 def test_cloud_mask_validation_names_the_field() -> None:
