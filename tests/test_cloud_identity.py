@@ -213,3 +213,43 @@ def test_a_hand_edited_cloud_fraction_is_a_one_line_manifest_error(
     first = done.stderr.strip().splitlines()[0]
     assert str(saved) in first and image["image_id"] in first and "cloud_fraction" in first, done.stderr
     assert "not a number in [0, 1] or null" in first and "Traceback" not in done.stderr
+
+
+# ---- stacks record each time step's mask --------------------------------------------------------------
+
+
+def test_appending_a_masked_run_to_an_unmasked_stack_adds_fractions_and_each_steps_mask(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    import xarray as xr
+
+    from edown import StackConfig, stack_images
+
+    week: dict[str, Any] = {"aoi": AOI.from_bbox(CENTRAL_LONDON), "bands": ("B4",)}
+    first = download_images(
+        config(ee_emulator, tmp_path, **week, start_date="2024-06-01", end_date="2024-06-05")
+    )
+    [made] = [r for r in stack_images(StackConfig(first.manifest_path)) if r.output_path]
+    assert made.output_path is not None
+    with xr.open_zarr(made.output_path) as ds:
+        t_first = ds.sizes["time"]
+        assert "cloud_fraction" not in ds.coords and set(ds["cloud_mask"].values) == {"none"}
+    second = download_images(
+        config(
+            ee_emulator, tmp_path, **week, start_date="2024-06-06", cloud_mask="scl", max_cloud_fraction=1.0
+        )
+    )
+    fractions = {r.image_id: r.cloud_fraction for r in second.results if r.status == "downloaded"}
+    stacked = [
+        r for r in stack_images(StackConfig(second.manifest_path)) if r.output_path == made.output_path
+    ]
+    assert stacked and stacked[0].appended > 0
+    with xr.open_zarr(made.output_path) as ds:
+        assert "cloud_fraction" in ds.coords and "cloud_mask" in ds.coords
+        masks = [str(v) for v in ds["cloud_mask"].values]
+        assert masks == ["none"] * t_first + ["scl"] * (ds.sizes["time"] - t_first)
+        assert np.isnan(ds["cloud_fraction"].values[:t_first]).all()
+        for ids, fraction in zip(
+            ds["image_id"].values[t_first:], ds["cloud_fraction"].values[t_first:], strict=True
+        ):
+            assert fraction == pytest.approx(fractions[str(ids).split("|")[0]], abs=1e-12)

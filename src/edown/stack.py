@@ -178,7 +178,42 @@ def _properties(steps: list[TimeStep]) -> dict[str, np.ndarray]:
     fractions = [step.records[0].cloud_fraction for step in steps]
     if any(f is not None for f in fractions):
         out["cloud_fraction"] = np.array([np.nan if f is None else f for f in fractions], dtype=np.float64)
+    out["cloud_mask"] = np.array([_cloud_mask_of(step.tiffs[0]) for step in steps], dtype=object)
     return out
+
+
+def _cloud_mask_of(tiff: Path) -> str:
+    """The cloud settings a GeoTIFF was made with (:func:`edown.clouds.mask_identity`, from its own tag):
+    each time step of a cube says which mask its pixels and ``cloud_fraction`` follow."""
+    from edown.clouds import IDENTITY_TAG
+    from edown.geotiff import describe
+
+    return str(describe(tiff)["tags"].get(IDENTITY_TAG, "none"))
+
+
+#: Per-time values a cube gains on an append when it lacks them (NaN or empty for the earlier times);
+#: any other property the store does not have is dropped.
+ADDED_ON_APPEND = ("cloud_fraction", "cloud_mask")
+
+
+def _add_time_array(root: Any, name: str, values: np.ndarray, t_committed: int) -> Any:
+    """A new per-time coordinate ``name`` of ``t_committed`` steps (NaN or ""), listed as a coordinate of
+    ``data`` so xarray reads it as one."""
+    text = values.dtype == object
+    arr = root.create_array(
+        name,
+        shape=(t_committed,),
+        dtype=str if text else np.float64,
+        chunks=(512,),
+        dimension_names=("time",),
+        fill_value="" if text else np.nan,
+    )
+    if t_committed:
+        arr[:] = np.array([""] * t_committed, dtype=object) if text else np.full(t_committed, np.nan)
+    data = root["data"]
+    listed = str(data.attrs.get("coordinates", "")).split()
+    data.attrs["coordinates"] = " ".join([*listed, name])
+    return arr
 
 
 def _template(
@@ -757,7 +792,7 @@ def _append(
         )
     steps = _time_steps(new_pairs)
     n = len(steps)
-    extend_time(arrays, t_committed, steps)
+    extend_time(arrays, t_committed, steps, root)
     # An append keeps the store's own chunking, whatever chunk_size says today.
     tasks = _tasks(str(target), group, steps, t_committed, nodata, max(arrays["data"].chunks[-2:]))
     _run(config, tasks, log_dir)
@@ -811,11 +846,18 @@ def time_arrays(root: Any) -> dict[str, Any]:
     }
 
 
-def extend_time(arrays: dict[str, Any], t_committed: int, steps: list[TimeStep]) -> None:
+def extend_time(arrays: dict[str, Any], t_committed: int, steps: list[TimeStep], root: Any = None) -> None:
     """Grow the time arrays by ``steps`` and write their time, image ids and properties (a property the
-    store does not have is dropped; one the new images lack is NaN or empty)."""
+    store does not have is dropped, except :data:`ADDED_ON_APPEND`, added when ``root`` is given; one the
+    new images lack is NaN or empty)."""
     n = len(steps)
     props = _properties(steps)
+    if root is not None:
+        for name in ADDED_ON_APPEND:
+            if name in props and name not in arrays:
+                arrays[name] = _add_time_array(root, name, props[name], t_committed)
+                # Reopened: resizing the stale handle would write back its metadata without the new name.
+                arrays["data"] = root["data"]
     for arr in arrays.values():
         arr.resize((t_committed + n, *arr.shape[1:]))
     arrays["time"][t_committed:] = np.array([s.millis for s in steps], dtype=np.int64)

@@ -278,8 +278,9 @@ def _append(
             seconds=time.monotonic() - started,
             snapshot_id=session.snapshot_id,
         )
-    arrays = time_arrays(zarr.open_group(session.store, mode="r+"))
-    extend_time(arrays, t_committed, steps)
+    root = zarr.open_group(session.store, mode="r+")
+    arrays = time_arrays(root)
+    extend_time(arrays, t_committed, steps, root)
     # An append keeps the store's own chunking, whatever chunk_size says today.
     chunk = max(arrays["data"].chunks[-2:])
     _write_steps(config, session, _tasks(str(target), group, steps, t_committed, nodata, chunk), log_dir)
