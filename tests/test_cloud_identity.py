@@ -253,3 +253,36 @@ def test_appending_a_masked_run_to_an_unmasked_stack_adds_fractions_and_each_ste
             ds["image_id"].values[t_first:], ds["cloud_fraction"].values[t_first:], strict=True
         ):
             assert fraction == pytest.approx(fractions[str(ids).split("|")[0]], abs=1e-12)
+
+
+def test_appending_earlier_dates_is_refused_and_overwrite_rebuilds_in_order(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    import xarray as xr
+
+    from edown import StackConfig, stack_images
+    from edown.errors import StackError
+
+    where: dict[str, Any] = {"aoi": AOI.from_bbox(CENTRAL_LONDON), "bands": ("B4",), "max_images": 2}
+    later = download_images(
+        config(ee_emulator, tmp_path, **where, start_date="2024-06-06", end_date="2024-06-14")
+    )
+    earlier = download_images(
+        config(ee_emulator, tmp_path, **where, start_date="2024-06-01", end_date="2024-06-05")
+    )
+    stack_images(StackConfig(later.manifest_path))
+    outcome: Any
+    try:
+        outcome = stack_images(StackConfig(earlier.manifest_path))
+    except StackError as exc:
+        outcome = exc
+    message = str(outcome) if isinstance(outcome, StackError) else " ".join(str(r.error) for r in outcome)
+    assert "which an append would put out of order" in message
+    rebuilt = stack_images(
+        StackConfig(later.manifest_path, manifest_paths=(earlier.manifest_path,), overwrite=True)
+    )
+    for result in rebuilt:
+        assert result.output_path is not None
+        with xr.open_zarr(result.output_path) as ds:
+            times = ds["time"].values
+            assert (np.diff(times) > np.timedelta64(0)).all()

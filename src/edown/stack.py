@@ -771,6 +771,7 @@ def _append(
     committed = xr.open_zarr(target, mask_and_scale=False)
     existing_ids = committed_image_ids(committed, group, target)
     t_committed = committed.sizes["time"]
+    check_appends_later(committed, [r for r, _ in pairs if r.image_id not in existing_ids], target)
     committed.close()
     root = zarr.open_group(str(target), mode="r+", use_consolidated=False)
     arrays = time_arrays(root)
@@ -835,6 +836,23 @@ def committed_image_ids(committed: Any, group: AlignmentGroup, target: Path) -> 
     for joined in committed["image_id"].values.tolist():
         existing_ids.update(str(joined).split("|"))
     return existing_ids
+
+
+def check_appends_later(committed: Any, new: list[ImageRecord], target: Path) -> None:
+    """Refuse an append of times earlier than the cube's last one: appending only grows the time axis at
+    its end, and a cube whose time axis is out of order breaks ``sel(time=slice(...))`` and resampling."""
+    if not new or committed.sizes["time"] == 0:
+        return
+    import pandas as pd
+
+    last = pd.Timestamp(committed["time"].values.max()).tz_localize("UTC")
+    first_new = min(r.acquisition_time_utc for r in new)
+    if pd.Timestamp(first_new) <= last:
+        raise StackError(
+            f"{target} holds times up to {utc_iso(last.to_pydatetime())}; this run adds"
+            f" {utc_iso(first_new)}, which an append would put out of order",
+            hint="rebuild the cube from all the manifests with --overwrite (overwrite=True)",
+        )
 
 
 def time_arrays(root: Any) -> dict[str, Any]:

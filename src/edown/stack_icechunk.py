@@ -51,6 +51,7 @@ from edown.stack import (
     _tasks,
     _template,
     _time_steps,
+    check_appends_later,
     committed_image_ids,
     extend_time,
     time_arrays,
@@ -265,6 +266,7 @@ def _append(
     ) as committed:
         existing_ids = committed_image_ids(committed, group, target)
         t_committed = committed.sizes["time"]
+        check_appends_later(committed, [r for r, _ in pairs if r.image_id not in existing_ids], target)
     steps = _time_steps([(r, p) for r, p in pairs if r.image_id not in existing_ids])
     shape = (t_committed + len(steps), len(group.band_names), group.height, group.width)
     if not steps:
