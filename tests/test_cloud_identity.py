@@ -286,3 +286,24 @@ def test_appending_earlier_dates_is_refused_and_overwrite_rebuilds_in_order(
         with xr.open_zarr(result.output_path) as ds:
             times = ds["time"].values
             assert (np.diff(times) > np.timedelta64(0)).all()
+
+
+def test_a_nan_cloud_fraction_in_a_run_manifest_stops_stack_before_it_writes(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    run = download_images(
+        config(
+            ee_emulator,
+            tmp_path,
+            **{**ONE_DAY, "chunk_size": None, "chunk_size_mode": "auto"},
+            cloud_mask="scl",
+            max_cloud_fraction=1.0,
+        )
+    )
+    doc = json.loads(run.manifest_path.read_text())
+    doc["download"]["results"][0]["cloud_fraction"] = float("nan")
+    run.manifest_path.write_text(json.dumps(doc))
+    done = run_edown("stack", str(run.manifest_path), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "cloud_fraction" in done.stderr and str(run.manifest_path) in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "data" / "stacks").exists()
