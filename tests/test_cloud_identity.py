@@ -227,7 +227,14 @@ def test_appending_a_masked_run_to_an_unmasked_stack_adds_fractions_and_each_ste
 
     week: dict[str, Any] = {"aoi": AOI.from_bbox(CENTRAL_LONDON), "bands": ("B4",)}
     first = download_images(
-        config(ee_emulator, tmp_path, **week, start_date="2024-06-01", end_date="2024-06-05")
+        config(
+            ee_emulator,
+            tmp_path,
+            **week,
+            start_date="2024-06-01",
+            end_date="2024-06-05",
+            manifest_path=tmp_path / "first.json",
+        )
     )
     [made] = [r for r in stack_images(StackConfig(first.manifest_path)) if r.output_path]
     assert made.output_path is not None
@@ -236,7 +243,13 @@ def test_appending_a_masked_run_to_an_unmasked_stack_adds_fractions_and_each_ste
         assert "cloud_fraction" not in ds.coords and set(ds["cloud_mask"].values) == {"none"}
     second = download_images(
         config(
-            ee_emulator, tmp_path, **week, start_date="2024-06-06", cloud_mask="scl", max_cloud_fraction=1.0
+            ee_emulator,
+            tmp_path,
+            **week,
+            start_date="2024-06-06",
+            cloud_mask="scl",
+            max_cloud_fraction=1.0,
+            manifest_path=tmp_path / "second.json",
         )
     )
     fractions = {r.image_id: r.cloud_fraction for r in second.results if r.status == "downloaded"}
@@ -263,12 +276,27 @@ def test_appending_earlier_dates_is_refused_and_overwrite_rebuilds_in_order(
     from edown import StackConfig, stack_images
     from edown.errors import StackError
 
+    # Named manifests: two downloads started within one second would share run-<second>.json.
     where: dict[str, Any] = {"aoi": AOI.from_bbox(CENTRAL_LONDON), "bands": ("B4",), "max_images": 2}
     later = download_images(
-        config(ee_emulator, tmp_path, **where, start_date="2024-06-06", end_date="2024-06-14")
+        config(
+            ee_emulator,
+            tmp_path,
+            **where,
+            start_date="2024-06-06",
+            end_date="2024-06-14",
+            manifest_path=tmp_path / "later.json",
+        )
     )
     earlier = download_images(
-        config(ee_emulator, tmp_path, **where, start_date="2024-06-01", end_date="2024-06-05")
+        config(
+            ee_emulator,
+            tmp_path,
+            **where,
+            start_date="2024-06-01",
+            end_date="2024-06-05",
+            manifest_path=tmp_path / "earlier.json",
+        )
     )
     stack_images(StackConfig(later.manifest_path))
     outcome: Any
