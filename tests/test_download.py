@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -539,6 +540,53 @@ def test_sigkill_midway_then_resume_fetches_only_missing_chunks_and_matches(tmp_
     assert not list(crashed_root.glob("images/*/*.partial"))
 
 
+def test_a_streamed_search_fetches_the_first_pages_images_before_the_last_page_is_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One image per listImages page and 0.4 s per page: a download that waited for the whole search
+    # would send its first pixel request after the last page was listed.
+    monkeypatch.setattr("edown.search.PAGE_SIZE", 1)
+    with serve(EmulatorConfig(latency=Latency(base_seconds=0.05, metadata_seconds=0.4))) as emu:
+        summary = download_images(config(emu, tmp_path, bands=("B4",), end_date="2024-06-20"))
+        check_all_exact(emu, summary)
+        log = emu.stats(include_log=True)["log"]
+    pages = [r for r in log if r["kind"] == "listAssets"]  # ee.data.listImages is a listAssets call
+    pixels = [r for r in log if r["kind"] == "computePixels"]
+    assert summary.search is not None and len(summary.search.images) >= 3
+    assert len(pages) == summary.search.requests == len(summary.search.images)
+    assert min(r["started"] for r in pixels) < max(r["started"] for r in pages)
+    assert [r.record_key for r in summary.results] == [r.record_key for r in summary.search.images]
+    assert summary.stats["requests"] == len(pixels)
+
+
+def test_resume_after_a_replan_reuses_every_arrived_chunk(tmp_path: Path) -> None:
+    # The first run cut 256-px chunks and failed midway (a 403 on its 20th request); the second plans by
+    # the cost model, which cuts differently, and must still fetch only the pixels that never arrived.
+    first_faults = FaultPlan(rules=(FaultRule(kind="error", status=403, nth=(20,)),))
+    with serve(EmulatorConfig(latency=Latency(base_seconds=0.05), faults=first_faults)) as emu:
+        kw = {"end_date": "2024-06-05", "max_concurrent_requests": 4}
+        first = download_images(config(emu, tmp_path, chunk_size=256, chunk_size_mode="fixed", **kw))
+        assert first.failed == 1
+        stored = [
+            Window(*(int(v) for v in re.findall(r"-?\d+", p.stem)))
+            for p in (tmp_path / "data").glob("images/*/*.partial/c*.npy")
+        ]
+        assert len(stored) >= 10
+        emu.set_faults(FaultPlan())
+        emu.reset_stats()
+        resumed = download_images(config(emu, tmp_path, resume=True, **kw))
+        check_all_exact(emu, resumed)
+        log = [r for r in emu.stats(include_log=True)["log"] if r["kind"] == "computePixels"]
+    (result,) = resumed.results
+    assert resumed.search is not None
+    window = resumed.search.images[0].aoi_window
+    fetched = sum(r["grid"]["width"] * r["grid"]["height"] for r in log)
+    assert fetched == window.pixels - sum(w.pixels for w in stored)
+    assert len(log) < len(stored)  # the rest came in a few large requests, not 256-px tiles
+    assert result.chunk_count == len(stored) + len(log)
+    assert not list((tmp_path / "data").glob("images/*/*.partial"))
+
+
 # ---- statuses, retries, nodata and formats ------------------------------------------------------------
 
 
@@ -634,3 +682,17 @@ def test_nodata_override_and_cloud_optimized_output(ee_emulator: Emulator, tmp_p
     with rasterio.open(summary.results[0].tiff_path) as src:
         assert src.nodata == -9999.0 and (src.read(1) == -9999.0).any()
         assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+
+
+def test_a_run_never_takes_the_manifest_name_of_an_earlier_run_in_the_same_second(tmp_path: Path) -> None:
+    from edown.download import _unused_run_name
+
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    first = manifests / "run-20240601T235959Z.json"
+    assert _unused_run_name(first) == first
+    first.write_text("{}")
+    (manifests / "run-20240602T000000Z.json").write_text("{}")
+    later = _unused_run_name(first)
+    assert later == manifests / "run-20240602T000001Z.json"  # the next free second, across midnight
+    assert sorted(p.name for p in [*manifests.iterdir(), later])[-1] == later.name  # still newest by name

@@ -9,7 +9,17 @@ import numpy as np
 import pytest
 
 from edown.grid import MAX_REQUEST_SIDE, Window, request_bytes
-from edown.plan import Area, CostLearner, CostModel, plan_requests, replan, split_window
+from edown.plan import (
+    Area,
+    CostLearner,
+    CostModel,
+    plan_requests,
+    replan,
+    resume_plan,
+    reusable,
+    split_window,
+    uncovered,
+)
 from edown.scheduler import FetchQueue
 
 LIMIT = 48 * 1024 * 1024
@@ -218,3 +228,66 @@ def test_fetch_queue_replans_only_unsent_chunks_once_slow_responses_are_measured
         mine = [w for i, w in sent_windows if i == key] + rest[key]
         assert covers_once(area.window, mine), key
         assert sorted(mine, key=lambda w: w.as_tuple()) == sorted(chunks[key], key=lambda w: w.as_tuple())
+
+
+def test_what_stored_chunks_leave_is_tiled_exactly_once() -> None:
+    rng = random.Random(7)
+    window = Window(100, 50, 3000, 2000)
+    for pieces in (1, 5, 12, 40):
+        earlier = split_window(window, pieces)
+        for _ in range(10):
+            kept = rng.sample(earlier, rng.randint(0, len(earlier)))
+            rest = uncovered(window, kept)
+            assert (coverage(window, [*kept, *rest]) == 1).all()
+            assert len(rest) <= 3 * len(kept) + 1
+    assert uncovered(window, []) == [window]
+    assert uncovered(window, [window]) == []
+    # One stored quarter in the middle of the top: left, right and the band below it.
+    top = Window(1000, 50, 1000, 500)
+    assert uncovered(window, [top]) == [
+        Window(100, 50, 900, 500),
+        Window(2000, 50, 1100, 500),
+        Window(100, 550, 3000, 1500),
+    ]
+
+
+def test_resume_keeps_chunks_another_plan_cut_and_cuts_only_the_rest() -> None:
+    areas = {i: Area(Window(0, 0, 6000, 5000), 4, 2) for i in range(3)}
+    # An interrupted run with 256-px chunks (or another cost model) stored some of images 0 and 1;
+    # image 1 also holds a chunk overlapping another one (a split it no longer needs) and one outside.
+    earlier = {k: split_window(a.window, 300) for k, a in areas.items()}
+    stored = {
+        0: earlier[0][::3],
+        1: [*earlier[1][:40], Window(0, 0, 512, 512), Window(5990, 4990, 64, 64)],
+    }
+    plan = resume_plan(areas, stored, CostModel(), LIMIT)
+    for key, area in areas.items():
+        kept = reusable(area.window, stored.get(key, []))
+        assert set(kept) <= set(plan[key])  # every usable stored chunk is reused as it is
+        assert covers_once(area.window, plan[key]), key
+        assert all(area.counted_bytes(w) <= LIMIT for w in plan[key])
+    assert set(stored[0]) <= set(plan[0])
+    # Of overlapping stored chunks the larger is kept; no stored pixel inside the image is fetched again.
+    window = areas[1].window
+    inside = [w for w in stored[1] if w.intersection(window) == w]
+    kept = reusable(window, stored[1])
+    assert Window(0, 0, 512, 512) in kept and Window(5990, 4990, 64, 64) not in plan[1]
+    assert ((coverage(window, inside) > 0) == (coverage(window, kept) > 0)).all()
+    # Image 2 had nothing stored: it gets the cost model's cut, not 256-px tiles.
+    assert len(plan[2]) < 20
+
+
+def test_fetch_queue_takes_images_added_while_it_runs_oldest_first() -> None:
+    areas = {i: Area(Window(0, 0, 512, 512), 1, 2) for i in range(4)}
+    queue = FetchQueue({}, {}, CostModel(), LIMIT)
+    assert queue.get(timeout=0) is None and queue.empty
+    queue.add(2, areas[2], [Window(0, 0, 512, 256), Window(0, 256, 512, 256)])
+    first = queue.get(timeout=0)
+    assert first is not None and first[:2] == (2, Window(0, 0, 512, 256))
+    queue.add(0, areas[0], [Window(0, 0, 512, 512)])  # a page listed later held an older image
+    queue.add(3, areas[3], [])  # all stored already: nothing to fetch
+    order = []
+    while (item := queue.get(timeout=0)) is not None:
+        order.append(item[:2])
+    assert order == [(0, Window(0, 0, 512, 512)), (2, Window(0, 256, 512, 256))]
+    assert queue.empty

@@ -27,6 +27,7 @@ from edown.clouds import DEFAULT_THRESHOLD, check_fraction, check_threshold, res
 from edown.errors import ConfigError
 from edown.redaction import redact
 from edown.rootstate import special_file_kind
+from edown.stores import Location, location
 
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
 STANDARD_URL = "https://earthengine.googleapis.com"
@@ -575,8 +576,8 @@ class DownloadConfig(SearchConfig):
     deadline) and ``progress`` (show progress on a terminal).
     """
 
-    output_root: Path = Path("data")
-    manifest_path: Path | None = None
+    output_root: Location = Path("data")
+    manifest_path: Location | None = None
     chunk_size: int | None = None
     chunk_size_mode: str = "auto"
     prepare_workers: int = 10
@@ -589,7 +590,7 @@ class DownloadConfig(SearchConfig):
     resume: bool = True
     nodata: float | None = None
     dry_run: bool = False
-    search_manifest: Path | None = None
+    search_manifest: Location | None = None
     compression: str = "zstd"
     cog: bool = False
     max_concurrent_requests: int = 40
@@ -599,12 +600,14 @@ class DownloadConfig(SearchConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _set(self, "output_root", Path(self.output_root).expanduser())
+        _set(self, "output_root", location(self.output_root, "output_root"))
         if self.manifest_path is not None:
-            _set(self, "manifest_path", Path(self.manifest_path).expanduser())
-            check_parent_folder(self.manifest_path, "manifest_path", self.output_root)
+            _set(self, "manifest_path", location(self.manifest_path, "manifest_path"))
+            if isinstance(self.manifest_path, Path):
+                root = self.output_root if isinstance(self.output_root, Path) else None
+                check_parent_folder(self.manifest_path, "manifest_path", root)
         if self.search_manifest is not None:
-            _set(self, "search_manifest", Path(self.search_manifest).expanduser())
+            _set(self, "search_manifest", location(self.search_manifest, "search_manifest"))
         if self.chunk_size_mode not in CHUNK_MODES:
             raise ConfigError("chunk_size_mode", f"{self.chunk_size_mode!r} is not one of {CHUNK_MODES}")
         if self.chunk_size is not None:
@@ -635,7 +638,7 @@ class DownloadConfig(SearchConfig):
             raise ConfigError("request_timeout_seconds", f"must be > 0, got {self.request_timeout_seconds!r}")
 
     @property
-    def manifests_dir(self) -> Path:
+    def manifests_dir(self) -> Location:
         return self.output_root / "manifests"
 
 
@@ -661,8 +664,8 @@ class StackConfig:
     readable; needs ``pip install 'edown[icechunk]'``).
     """
 
-    manifest_path: Path
-    output_root: Path | None = None
+    manifest_path: Location
+    output_root: Location | None = None
     backend: str = "threads"
     overwrite: bool = False
     n_workers: int = 4
@@ -676,17 +679,17 @@ class StackConfig:
     worker_timeout_seconds: float = 300.0
     chunk_size: int = 512
     progress: bool = False
-    manifest_paths: tuple[Path, ...] = ()
+    manifest_paths: tuple[Location, ...] = ()
     store: str = "zarr"
 
     def __post_init__(self) -> None:
-        _set(self, "manifest_path", Path(self.manifest_path).expanduser())
+        _set(self, "manifest_path", location(self.manifest_path, "manifest_path"))
         extra: Any = self.manifest_paths
         if isinstance(extra, str | Path):
             extra = (extra,)
-        _set(self, "manifest_paths", tuple(Path(p).expanduser() for p in extra))
+        _set(self, "manifest_paths", tuple(location(p, "manifest_paths") for p in extra))
         if self.output_root is not None:
-            _set(self, "output_root", Path(self.output_root).expanduser())
+            _set(self, "output_root", location(self.output_root, "output_root"))
         if self.backend not in BACKENDS:
             raise ConfigError("backend", f"{self.backend!r} is not one of {BACKENDS}")
         if self.store not in STORES:

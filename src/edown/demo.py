@@ -76,14 +76,15 @@ def run_demo(
             f"({summary.stats.get('requests', 0)} requests, {summary.elapsed_seconds:.1f} s)"
         )
         say("3/4 stacking into a Zarr datacube...")
+        assert isinstance(summary.manifest_path, Path)  # the demo writes to a local folder
         stacks = tuple(stack_images(StackConfig(manifest_path=summary.manifest_path, progress=progress)))
     say("4/4 drawing quicklooks...")
     pictures: list[Path] = []
     first = next((r for r in summary.results if r.tiff_path is not None), None)
-    if first is not None and first.tiff_path is not None:
+    if first is not None and isinstance(first.tiff_path, Path):
         pictures.append(render_geotiff(first.tiff_path, output_root / "quicklooks" / "first-image.png"))
     for stack in stacks:
-        if stack.output_path is not None:
+        if isinstance(stack.output_path, Path):
             pictures.append(
                 render_stack(
                     stack.output_path, output_root / "quicklooks" / f"{stack.group_id}-time-strip.png"

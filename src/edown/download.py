@@ -27,6 +27,7 @@ pixels arrive as nodata too; images above ``max_cloud_fraction`` get status ``cl
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
@@ -55,6 +56,7 @@ from edown.errors import (
 from edown.geotiff import OutputSpec, describe, tags_for
 from edown.grid import Window, plan_chunks, request_bytes
 from edown.manifest import (
+    Manifest,
     config_to_dict,
     load_manifest,
     new_manifest,
@@ -68,13 +70,25 @@ from edown.outputs import (
     image_tiff_path,
     partial_dir,
 )
-from edown.plan import Area, CostModel, plan_requests
+from edown.plan import Area, CostModel, plan_requests, resume_plan, reusable, uncovered
 from edown.plugins import bind, load_plugin
 from edown.progress import Counters, Reporter
 from edown.records import DownloadResult, DownloadSummary, ImageRecord, SearchResult, utc_iso
-from edown.rootstate import check_no_links, locked_root
+from edown.rootstate import HeldRoot, check_no_links, locked_root
 from edown.scheduler import Fetcher, FetchQueue
 from edown.search import alignment_groups, is_cloudy, search_images, with_cloud_fractions
+from edown.storeroot import (
+    chunk_store,
+    fetched,
+    locked_store_root,
+    mirrored,
+    pull_tree,
+    staging,
+    upload,
+    uploads_of,
+)
+from edown.storeroot import exists as staged_exists
+from edown.stores import Location, ObjectStore, StoreURL, on_disk
 from edown.writer import ByteBudget, ChunkWriter
 
 log = logging.getLogger("edown.download")
@@ -185,18 +199,49 @@ def _missing(job: ImageJob) -> list[Window]:
 
 def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
     """Decide every record's fate and chunking without fetching anything."""
-    plugin = load_plugin(config.transform_plugin) if config.transform_plugin else None
-    records = list(search.images)
     model = run_cost_model(config)
+    prepared = prepare_jobs(config, list(enumerate(search.images)), model)
+    jobs = [p for p in prepared if isinstance(p, ImageJob)]
+    skipped = [p for p in prepared if isinstance(p, DownloadResult)]
+    return Plan(jobs, skipped, [r.record_key for r in search.images], model)
+
+
+def prepare_jobs(
+    config: DownloadConfig,
+    records: list[tuple[int, ImageRecord]],
+    model: CostModel,
+    on_job: Callable[[ImageJob], None] | None = None,
+) -> list[ImageJob | DownloadResult]:
+    """Decide the fate and chunking of ``(index, record)`` pairs (``prepare_workers`` threads), in order.
+
+    ``on_job`` receives each downloadable job as soon as it and those before it are ready, so a run can
+    fetch the first images while later ones are still being prepared. Raises
+    :class:`~edown.errors.OutputExistsError` before calling it when outputs exist and neither
+    ``resume`` nor ``overwrite`` is set.
+    """
+    plugin = load_plugin(config.transform_plugin) if config.transform_plugin else None
     planned = _planned_chunks(config, records, model)
-    existing_conflicts: list[Path] = []
-    root = config.output_root.absolute()
+    output_root = on_disk(config.output_root)
+    root = output_root.absolute()
+    if not config.resume and not config.overwrite:
+        existing = [
+            tiff
+            for _, r in records
+            if (tiff := image_tiff_path(output_root, r.collection_id, r.system_index, r.grid_label))
+            and staged_exists(tiff)
+            and not r.missing_bands
+            and not r.outside_aoi
+            and not is_cloudy(r, config.max_cloud_fraction)
+        ]
+        if existing:
+            raise OutputExistsError(
+                f"{len(existing)} output(s) already exist, e.g. {existing[0]}",
+                hint="pass resume=True (--resume) to keep them, or overwrite=True (--overwrite) to replace them",
+            )
 
     def prepare(item: tuple[int, ImageRecord]) -> ImageJob | DownloadResult:
         index, record = item
-        tiff = image_tiff_path(
-            config.output_root, record.collection_id, record.system_index, record.grid_label
-        )
+        tiff = image_tiff_path(output_root, record.collection_id, record.system_index, record.grid_label)
         if record.missing_bands:
             return _skipped(
                 record,
@@ -237,23 +282,17 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
             tags=tags,
         )
         check_no_links(root, tiff.absolute())
-        store = ChunkStore(partial_dir(tiff), root, identity)
+        store = chunk_store(partial_dir(tiff), root, identity)
         store.check()
-        if tiff.exists():
-            if config.overwrite:
-                pass  # replaced atomically when the new file is ready
-            elif config.resume:
-                problem = _existing_mismatch(tiff, spec)
-                if problem:
-                    raise OutputExistsError(
-                        f"{tiff} exists but {problem}",
-                        hint="replace it with --overwrite (overwrite=True), or keep both with another --output-root"
-                        + (" (or rerun with its cloud mask)" if "cloud mask" in problem else ""),
-                    )
-                return _skipped(record, "skipped_existing", tiff, nodata=nodata)
-            else:
-                existing_conflicts.append(tiff)
-                return _skipped(record, "failed", None, "output exists")
+        if staged_exists(tiff) and not config.overwrite:
+            problem = _existing_mismatch(tiff, spec)
+            if problem:
+                raise OutputExistsError(
+                    f"{tiff} exists but {problem}",
+                    hint="replace it with --overwrite (overwrite=True), or keep both with another --output-root"
+                    + (" (or rerun with its cloud mask)" if "cloud mask" in problem else ""),
+                )
+            return _skipped(record, "skipped_existing", tiff, nodata=nodata)
         chunks = planned.get(index)
         if chunks is None:
             chunks = plan_chunks(
@@ -267,6 +306,7 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
         reuse = config.resume and not config.overwrite
         stored = store.existing(len(names), dtype, cleanup=not config.dry_run) if reuse else []
         job = ImageJob(index, record, tiff, spec, store, chunks, stored, nodata)
+        _plan_around_stored(config, job, model)
         if not config.dry_run:
             fill = fill_value(dtype, nodata)
             bound = None
@@ -284,16 +324,38 @@ def plan_download(config: DownloadConfig, search: SearchResult) -> Plan:
             )
         return job
 
+    out: list[ImageJob | DownloadResult] = []
     with ThreadPoolExecutor(max_workers=config.prepare_workers, thread_name_prefix="edown-prepare") as pool:
-        prepared = list(pool.map(prepare, enumerate(records)))
-    if existing_conflicts:
-        raise OutputExistsError(
-            f"{len(existing_conflicts)} output(s) already exist, e.g. {existing_conflicts[0]}",
-            hint="pass resume=True (--resume) to keep them, or overwrite=True (--overwrite) to replace them",
+        for item in pool.map(prepare, records):
+            if on_job is not None and isinstance(item, ImageJob):
+                on_job(item)
+            out.append(item)
+    return out
+
+
+def _plan_around_stored(config: DownloadConfig, job: ImageJob, model: CostModel) -> None:
+    """Keep every stored chunk of an interrupted run, even one an earlier plan cut differently (another
+    cost model, chunk size or split), and cut only the rest: arrived pixels are never fetched again."""
+    if not job.stored or all(covered_by(w, job.stored) is not None for w in job.chunks):
+        return
+    area = _area(job.record)
+    stored = [c.window for c in job.stored]
+    if config.chunk_size_mode == "auto" and config.chunk_size is None:
+        job.chunks = resume_plan({0: area}, {0: stored}, model, config.request_byte_limit)[0]
+        return
+    kept = reusable(area.window, stored)
+    job.chunks = kept + [
+        w
+        for region in uncovered(area.window, kept)
+        for w in plan_chunks(
+            region,
+            area.band_count,
+            area.itemsize,
+            config.request_byte_limit,
+            chunk_size=config.chunk_size,
+            mode=config.chunk_size_mode,
         )
-    jobs = [p for p in prepared if isinstance(p, ImageJob)]
-    skipped = [p for p in prepared if isinstance(p, DownloadResult)]
-    return Plan(jobs, skipped, [r.record_key for r in records], model)
+    ]
 
 
 def run_cost_model(config: DownloadConfig) -> CostModel:
@@ -308,7 +370,7 @@ def _area(record: ImageRecord) -> Area:
 
 
 def _planned_chunks(
-    config: DownloadConfig, records: list[ImageRecord], model: CostModel
+    config: DownloadConfig, records: list[tuple[int, ImageRecord]], model: CostModel
 ) -> dict[int, list[Window]]:
     """The ``auto`` cut of every downloadable record by the cost model, for the whole run at once
     (``fixed`` chunks, or ``auto`` with a ``chunk_size`` cap, are cut per image by :func:`plan_chunks`)."""
@@ -316,8 +378,11 @@ def _planned_chunks(
         return {}
     areas = {
         i: _area(r)
-        for i, r in enumerate(records)
-        if not r.missing_bands and not r.outside_aoi and not r.aoi_window.is_empty
+        for i, r in records
+        if not r.missing_bands
+        and not r.outside_aoi
+        and not r.aoi_window.is_empty
+        and not is_cloudy(r, config.max_cloud_fraction)
     }
     return plan_requests(areas, model, config.request_byte_limit)
 
@@ -339,7 +404,8 @@ def _existing_mismatch(tiff: Path, spec: OutputSpec) -> str | None:
     bands, another AOI or another nodata in the same output root meets the earlier file.
     """
     try:
-        found = describe(tiff)
+        with fetched(tiff) as local:
+            found = describe(local)
     except Exception as exc:
         return f"cannot be read ({type(exc).__name__})"
     there: list[str] = []
@@ -385,20 +451,20 @@ def _existing_mismatch(tiff: Path, spec: OutputSpec) -> str | None:
 class _Run:
     """One download run's threads: fetchers (:class:`~edown.scheduler.Fetcher`) feed the writer
     (:class:`~edown.writer.ChunkWriter`); this class only reconciles stored chunks, starts and stops them,
-    and waits until every image has an outcome."""
+    takes images while they run (:meth:`add`, as a streamed search finds them) and waits until every
+    image has an outcome."""
 
     def __init__(
         self,
         config: DownloadConfig,
         conn: earthengine.Connection,
-        jobs: list[ImageJob],
         counters: Counters,
         on_image_done: Callable[[], None],
         model: CostModel | None = None,
     ) -> None:
         self.config = config
         self.conn = conn
-        self.jobs = jobs
+        self.jobs: list[ImageJob] = []
         self.counters = counters
         self.on_image_done = on_image_done
         self.model = model or run_cost_model(config)
@@ -408,75 +474,103 @@ class _Run:
         self.stop = threading.Event()
         self.remaining = 0
         self.done_cond = threading.Condition()
-        self.jobs_by_index = {j.index: j for j in jobs}
+        self.jobs_by_index: dict[int, ImageJob] = {}
         #: Bytes of responses in flight or waiting to be stored (``max_inflight_chunks`` of the largest size).
         self.budget = ByteBudget(config.max_inflight_chunks * config.request_byte_limit)
         self.queue: FetchQueue | None = None
+        self.writer: ChunkWriter | None = None
+        self.fetcher: Fetcher | None = None
+        #: True while jobs may still be added (a streamed search is still listing images).
+        self.adding = True
         #: Set when writing can no longer succeed (a full disk): the run stops and this is raised.
         self.fatal: EdownError | None = None
 
     # -- lifecycle --
-    def run(self) -> None:
-        reuse = self.config.resume and not self.config.overwrite
-        todo: dict[int, list[Window]] = {}
-        for job in self.jobs:
-            if not reuse:
-                job.store.remove()
-                job.stored = []
-            todo[job.index] = [w for w in job.chunks if covered_by(w, job.stored) is None]
-            # Stored pieces that do not tile a planned chunk (a different chunking) cannot be reused.
-            keep = {c.path for w in job.chunks if (cov := covered_by(w, job.stored)) for c in cov}
-            for chunk in job.stored:
-                if chunk.path not in keep:
-                    chunk.path.unlink(missing_ok=True)
-            job.stored = [c for c in job.stored if c.path in keep]
-            job.outstanding = len(todo[job.index])
-        self.remaining = len(self.jobs)
-        self.counters.add(chunks_done=sum(len(j.chunks) - j.outstanding for j in self.jobs))
+    def start(self) -> None:
+        """Start the fetch and writer threads; jobs come with :meth:`add`, while they run."""
         self.queue = FetchQueue(
-            {j.index: _area(j.record) for j in self.jobs},
-            todo,
+            {},
+            {},
             self.model,
             self.config.request_byte_limit,
             learn=self.config.chunk_size_mode == "auto" and self.config.chunk_size is None,
             on_replan=self._replanned,
         )
-        writer = ChunkWriter(
+        self.writer = ChunkWriter(
             self.config.download_workers, self.counters, self.budget, self._finish, self._disk_full
         )
-        fetcher = Fetcher(
+        self.fetcher = Fetcher(
             self.config.max_concurrent_requests,
             self.conn,
             self.policy,
             self.queue,
             self.budget,
-            writer,
+            self.writer,
             self.jobs_by_index,
             self.counters,
             self._finish,
             self.stop,
         )
-        # Decided before any thread starts: once fetching begins, an image can reach zero outstanding
-        # chunks on its own, and must then not be assembled a second time from here.
-        complete_already = [job for job in self.jobs if job.outstanding == 0]
-        writer.start()
-        fetcher.start()
-        try:
-            for job in complete_already:
-                writer.assemble_later(job)
+        self.writer.start()
+        self.fetcher.start()
+
+    def add(self, jobs: list[ImageJob]) -> None:
+        """Queue ``jobs`` (prepared images) for fetching; reconciles their stored chunks first."""
+        assert self.queue is not None and self.writer is not None
+        reuse = self.config.resume and not self.config.overwrite
+        for job in jobs:
+            if not reuse:
+                job.store.remove()
+                job.stored = []
+            todo = [w for w in job.chunks if covered_by(w, job.stored) is None]
+            # Stored pieces that do not tile a planned chunk (overlapping ones) cannot be reused.
+            keep = {c.path for w in job.chunks if (cov := covered_by(w, job.stored)) for c in cov}
+            for chunk in job.stored:
+                if chunk.path not in keep:
+                    job.store.discard(chunk)
+            job.stored = [c for c in job.stored if c.path in keep]
+            job.outstanding = len(todo)
+            self.jobs_by_index[job.index] = job
             with self.done_cond:
-                while self.remaining > 0 and self.fatal is None:
+                self.remaining += 1
+            self.jobs.append(job)
+            self.counters.add(
+                images_total=1,
+                chunks_total=len(job.chunks),
+                chunks_done=len(job.chunks) - len(todo),
+            )
+            if not todo:
+                # Decided before its chunks are queued: it cannot reach zero outstanding chunks on its own.
+                self.writer.assemble_later(job)
+            else:
+                self.queue.add(job.index, _area(job.record), todo)
+
+    def close_adding(self) -> None:
+        """No more jobs will come: once the queue drains, every response has arrived."""
+        with self.done_cond:
+            self.adding = False
+            self.done_cond.notify_all()
+
+    def wait(self) -> None:
+        assert self.queue is not None and self.writer is not None
+        try:
+            with self.done_cond:
+                while (self.adding or self.remaining > 0) and self.fatal is None:
                     self.done_cond.wait(timeout=0.1)
-                    if self.queue.empty and self.budget.used == 0:
-                        writer.fetching_done()
+                    if not self.adding and self.queue.empty and self.budget.used == 0:
+                        self.writer.fetching_done()
         except KeyboardInterrupt:
             self.stop.set()
             raise
-        finally:
-            self.stop.set()
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        if self.queue is not None:
             self.queue.close()
-            fetcher.join(timeout=2)
-            writer.stop(timeout=60)
+        if self.fetcher is not None:
+            self.fetcher.join(timeout=2)
+        if self.writer is not None:
+            self.writer.stop(timeout=60)
 
     def planner_stats(self) -> dict[str, Any]:
         """What the planner learned: the cost model the responses imply and how often it re-cut unsent
@@ -524,10 +618,41 @@ class _Run:
 # ---- orchestration ------------------------------------------------------------------------------------
 
 
-def _manifest_path(config: DownloadConfig, started: dt.datetime) -> Path:
+def _manifest_path(config: DownloadConfig, started: dt.datetime) -> Location:
     if config.manifest_path is not None:
         return config.manifest_path
     return config.manifests_dir / f"run-{started.strftime('%Y%m%dT%H%M%S')}Z.json"
+
+
+@dataclass(frozen=True)
+class _StoreTarget:
+    """Where a staged run's outputs really go: the store root (None when only the manifest is on a
+    store), its id, and the staging folder that stands for it."""
+
+    root: StoreURL | None
+    root_id: str | None
+    staged_root: Path
+
+    def url_of(self, path: Path | StoreURL | None) -> Path | StoreURL | None:
+        if path is None or self.root is None or isinstance(path, StoreURL):
+            return path
+        try:
+            return self.root / path.absolute().relative_to(self.staged_root.absolute()).as_posix()
+        except ValueError:
+            return path
+
+
+def _unused_run_name(path: Path) -> Path:
+    """``run-<UTC second>Z.json``, or the next second not yet taken (called under the root's lock).
+
+    Two runs into one root that start within the same second run one after the other; the later one must
+    not replace the earlier one's record, and names must still sort by start (``stack -m latest``).
+    """
+    stamp = dt.datetime.strptime(path.name, "run-%Y%m%dT%H%M%SZ.json")
+    while staged_exists(path):
+        stamp += dt.timedelta(seconds=1)
+        path = path.with_name(f"run-{stamp.strftime('%Y%m%dT%H%M%S')}Z.json")
+    return path
 
 
 def _download_section(
@@ -608,13 +733,70 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
     ``failed`` with Earth Engine's message) rather than raised. Bad input raises
     :class:`~edown.errors.ConfigError`; outputs that exist with ``resume=False`` and ``overwrite=False``
     raise :class:`~edown.errors.OutputExistsError` before anything is fetched.
+
+    ``output_root`` and ``manifest_path`` may be ``s3://`` / ``gs://`` URLs: the run is then staged
+    locally and every output uploaded whole (:mod:`edown.storeroot`).
     """
     started_wall = now_utc()
+    if not isinstance(config.output_root, StoreURL) and not isinstance(config.manifest_path, StoreURL):
+        return _download(config, started_wall, None)
+    manifest_target = _manifest_path(config, started_wall)
+    with staging() as stage, contextlib.ExitStack() as stack:
+        local_root = stage / "root" if isinstance(config.output_root, StoreURL) else config.output_root
+        local_manifest: Path | None = None
+        if isinstance(config.manifest_path, StoreURL):
+            named = config.manifest_path
+            local_manifest = stage / "manifest" / named.name
+            (stage / "manifest").mkdir()
+            stack.enter_context(mirrored(local_manifest, ObjectStore(named.parent), named.name))
+        elif config.manifest_path is not None:
+            local_manifest = config.manifest_path
+        root_id = None
+        if isinstance(config.output_root, StoreURL):
+            if config.dry_run:  # read-only: no lock, no marker
+                store = ObjectStore(config.output_root)
+            else:
+                store, root_id = stack.enter_context(
+                    locked_store_root(config.output_root, f"download to {config.output_root}")
+                )
+            stack.enter_context(mirrored(local_root, store))
+        local = replace(
+            config,
+            output_root=local_root,
+            manifest_path=local_manifest,
+            cog=config.cog or isinstance(config.output_root, StoreURL),
+        )
+        target = _StoreTarget(
+            config.output_root if isinstance(config.output_root, StoreURL) else None,
+            root_id,
+            local_root,
+        )
+        summary = _download(local, started_wall, target)
+    return replace(
+        summary,
+        # A default name is chosen under the lock (the staged root's manifests/ stands for the store's).
+        manifest_path=(target.url_of(summary.manifest_path) if local_manifest is None else None)
+        or manifest_target,
+        results=tuple(replace(r, tiff_path=target.url_of(r.tiff_path)) for r in summary.results),
+        stac_catalog=target.url_of(summary.stac_catalog),
+    )
+
+
+def _download(
+    config: DownloadConfig, started_wall: dt.datetime, target: _StoreTarget | None
+) -> DownloadSummary:
     started = time.monotonic()
-    search = resolve_search(config)
-    manifest_path = _manifest_path(config, started_wall)
+    manifest_path = on_disk(_manifest_path(config, started_wall))
+    # A fresh search streams into the download (each page's images are fetched while the next page is
+    # listed); without resume or overwrite every existing output must be refused before anything is
+    # fetched, so the whole search comes first.
+    streaming = config.search_manifest is None and not config.dry_run and (config.resume or config.overwrite)
+    search: SearchResult | None = None
+    if not streaming:
+        search = resolve_search(config)
     if config.dry_run:
         # Read-only: no lock, nothing cleaned, nothing sent to Earth Engine.
+        assert search is not None
         plan = plan_download(config, search)
         return _dry_run_summary(config, search, plan, manifest_path, time.monotonic() - started)
 
@@ -629,72 +811,122 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
         timeout=config.request_timeout_seconds,
     )
     before = conn.pacer.snapshot()
-    # The lock comes before anything on disk is looked at or cleaned: a second run that is refused must
-    # not have touched the first one's chunks.
-    writes = ("images", "stac") if config.manifest_path is not None else ("images", "manifests", "stac")
-    with locked_root(config.output_root, f"download to {config.output_root}", writes) as held:
-        catalog_before = stac.read_catalog(config.output_root)  # a damaged catalog is refused before work
-        plan = plan_download(config, search)
-        manifest = new_manifest(manifest_path, config.output_root, held.root_id)
-        set_search(manifest, config, search)
-        counters = Counters(images_total=len(plan.jobs), chunks_total=sum(len(j.chunks) for j in plan.jobs))
-        base = config.output_root
-        last_write = [0.0]
-        write_lock = threading.Lock()
-        runs: list[_Run] = []
+    model = run_cost_model(config)
+    plan = Plan([], [], [], model)
+    counters = Counters()
+    output_root = on_disk(config.output_root)
+    uploads = uploads_of(output_root)
+    if uploads is not None:  # an object-store root: progress shows the bytes stored there too
+        uploads.listeners.append(lambda nbytes: counters.add(stored=nbytes))
+    base = output_root
+    last_write = [0.0]
+    write_lock = threading.Lock()
+    manifest: Manifest | None = None
+    taken: set[str] = set()
+    deferred: list[ImageRecord] = []
+    runs: list[_Run] = []
 
-        def results_now() -> list[DownloadResult]:
-            by_key = {r.record_key: r for r in plan.skipped}
-            for job in plan.jobs:
-                by_key[job.record.record_key] = job.result(
-                    job.status or "failed", job.error or ("in progress" if job.status is None else None)
-                )
-            return [by_key[k] for k in plan.order if k in by_key]
+    def results_now() -> list[DownloadResult]:
+        by_key = {r.record_key: r for r in plan.skipped}
+        for job in list(plan.jobs):
+            by_key[job.record.record_key] = job.result(
+                job.status or "failed", job.error or ("in progress" if job.status is None else None)
+            )
+        return [by_key[k] for k in plan.order if k in by_key]
 
-        def write_manifest(final: bool = False, interrupted: bool = False) -> None:
-            with write_lock:
-                now = time.monotonic()
-                if not final and now - last_write[0] < MANIFEST_EVERY_S:
-                    return
-                last_write[0] = now
-                stats = _stats(conn, before, counters, plan, time.monotonic() - started, runs)
-                manifest.doc["download"] = _download_section(
-                    config,
-                    started_wall,
-                    results_now(),
-                    stats,
-                    now_utc() if final else None,
-                    base,
-                    interrupted,
-                )
-                manifest.write()
+    def write_manifest(final: bool = False, interrupted: bool = False, first: Manifest | None = None) -> None:
+        """Write the run manifest (at most every few seconds unless ``final``); ``first`` is the manifest's
+        first write, after which the others go to it (none before: nothing is written when it fails)."""
+        nonlocal manifest
+        with write_lock:
+            now = time.monotonic()
+            into = first or manifest
+            if into is None or (not (final or first) and now - last_write[0] < MANIFEST_EVERY_S):
+                return
+            last_write[0] = now
+            stats = _stats(conn, before, counters, plan, time.monotonic() - started, runs)
+            into.doc["download"] = _download_section(
+                config,
+                started_wall,
+                results_now(),
+                stats,
+                now_utc() if final else None,
+                base,
+                interrupted,
+            )
+            into.write()
+            manifest = into
 
-        def progress_manifest() -> None:
-            # Called from worker threads as images finish; a full disk is reported by the final write.
-            try:
-                write_manifest(False)
-            except OSError as exc:
-                if not is_disk_full(exc):
-                    raise
-                log.warning("could not update the manifest: %s", exc)
-
+    def progress_manifest() -> None:
+        # Called from worker threads as images finish; a full disk is reported by the final write.
         try:
-            with user_folder(manifest_path.parent, "manifest folder", "--manifest-path / manifest_path"):
-                write_manifest(final=False)
+            write_manifest(False)
         except OSError as exc:
-            if is_disk_full(exc):
-                raise DiskFullError(str(config.output_root)) from None
-            raise
-        run = _Run(config, conn, plan.jobs, counters, progress_manifest, plan.model)
-        runs.append(run)
-        interrupted = False
+            if not is_disk_full(exc):
+                raise
+            log.warning("could not update the manifest: %s", exc)
+
+    run = _Run(config, conn, counters, progress_manifest, model)
+    runs.append(run)
+    writes = ("images", "stac") if config.manifest_path is not None else ("images", "manifests", "stac")
+    catalog_before: list[dict[str, stac.CollectionState]] = []
+    interrupted = False
+    with contextlib.ExitStack() as stack:
+        held: list[HeldRoot] = []
+        reporting: list[Reporter] = []
+
+        def take(records: list[ImageRecord], last: bool = False) -> None:
+            """Prepare ``records`` and queue their chunks; the first downloadable one (or the end of the
+            search) takes the lock."""
+            fresh = [r for r in [*deferred, *records] if r.record_key not in taken]
+            if not held and not last and not any(not r.missing_bands and not r.outside_aoi for r in fresh):
+                deferred[:] = fresh  # nothing to fetch yet: the root is not touched
+                return
+            deferred.clear()
+            if not held:
+                # The lock comes before anything on disk is looked at or cleaned: a second run that is
+                # refused must not have touched the first one's chunks.
+                held.append(stack.enter_context(locked_root(output_root, f"download to {base}", writes)))
+                pull_tree(output_root / stac.STAC_DIR)  # a store root: merge with the catalog it holds
+                catalog_before.append(stac.read_catalog(output_root))  # a damaged one is refused now
+                run.start()
+            taken.update(r.record_key for r in fresh)
+            first = len(taken) - len(fresh)
+            prepared = prepare_jobs(
+                config, list(enumerate(fresh, start=first)), model, on_job=lambda job: run.add([job])
+            )
+            plan.jobs.extend(p for p in prepared if isinstance(p, ImageJob))
+            plan.skipped.extend(p for p in prepared if isinstance(p, DownloadResult))
+            if not reporting:
+                # Only once the first images are planned: bad input is reported as one line, no progress.
+                reporting.append(stack.enter_context(Reporter(counters, "download", enabled=config.progress)))
+
         try:
-            with Reporter(counters, "download", enabled=config.progress):
-                run.run()
+            if search is None:
+                search = search_images(config, on_records=take)
+            take(list(search.images), last=True)
+            plan.order = [r.record_key for r in search.images]
+            if config.manifest_path is None:
+                manifest_path = _unused_run_name(manifest_path)
+            started_manifest = new_manifest(manifest_path, output_root, held[0].root_id)
+            if target is not None and target.root is not None:
+                started_manifest.doc["output_root"] = str(target.root)
+                started_manifest.doc["root_id"] = target.root_id
+            set_search(started_manifest, config, search)
+            try:
+                with user_folder(manifest_path.parent, "manifest folder", "--manifest-path / manifest_path"):
+                    write_manifest(first=started_manifest)
+            except OSError as exc:
+                if is_disk_full(exc):
+                    raise DiskFullError(str(config.output_root)) from None
+                raise
+            run.close_adding()
+            run.wait()
         except KeyboardInterrupt:
             interrupted = True
             raise
         finally:
+            run.shutdown()
             for job in plan.jobs:
                 if job.status is None:
                     job.status, job.error = "failed", "interrupted before completion (run again to resume)"
@@ -706,7 +938,7 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
                 log.warning("could not update the manifest: %s", exc)
         if run.fatal is not None:
             raise run.fatal
-        catalog = _write_catalog(config, search, results_now(), catalog_before)
+        catalog = _write_catalog(config, search, results_now(), catalog_before[0])
     return DownloadSummary.build(
         manifest_path,
         tuple(results_now()),
@@ -727,10 +959,13 @@ def _write_catalog(
     """Merge this run's finished images into the root's STAC catalog (the lock is held throughout, so
     ``existing``, read when the run started, is still what is on disk)."""
     entries = stac.image_entries(search.images, results, config.cog)
+    root = on_disk(config.output_root)
     try:
-        return stac.write_documents(
-            config.output_root, stac.catalog_documents(config.output_root, existing, entries)
-        )
+        documents = stac.catalog_documents(root, existing, entries)
+        catalog = stac.write_documents(root, documents)
+        for relative in documents:  # on a store root: uploaded in the same order, items first
+            upload(root / stac.STAC_DIR / relative)
+        return catalog
     except OSError as exc:
         if is_disk_full(exc):
             raise DiskFullError(str(config.output_root)) from None
@@ -750,10 +985,12 @@ def _stats(
     pixels = sum(j.spec.width * j.spec.height for j in plan.jobs if j.status == "downloaded")
     return {
         "elapsed_seconds": round(elapsed, 3),
-        "requests": pacer["requests"] - before["requests"],
+        # Pixel requests, counted per image: a streamed search's listing runs while pixels are fetched.
+        "requests": sum(j.requests for j in plan.jobs),
         "retries": snap["retries"],
         "throttled": pacer["throttled"] - before["throttled"],
         "bytes_downloaded": round(snap["mb"] * 1e6),
+        "bytes_to_store": round(snap["stored_mb"] * 1e6),
         "output_megapixels": round(pixels / 1e6, 3),
         "megapixels_per_second": round(pixels / 1e6 / elapsed, 3) if elapsed else None,
         "peak_inflight": pacer["peak_inflight"],
@@ -772,6 +1009,14 @@ def _dry_run_summary(
         for j in plan.jobs
         for w in _missing(j)
     ]
+    if uploads_of(on_disk(config.output_root)) is not None:
+        # Each missing chunk is stored as it arrives, then each image as a COG (compressed, so at most
+        # about its raw size plus overviews): an upper bound of what goes to the store.
+        raw = sum(
+            j.spec.width * j.spec.height * len(j.spec.band_names) * np.dtype(j.spec.dtype).itemsize
+            for j in plan.jobs
+        )
+        totals["store_upload_bytes_max"] = sum(sizes) + raw * 4 // 3
     totals.update(
         {
             "concurrency": model.concurrency,

@@ -35,6 +35,8 @@ from edown.rootstate import (
     special_file_kind,
     trusted_root,
 )
+from edown.storeroot import publish
+from edown.stores import Location, ObjectStore, StoreURL
 
 SCHEMA = "edown.manifest"
 SCHEMA_VERSION = 1
@@ -95,6 +97,8 @@ class Manifest:
 
     path: Path
     doc: dict[str, Any]
+    #: Where the manifest was read from when it lives on an object store (``path`` is then only its name).
+    url: StoreURL | None = None
 
     @property
     def output_root(self) -> Path:
@@ -176,6 +180,7 @@ class Manifest:
     def write(self) -> None:
         self.doc["updated_utc"] = utc_iso(now_utc())
         atomic_write_text(self.path, dumps(self.doc))
+        publish(self.path)  # a manifest on a store: one PUT of the whole document
 
 
 def new_manifest(path: Path, output_root: Path | None, root_id: str | None = None) -> Manifest:
@@ -201,9 +206,23 @@ def set_search(manifest: Manifest, config: SearchConfig, result: SearchResult) -
     manifest.doc["search"] = {"config": search_config, "result": result.to_dict()}
 
 
-def load_manifest(path: Path, field: str = "manifest_path") -> Manifest:
-    """Read and check a manifest; every problem is one :class:`ManifestError` line naming ``field`` (the
-    option or config field the path came from)."""
+def load_manifest(path: Location, field: str = "manifest_path") -> Manifest:
+    """Read and check a manifest (a local file or an object on a store); every problem is one
+    :class:`ManifestError` line naming ``field`` (the option or config field the path came from)."""
+    if isinstance(path, StoreURL):
+        try:
+            raw = ObjectStore(path.parent).read_bytes(path.name)
+        except FileNotFoundError:
+            raise ManifestError(
+                f"{field}: {path} does not exist", hint="give the JSON file written by edown"
+            ) from None
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"{field}: {path} is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise ManifestError(f"{field}: {path} is nested too deeply to be an edown manifest") from None
+        return _checked(doc, Path(path.name), field, path)
     path = Path(path).expanduser()
     if not path.is_file():
         raise ManifestError(
@@ -217,20 +236,25 @@ def load_manifest(path: Path, field: str = "manifest_path") -> Manifest:
         raise ManifestError(f"{field}: {path} is nested too deeply to be an edown manifest") from None
     except OSError as exc:
         raise ManifestError(f"{field}: {path} cannot be read ({exc.strerror or exc})") from None
+    return _checked(doc, path, field)
+
+
+def _checked(doc: Any, path: Path, field: str, url: StoreURL | None = None) -> Manifest:
+    shown = url or path
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise ManifestError(
-            f'{field}: {path} is not an edown manifest (no "schema": "{SCHEMA}")',
+            f'{field}: {shown} is not an edown manifest (no "schema": "{SCHEMA}")',
             hint="was it written by another tool? edown reads only its own manifests",
         )
     version = doc.get("schema_version")
     if isinstance(version, bool) or not isinstance(version, int):
-        raise ManifestError(f"{field}: {path} has schema_version {version!r}, which is not a whole number")
+        raise ManifestError(f"{field}: {shown} has schema_version {version!r}, which is not a whole number")
     if version > SCHEMA_VERSION or version < 1:
         raise ManifestError(
-            f"{field}: {path} has schema_version {version!r}; this edown reads version {SCHEMA_VERSION}",
+            f"{field}: {shown} has schema_version {version!r}; this edown reads version {SCHEMA_VERSION}",
             hint="upgrade edown to read manifests from newer versions",
         )
-    manifest = Manifest(path, doc)
+    manifest = Manifest(path, doc, url)
     try:
         # Parse every section now so damage is reported at load; download paths are checked against a
         # root only when one is trusted (``downloads_in``), which is the only way to read them.
@@ -240,7 +264,7 @@ def load_manifest(path: Path, field: str = "manifest_path") -> Manifest:
     except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
         what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
         raise ManifestError(
-            f"{field}: {path} is damaged ({type(exc).__name__}: {what})",
+            f"{field}: {shown} is damaged ({type(exc).__name__}: {what})",
             hint="use the manifest as edown wrote it, or download again to write a new one",
         ) from None
     return manifest

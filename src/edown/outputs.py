@@ -223,6 +223,10 @@ class ChunkStore:
         data: np.ndarray = np.load(chunk.path, mmap_mode="r", allow_pickle=False)
         return data
 
+    def discard(self, chunk: StoredChunk) -> None:
+        """Delete one stored chunk (one that no longer tiles the plan)."""
+        chunk.path.unlink(missing_ok=True)
+
     def remove(self) -> None:
         """Delete the chunks and the folder; anything else someone put in there is left (with the folder)."""
         for path in self._own_files():

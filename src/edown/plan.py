@@ -16,6 +16,7 @@ yet sent, so nothing that arrived is fetched again.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -184,12 +185,13 @@ def plan_requests(
     floors = {key: min_pieces(area, byte_limit, tile) for key, area in areas.items()}
     best: tuple[float, int, float] | None = None
     for target in _candidate_targets(areas, floors, model):
+        counts = {key: _pieces_for(area, floors[key], target) for key, area in areas.items()}
+        if best is not None and (sum(counts.values()) - 1) / model.requests_per_second > best[0]:
+            continue  # the rate quota alone makes this cut slower than the best so far
         sizes = [
             pixels * area.band_count * area.itemsize
             for key, area in areas.items()
-            for pixels in _piece_pixels(
-                area.window.width, area.window.height, _pieces_for(area, floors[key], target), tile
-            )
+            for pixels in _piece_pixels(area.window.width, area.window.height, counts[key], tile)
         ]
         score = (round(model.makespan(sizes), 9), len(sizes), target)
         if best is None or score[:2] < best[:2]:
@@ -252,6 +254,73 @@ def replan(
             regions[(key, i)] = Area(region, base.band_count, base.itemsize)
     cut = plan_requests(regions, model, byte_limit, tile)
     out: dict[K, list[Window]] = {key: [] for key in unsent}
+    for (key, _), chunks in cut.items():
+        out[key].extend(chunks)
+    return out
+
+
+def reusable(window: Window, stored: Sequence[Window]) -> list[Window]:
+    """The stored chunks a resumed run keeps: inside ``window`` and not overlapping one another
+    (largest first), whatever plan cut them, so arrived pixels are never fetched twice."""
+    kept: list[Window] = []
+    for chunk in sorted(stored, key=lambda w: (-w.pixels, w.row_off, w.col_off)):
+        if chunk.is_empty or chunk.intersection(window) != chunk:
+            continue
+        if all(chunk.intersection(other).is_empty for other in kept):
+            kept.append(chunk)
+    return kept
+
+
+def uncovered(window: Window, kept: Sequence[Window]) -> list[Window]:
+    """Rectangles that tile the part of ``window`` not covered by ``kept`` (disjoint windows inside it).
+
+    Cut into horizontal bands at every top and bottom edge of ``kept``; the gaps of each band are merged
+    downwards with identical gaps of the next band, so an untouched region stays one rectangle.
+    """
+    if not kept:
+        return [] if window.is_empty else [window]
+    top, bottom = window.row_off, window.row_off + window.height
+    edges = sorted({top, bottom, *(w.row_off for w in kept), *(w.row_off + w.height for w in kept)})
+    open_gaps: dict[tuple[int, int], int] = {}  # (col0, col1) -> row where this gap started
+    out: list[Window] = []
+    for y0, y1 in itertools.pairwise(edges):
+        spans = sorted(
+            (w.col_off, w.col_off + w.width) for w in kept if w.row_off <= y0 and w.row_off + w.height >= y1
+        )
+        gaps: list[tuple[int, int]] = []
+        x = window.col_off
+        for c0, c1 in spans:
+            if c0 > x:
+                gaps.append((x, c0))
+            x = max(x, c1)
+        if x < window.col_off + window.width:
+            gaps.append((x, window.col_off + window.width))
+        for gap in [g for g in open_gaps if g not in gaps]:
+            start = open_gaps.pop(gap)
+            out.append(Window(gap[0], start, gap[1] - gap[0], y0 - start))
+        for gap in gaps:
+            open_gaps.setdefault(gap, y0)
+    for gap, start in open_gaps.items():
+        out.append(Window(gap[0], start, gap[1] - gap[0], bottom - start))
+    return sorted(out, key=lambda w: (w.row_off, w.col_off))
+
+
+def resume_plan(
+    areas: Mapping[K, Area],
+    stored: Mapping[K, Sequence[Window]],
+    model: CostModel,
+    byte_limit: int,
+    tile: int = OUTPUT_TILE,
+) -> dict[K, list[Window]]:
+    """Every area's chunks when some are stored already: the reusable stored ones as they are (even if
+    an earlier plan cut them differently) plus the cost model's cut of the rest."""
+    kept = {key: reusable(area.window, stored.get(key, ())) for key, area in areas.items()}
+    regions: dict[tuple[K, int], Area] = {}
+    for key, area in areas.items():
+        for i, region in enumerate(uncovered(area.window, kept[key])):
+            regions[(key, i)] = Area(region, area.band_count, area.itemsize)
+    cut = plan_requests(regions, model, byte_limit, tile)
+    out: dict[K, list[Window]] = {key: list(kept[key]) for key in areas}
     for (key, _), chunks in cut.items():
         out[key].extend(chunks)
     return out

@@ -23,6 +23,8 @@ class Counters:
     images_failed: int = 0
     chunks_done: int = 0
     bytes: int = 0
+    #: Bytes uploaded to an object-store root (chunks, GeoTIFFs, manifests); 0 for a local root.
+    stored: int = 0
     retries: int = 0
     throttled: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -44,6 +46,7 @@ class Counters:
                 "chunks_done": self.chunks_done,
                 "mb": self.bytes / 1e6,
                 "mb_per_s": self.bytes / 1e6 / elapsed,
+                "stored_mb": self.stored / 1e6,
                 "retries": self.retries,
                 "throttled": self.throttled,
                 "elapsed": elapsed,
@@ -83,7 +86,8 @@ class Reporter:
         return (
             f"{self.label}: images {s['images_done']}/{s['images_total']} (failed {s['images_failed']}), "
             f"chunks {s['chunks_done']}/{s['chunks_total']}, {s['mb']:.1f} MB at {s['mb_per_s']:.1f} MB/s, "
-            f"retries {s['retries']} (429s {s['throttled']}), elapsed {s['elapsed']:.0f} s{eta}"
+            + (f"{s['stored_mb']:.1f} MB to the store, " if s["stored_mb"] else "")
+            + f"retries {s['retries']} (429s {s['throttled']}), elapsed {s['elapsed']:.0f} s{eta}"
         )
 
     def _rich(self) -> None:
@@ -116,7 +120,8 @@ class Reporter:
                     chunks,
                     total=s["chunks_total"] or None,
                     completed=s["chunks_done"],
-                    extra=f"{s['mb']:.1f} MB  {s['mb_per_s']:.1f} MB/s  retries {s['retries']}  429s {s['throttled']}",
+                    extra=f"{s['mb']:.1f} MB  {s['mb_per_s']:.1f} MB/s  retries {s['retries']}  429s {s['throttled']}"
+                    + (f"  {s['stored_mb']:.1f} MB stored" if s["stored_mb"] else ""),
                 )
                 if stopping:
                     break

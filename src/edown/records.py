@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edown.grid import GridSpec, Transform, Window
+from edown.stores import StoreURL
 
 STATUSES = (
     "downloaded",
@@ -33,9 +34,11 @@ def parse_utc(text: str) -> dt.datetime:
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.timezone.utc)
 
 
-def _path_out(path: Path | None, base: Path | None) -> str | None:
+def _path_out(path: Path | StoreURL | None, base: Path | None) -> str | None:
     if path is None:
         return None
+    if isinstance(path, StoreURL):
+        return str(path)
     if base is not None:
         try:
             return path.resolve().relative_to(base.resolve()).as_posix()
@@ -271,7 +274,8 @@ class DownloadResult:
 
     image_id: str
     status: str
-    tiff_path: Path | None
+    #: A local path, or the object's URL when the output root is an object store.
+    tiff_path: Path | StoreURL | None
     chunk_count: int
     error: str | None = None
     # extensions
@@ -321,7 +325,7 @@ class DownloadResult:
 class DownloadSummary:
     """Returned by :func:`edown.download_images`."""
 
-    manifest_path: Path
+    manifest_path: Path | StoreURL
     results: tuple[DownloadResult, ...]
     downloaded: int
     skipped: int
@@ -332,7 +336,7 @@ class DownloadSummary:
     plan: dict[str, Any] = field(default_factory=dict, repr=False)
     elapsed_seconds: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict, repr=False)
-    stac_catalog: Path | None = None
+    stac_catalog: Path | StoreURL | None = None
 
     @staticmethod
     def tally(results: tuple[DownloadResult, ...]) -> tuple[int, int, int]:
@@ -343,7 +347,7 @@ class DownloadSummary:
 
     @classmethod
     def build(
-        cls, manifest_path: Path, results: tuple[DownloadResult, ...], **extensions: Any
+        cls, manifest_path: Path | StoreURL, results: tuple[DownloadResult, ...], **extensions: Any
     ) -> DownloadSummary:
         """A summary whose counts are tallied from ``results``."""
         downloaded, skipped, failed = cls.tally(results)
@@ -356,7 +360,8 @@ class StackResult:
 
     group_id: str
     image_count: int
-    output_path: Path | None
+    #: A local path, or the datacube's URL when it is on an object store.
+    output_path: Path | StoreURL | None
     skipped_reason: str | None = None
     # extensions
     appended: int = 0

@@ -10,6 +10,7 @@ sent is never touched, so nothing is fetched twice). :class:`Fetcher` runs the f
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import logging
@@ -88,6 +89,16 @@ class FetchQueue:
                     return index, window, 0
                 self._order.pop(0)
             return None
+
+    def add(self, index: int, area: Area, windows: list[Window]) -> None:
+        """Queue another image's chunks while fetching runs (a streamed search found it); images are
+        still served oldest (lowest index) first."""
+        with self._cond:
+            self.areas[index] = area
+            if windows:
+                self._unsent[index] = list(windows)
+                bisect.insort(self._order, index)
+            self._cond.notify_all()
 
     def put_split(self, index: int, halves: list[Window], attempt: int) -> None:
         """Queue the halves of a chunk Earth Engine refused as too large, ahead of other work."""

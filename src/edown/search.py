@@ -39,12 +39,20 @@ from edown.records import AlignmentGroup, ImageRecord, SearchResult, parse_utc
 log = logging.getLogger("edown.search")
 
 PLUGIN_BATCH = 25
+#: Images per ``listImages`` page (Earth Engine's maximum).
+PAGE_SIZE = 1000
 #: Images looked at to list a collection's property names when a filtered search finds nothing.
 PROPERTY_PROBE = 50
 
 
-def search_images(config: SearchConfig) -> SearchResult:
+def search_images(
+    config: SearchConfig, on_records: Callable[[list[ImageRecord]], None] | None = None
+) -> SearchResult:
     """Discover images in an Earth Engine ImageCollection without downloading.
+
+    ``on_records`` (for a download that streams) receives each listed page's records as soon as the page
+    arrives, before the whole search ends; only when a page's records are already final (no transform
+    plugin, band maps or ``max_images``, which need every page first). The result has them all again.
 
     Raises :class:`~edown.errors.ConfigError` for bad input (naming the field),
     :class:`~edown.errors.CollectionNotFoundError` for an unknown collection and
@@ -63,7 +71,27 @@ def search_images(config: SearchConfig) -> SearchResult:
     policy = earthengine.RetryPolicy(
         max_retries=getattr(config, "max_retries", 4), base_delay=getattr(config, "retry_delay_seconds", 1.0)
     )
-    assets = _discover(conn, config, policy)
+    streams = on_records is not None and plugin is None and config.max_images is None
+    streams = streams and not config.scale_map and not config.rename_map
+    streams = streams and config.max_cloud_fraction is None  # fractions are counted after the listing
+    on_page = None
+    if streams:
+        assert on_records is not None
+
+        def on_page(page: list[dict[str, Any]]) -> None:
+            page = sorted(page, key=lambda a: (a.get("startTime", ""), a["id"]))
+            records, _ = _build_records(config, page, _describe_plain(page), transformed=False, check=False)
+            on_records([r for r in records if r.output_band_names])  # a page may hold none of the bands
+
+    pages = [0]
+    if on_page is not None:
+        stream = on_page
+
+        def on_page(page: list[dict[str, Any]]) -> None:
+            pages[0] += 1
+            stream(page)
+
+    assets = _discover(conn, config, policy, on_page)
     describe = _describe_plain if plugin is None else _plugin_describer(conn, config, plugin, policy)
     band_lists = describe(assets)
     records, warnings = _build_records(
@@ -80,7 +108,8 @@ def search_images(config: SearchConfig) -> SearchResult:
         alignment_groups=tuple(groups),
         selected_band_ids=tuple(selected),
         output_band_names=tuple(names),
-        requests=conn.pacer.started - first_request,
+        # Streamed, the connection also carries the download's pixel requests: count listing pages.
+        requests=pages[0] if streams else conn.pacer.started - first_request,
         elapsed_seconds=time.monotonic() - started,
         warnings=tuple(warnings),
     )
@@ -102,19 +131,27 @@ def date_filter_end(config: SearchConfig) -> str:
 
 
 def _discover(
-    conn: earthengine.Connection, config: SearchConfig, policy: earthengine.RetryPolicy
+    conn: earthengine.Connection,
+    config: SearchConfig,
+    policy: earthengine.RetryPolicy,
+    on_page: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
     filters = config.parsed_property_filters
-    assets = list(
-        earthengine.list_images(
-            conn,
-            config.collection_id,
-            date_filter(config),
-            config.aoi.geometry,
-            [f.to_aip160() for f in filters],
-            policy,
-        )
+    listing = earthengine.list_images(
+        conn,
+        config.collection_id,
+        date_filter(config),
+        config.aoi.geometry,
+        [f.to_aip160() for f in filters],
+        policy,
+        page_size=PAGE_SIZE,
     )
+    assets: list[dict[str, Any]] = []
+    # A full batch is a full page (or the listing ended): hand it on before asking for the next one.
+    for page in itertools.batched(listing, PAGE_SIZE):
+        assets.extend(page)
+        if on_page is not None:
+            on_page(list(page))
     if not assets and filters:
         _check_filtered_properties(conn, config, policy)
     if not assets:
@@ -225,7 +262,10 @@ def _build_records(
     assets: list[dict[str, Any]],
     band_lists: list[list[BandMeta]],
     transformed: bool,
+    check: bool = True,
 ) -> tuple[list[ImageRecord], list[str]]:
+    """One record per image and native grid; ``check=False`` (one page of a streamed search) leaves the
+    checks that need every image (bands found nowhere, band maps) to the whole search."""
     selections = []
     selected_anywhere: set[str] = set()
     missing_everywhere: set[str] | None = None
@@ -237,20 +277,21 @@ def _build_records(
         selections.append((chosen, missing))
         selected_anywhere.update(chosen)
         missing_everywhere = set(missing) if missing_everywhere is None else missing_everywhere & set(missing)
-    if missing_everywhere:
+    if check and missing_everywhere:
         raise ConfigError(
             "bands",
             f"{', '.join(sorted(missing_everywhere))} is not a band of any image found; available: {', '.join(all_available)}",
             "band names are case-sensitive Earth Engine ids (B04 is accepted for B4)",
         )
-    if not selected_anywhere:
+    if check and not selected_anywhere:
         wanted = [*config.bands, *(f"/{p}/" for p in config.band_include)]
         excluded = f" after excluding {', '.join(config.band_exclude)}" if config.band_exclude else ""
         raise ConfigError(
             "bands" if config.bands else "band_include" if config.band_include else "band_exclude",
             f"no band matched {', '.join(wanted) or 'anything'}{excluded}; available: {', '.join(all_available)}",
         )
-    check_maps(config, selected_anywhere)
+    if check:
+        check_maps(config, selected_anywhere)
 
     records: list[ImageRecord] = []
     warnings: list[str] = []

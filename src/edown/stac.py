@@ -315,7 +315,7 @@ def _item_from(doc: dict[str, Any]) -> pystac.Item:
 
 def _image_item(root: Path, folder: str, entry: ImageEntry) -> tuple[dict[str, Any], dict[str, str]]:
     record, result = entry.record, entry.result
-    assert result.tiff_path is not None
+    assert isinstance(result.tiff_path, Path), "the catalog is written in the (staged) local root"
     item_dir = root.absolute() / STAC_DIR / folder
     tiff = os.path.relpath(result.tiff_path.absolute(), item_dir)
     names = list(record.output_band_names)
@@ -386,7 +386,7 @@ def _image_item(root: Path, folder: str, entry: ImageEntry) -> tuple[dict[str, A
 
 def _stack_item(root: Path, folder: str, stack: StackEntry) -> dict[str, Any]:
     group, result = stack.group, stack.result
-    assert result.output_path is not None
+    assert isinstance(result.output_path, Path), "the catalog is written in the (staged) local root"
     item_dir = root.absolute() / STAC_DIR / folder
     href = os.path.relpath(result.output_path.absolute(), item_dir)
     a, _, c, _, e, f = group.transform[:6]
@@ -730,7 +730,7 @@ def stack_entry(collection_id: str, group: AlignmentGroup, result: StackResult) 
     from edown.stack import open_stack  # edown.stack writes the catalog through this module
     from edown.stack_icechunk import is_repository
 
-    assert result.output_path is not None
+    assert isinstance(result.output_path, Path), "datacubes on a store are not in the catalog yet"
     with open_stack(result.output_path) as ds:
         milliseconds = ds["time"].values.astype("datetime64[ms]").astype(np.int64)
         fill = ds["data"].attrs.get("_FillValue", ds["data"].encoding.get("_FillValue"))

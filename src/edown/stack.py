@@ -68,6 +68,7 @@ from edown.progress import Counters, Reporter
 from edown.records import AlignmentGroup, DownloadResult, ImageRecord, StackResult, utc_iso
 from edown.rootstate import check_no_links, journalled, locked_root
 from edown.search import alignment_groups
+from edown.stores import StoreURL, is_store_url, on_disk
 
 log = logging.getLogger("edown.stack")
 
@@ -366,21 +367,30 @@ def _executor(
 
 
 def stack_images(config: StackConfig) -> list[StackResult]:
-    """Build (or extend) one Zarr datacube per alignment group of one or several download manifests."""
+    """Build (or extend) one Zarr datacube per alignment group of one or several download manifests.
+
+    A manifest on an object store (``s3://…/manifests/run-….json``) is stacked into datacubes on that
+    store (:mod:`edown.storestack`)."""
     _require_zarr3()
+    if any(
+        isinstance(p, StoreURL) for p in (config.manifest_path, *config.manifest_paths, config.output_root)
+    ):
+        from edown.storestack import stack_on_store
+
+        return stack_on_store(config)
     if config.store == "icechunk":
         from edown.stack_icechunk import require_icechunk
 
         require_icechunk()
     sources = _merge(config)
     manifest = sources.newest
-    output_root = config.output_root or sources.output_root
+    output_root = on_disk(config.output_root or sources.output_root)
     records = {r.record_key: r for r in sources.records}
     available = {
         r.record_key: r
         for r in sources.downloads
         if r.status in ("downloaded", "skipped_existing")
-        and r.tiff_path is not None
+        and isinstance(r.tiff_path, Path)
         and r.tiff_path.is_file()
     }
     results: list[StackResult] = []
@@ -499,7 +509,10 @@ class _Sources:
 
 def _merge(config: StackConfig) -> _Sources:
     manifests = sorted(
-        (_download_manifest(p) for p in manifest_files((config.manifest_path, *config.manifest_paths))),
+        (
+            _download_manifest(p)
+            for p in manifest_files(on_disk(p) for p in (config.manifest_path, *config.manifest_paths))
+        ),
         key=_recency,
     )
     newest = manifests[-1]
@@ -512,7 +525,8 @@ def _merge(config: StackConfig) -> _Sources:
         )
     # A manifest's root is used only where edown made it (rootstate.trusted_root); the GeoTIFFs are read
     # from there, and the datacubes go to the root the user names, else to that same root.
-    sources = [_source_root(m, config.output_root) for m in manifests]
+    named = on_disk(config.output_root) if config.output_root is not None else None
+    sources = [_source_root(m, named) for m in manifests]
     roots = sorted({str(r) for r in sources})
     if len(roots) > 1 and config.output_root is None:
         raise StackError(
@@ -612,7 +626,7 @@ def _stack_group(
 ) -> StackResult:
     started = time.monotonic()
     nodata = _common_nodata(members)
-    pairs = [(record, result.tiff_path) for record, result in members if result.tiff_path is not None]
+    pairs = [(record, result.tiff_path) for record, result in members if isinstance(result.tiff_path, Path)]
     log_dir = output_root / "stacks" / ".slurm-logs"
     check_no_links(output_root, log_dir)
     if config.store == "icechunk":
@@ -922,21 +936,32 @@ def open_stack(path: str | Path, masked: bool = False, snapshot: str | None = No
 
     from edown import stack_icechunk
 
-    path = Path(path)
-    if stack_icechunk.is_repository(path):
-        ds = stack_icechunk.open_repository(path, masked, snapshot, as_of)
-    elif snapshot is not None or as_of is not None:
-        raise StackError(
-            f"{path} is not an icechunk stack: it has no snapshots",
-            hint="snapshot= and as_of= are for stacks built with store='icechunk'",
-        )
-    elif not (path / "zarr.json").exists():
-        raise StackError(
-            f"{path} is not a Zarr store written by edown",
-            hint="give a path like data/stacks/<collection>/<group>.zarr (or <group>.icechunk)",
-        )
+    if is_store_url(path):
+        if snapshot is not None or as_of is not None:
+            raise StackError(
+                f"{path} is a Zarr store on an object store: it has no snapshots",
+                hint="snapshot= and as_of= are for stacks built with store='icechunk'",
+            )
+        from edown.storestack import open_store_zarr
+
+        ds = xr.open_zarr(open_store_zarr(StoreURL(str(path))), mask_and_scale=masked)
     else:
-        ds = xr.open_zarr(path, mask_and_scale=masked)
+        path = Path(path)
+        if stack_icechunk.is_repository(path):
+            ds = stack_icechunk.open_repository(path, masked, snapshot, as_of)
+        elif snapshot is not None or as_of is not None:
+            raise StackError(
+                f"{path} is not an icechunk stack: it has no snapshots",
+                hint="snapshot= and as_of= are for stacks built with store='icechunk'",
+            )
+        elif not (path / "zarr.json").exists():
+            raise StackError(
+                f"{path} is not a Zarr store written by edown",
+                hint="give a path like data/stacks/<collection>/<group>.zarr (or <group>.icechunk), "
+                "or its s3:// / gs:// URL",
+            )
+        else:
+            ds = xr.open_zarr(path, mask_and_scale=masked)
     if ds.rio.crs is None and "spatial_ref" in ds.coords:
         ds = ds.rio.write_crs(ds["spatial_ref"].attrs.get("crs_wkt"))
     return ds

@@ -29,6 +29,7 @@ from edown.outputs import ChunkStore, StoredChunk, covered_by, sidecar_path
 from edown.progress import Counters
 from edown.records import utc_iso
 from edown.rootstate import atomic_write_text
+from edown.storeroot import publish
 
 if TYPE_CHECKING:
     from edown.download import ImageJob
@@ -215,10 +216,13 @@ class ByteBudget:
 
 
 class ChunkWriter:
-    """Writer threads: store each arrived response as its chunk; assemble an image after its last one.
+    """Writer threads: assemble each image's GeoTIFF once its last chunk is stored.
 
-    Owns the write queue, the chunk store writes, assembly and the disk-full stop. ``finish(job, status,
-    error)`` records an image's outcome; ``budget`` is released as each response is stored.
+    Owns the assembly queue, the assembly limit and the disk-full stop. Stored chunks are recorded by
+    :meth:`put` on the fetch thread that stored them (bookkeeping only), so a writer thread waiting for an
+    assembly slot never holds back the record of an arrived chunk, and "every response has arrived" is
+    known the moment it is true. ``finish(job, status, error)`` records an image's outcome; ``budget`` is
+    released as each stored chunk is recorded.
     """
 
     def __init__(
@@ -233,7 +237,7 @@ class ChunkWriter:
         self.budget = budget
         self.finish = finish
         self.on_disk_full = on_disk_full
-        self.queue: queue.Queue[tuple[ImageJob, Window, Path | None, int] | None] = queue.Queue()
+        self.queue: queue.Queue[ImageJob | None] = queue.Queue()
         self.workers = workers
         #: GeoTIFFs assembled at once: two while responses still arrive (compressing competes with
         #: receiving them for the CPU, and the quota is the scarce resource), every worker after.
@@ -255,8 +259,20 @@ class ChunkWriter:
             t.join(timeout=timeout)
 
     def put(self, job: ImageJob, window: Window, chunk: Path, nbytes: int) -> None:
-        """Record ``window``'s stored chunk (``nbytes`` of the budget); assemble the image if it was the last."""
-        self.queue.put((job, window, chunk, nbytes))
+        """Record ``window``'s stored chunk and release its ``nbytes`` of the budget; queue the image's
+        assembly if it was the last."""
+        try:
+            if job.status is not None:
+                return
+            with job.lock:
+                job.stored.append(StoredChunk(window, chunk))
+                job.outstanding -= 1
+                complete = job.outstanding == 0
+            self.counters.add(chunks_done=1)
+        finally:
+            self.budget.release(nbytes)
+        if complete:
+            self.queue.put(job)
 
     def fetching_done(self) -> None:
         """Every response has arrived: assemble with all workers from now on."""
@@ -266,25 +282,15 @@ class ChunkWriter:
 
     def assemble_later(self, job: ImageJob) -> None:
         """Queue the assembly of an image whose chunks are all stored already (a resumed run)."""
-        self.queue.put((job, Window(0, 0, 0, 0), None, 0))
+        self.queue.put(job)
 
     def _loop(self) -> None:
         while True:
-            item = self.queue.get()
-            if item is None:
+            job = self.queue.get()
+            if job is None:
                 return
-            job, window, chunk, nbytes = item
             try:
-                if job.status is not None:
-                    continue
-                complete = True
-                if chunk is not None:
-                    with job.lock:
-                        job.stored.append(StoredChunk(window, chunk))
-                        job.outstanding -= 1
-                        complete = job.outstanding == 0
-                    self.counters.add(chunks_done=1)
-                if complete:
+                if job.status is None:
                     self._assemble(job)
             except Exception as exc:
                 if is_disk_full(exc):
@@ -298,9 +304,6 @@ class ChunkWriter:
                     exc_info=log.isEnabledFor(logging.DEBUG),
                 )
                 self.finish(job, "failed", f"writing the output failed: {type(exc).__name__}: {exc}")
-            finally:
-                if chunk is not None:
-                    self.budget.release(nbytes)
 
     def _assemble(self, job: ImageJob) -> None:
         with self._assembly:
@@ -323,6 +326,8 @@ class ChunkWriter:
             pieces.extend(cover)
         write_sidecar(job)
         write_geotiff(job.tiff, job.spec, job.store, pieces, job.record.aoi_window)
+        publish(sidecar_path(job.tiff))  # on a store: uploaded whole, sidecar first as on disk
+        publish(job.tiff)
         job.store.remove()
         self.finish(job, "downloaded", None)
 

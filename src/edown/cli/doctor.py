@@ -18,7 +18,9 @@ from edown.redaction import redact
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _doctor(server_url: str | None, project: str | None, as_json: bool) -> None:
+def _doctor(
+    server_url: str | None, project: str | None, as_json: bool, output_root: str | None = None
+) -> None:
     import platform
     import time
 
@@ -57,6 +59,8 @@ def _doctor(server_url: str | None, project: str | None, as_json: bool) -> None:
         except EdownError as exc:
             report["endpoint"] = f"failed: {exc}"
             ok = False
+    if output_root is not None:
+        ok = _check_output_root(output_root, report) and ok
     report["ok"] = ok
     report = {key: redact(value) if isinstance(value, str) else value for key, value in report.items()}
     if as_json:
@@ -74,6 +78,36 @@ def _doctor(server_url: str | None, project: str | None, as_json: bool) -> None:
         sys.exit(1)
 
 
+def _check_output_root(output_root: str, report: dict[str, Any]) -> bool:
+    """Can edown write to ``output_root`` (a folder or a store)? Reports which, never the credentials."""
+    from edown.stores import StoreURL, location, probe
+
+    try:
+        where = location(output_root, "--output-root")
+    except EdownError as exc:
+        report["output_root"] = f"failed: {exc}"
+        return False
+    report["output_root"] = str(where)
+    report["store"] = (
+        f"{'S3' if where.scheme == 's3' else 'Google Cloud Storage'}"
+        + (f" at {_endpoint_shown(where.scheme)}" if _endpoint_shown(where.scheme) else "")
+        if isinstance(where, StoreURL)
+        else "local folder"
+    )
+    try:
+        report["output_root_check"] = probe(where)
+    except (EdownError, OSError) as exc:
+        report["output_root_check"] = f"failed: {exc}"
+        return False
+    return True
+
+
+def _endpoint_shown(scheme: str) -> str:
+    name = "AWS_ENDPOINT_URL" if scheme == "s3" else "STORAGE_EMULATOR_HOST"
+    value = os.environ.get(name) or (os.environ.get("AWS_ENDPOINT_URL_S3") if scheme == "s3" else None)
+    return f"{value} ({name})" if value else ""
+
+
 _DOCTOR_OPTIONS = [
     click.option(
         "--server-url",
@@ -82,6 +116,12 @@ _DOCTOR_OPTIONS = [
     ),
     click.option("--project", envvar="EE_PROJECT", help="Google Cloud project."),
     click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
+    click.option(
+        "-o",
+        "--output-root",
+        help="Also check that this folder, s3://bucket/prefix or gs://bucket/prefix is reachable and "
+        "writable (a probe object .edown/doctor-probe-* is written and deleted).",
+    ),
 ]
 
 
@@ -94,18 +134,18 @@ def _with_doctor_options(func: F) -> F:
 @click.command()
 @_with_doctor_options
 @handle_errors
-def doctor(server_url: str | None, project: str | None, as_json: bool) -> None:
+def doctor(server_url: str | None, project: str | None, as_json: bool, output_root: str | None) -> None:
     """Check which credentials and project edown would use, and whether the endpoint answers.
 
     Never prints secrets: only the kind of credentials (and a service account's e-mail). Exit code 1 when
     something does not work.
     """
-    _doctor(server_url, project, as_json)
+    _doctor(server_url, project, as_json, output_root)
 
 
 @click.command()
 @_with_doctor_options
 @handle_errors
-def auth(server_url: str | None, project: str | None, as_json: bool) -> None:
+def auth(server_url: str | None, project: str | None, as_json: bool, output_root: str | None) -> None:
     """Same as ``edown doctor``: show the credentials and project in use, and test the endpoint."""
-    _doctor(server_url, project, as_json)
+    _doctor(server_url, project, as_json, output_root)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
@@ -18,12 +17,13 @@ from edown.redaction import redact
 def _download_config(params: dict[str, Any]) -> Any:
     from edown.config import DownloadConfig
     from edown.manifest import load_manifest, search_config_from_dict
+    from edown.stores import location
 
     extra = {name: params[name] for name in DOWNLOAD_FIELDS if params.get(name) is not None}
     extra["progress"] = True  # a live display on a terminal, a plain line every 10 s otherwise
     if params.get("search_manifest"):
         source = params["search_manifest"]
-        saved = load_manifest(Path(source), "--from-manifest").search_config
+        saved = load_manifest(location(source, "--from-manifest"), "--from-manifest").search_config
         if saved is None:
             raise ConfigError("--from-manifest", f"{source} has no search section")
         mine = {
@@ -123,6 +123,8 @@ def _print_plan(summary: Any) -> None:
         ("output pixels", f"{plan['output_pixels'] / 1e6:.2f} Mpx"),
         ("estimated time at quota", f"{plan['estimated_seconds']:.0f} s"),
     ]
+    if "store_upload_bytes_max" in plan:
+        rows.append(("bytes to the store (at most)", f"{plan['store_upload_bytes_max'] / 1e6:.1f} MB"))
     for what, value in rows:
         table.add_row(what, str(value))
     console = stdout_console()
@@ -173,6 +175,11 @@ def _print_summary(summary: Any) -> None:
             f"{stats.get('requests', 0)} ({stats.get('retries', 0)}, {stats.get('throttled', 0)})",
         ),
         ("data received", f"{stats.get('bytes_downloaded', 0) / 1e6:.1f} MB"),
+        *(
+            [("data stored", f"{stats['bytes_to_store'] / 1e6:.1f} MB")]
+            if stats.get("bytes_to_store")
+            else []
+        ),
         (
             "output",
             f"{stats.get('output_megapixels', 0):.2f} Mpx at {stats.get('megapixels_per_second') or 0:.2f} Mpx/s",

@@ -10,6 +10,7 @@ import click
 from edown.cli.console import echo_json, stderr_console, stdout_console
 from edown.cli.errors import handle_errors
 from edown.cli.options import search_kwargs, search_options
+from edown.stores import StoreURL, location
 
 
 @click.command()
@@ -35,13 +36,23 @@ def search(manifest_path: str | None, as_json: bool, **params: Any) -> None:
     from edown.search import search_images
 
     config = SearchConfig(**search_kwargs(params))
-    if manifest_path:
-        check_parent_folder(Path(manifest_path), "manifest_path")
+    target = location(manifest_path, "manifest_path") if manifest_path else None
+    if isinstance(target, Path):
+        check_parent_folder(target, "manifest_path")
     result = search_images(config)
-    if manifest_path:
-        manifest = new_manifest(Path(manifest_path), None)
+    if isinstance(target, StoreURL):
+        from edown.storeroot import mirrored, staging
+        from edown.stores import ObjectStore
+
+        # Written in a staging folder and uploaded whole, as every manifest on a store is.
+        with staging() as stage, mirrored(stage / target.name, ObjectStore(target.parent), target.name):
+            manifest = new_manifest(stage / target.name, None)
+            set_search(manifest, config, result)
+            manifest.write()
+    elif target is not None:
+        manifest = new_manifest(target, None)
         set_search(manifest, config, result)
-        with user_folder(Path(manifest_path).parent, "manifest folder", "--manifest-path"):
+        with user_folder(target.parent, "manifest folder", "--manifest-path"):
             manifest.write()
     if as_json:
         echo_json(result.to_dict())

@@ -12,6 +12,7 @@ import click
 from edown.cli.console import echo_json, stderr_console, stdout_console
 from edown.cli.errors import VERBOSE, handle_errors
 from edown.errors import ConfigError
+from edown.stores import StoreURL, location
 
 
 @click.command()
@@ -81,7 +82,11 @@ def stack(
     from edown.config import StackConfig
     from edown.stack import manifest_files, stack_images
 
-    paths = manifest_files(_stack_manifests((*manifest_paths, *more_manifests), params.get("output_root")))
+    given = _stack_manifests((*manifest_paths, *more_manifests), params.get("output_root"))
+    on_store = [p for p in given if isinstance(p, StoreURL)]
+    paths: list[Path | StoreURL] = (
+        list(on_store) if on_store else list(manifest_files(p for p in given if isinstance(p, Path)))
+    )
     config = StackConfig(
         manifest_path=paths[0],
         manifest_paths=tuple(paths[1:]),
@@ -118,7 +123,7 @@ def stack(
         sys.exit(1)
 
 
-def _stack_manifests(given: tuple[str, ...], output_root: str | None) -> list[Path]:
+def _stack_manifests(given: tuple[str, ...], output_root: str | None) -> list[Path | StoreURL]:
     """``-m`` values as paths: ``latest`` is the newest run under the output root (unless a file of that
     name exists)."""
     from edown.stack import latest_manifest
@@ -132,12 +137,14 @@ def _stack_manifests(given: tuple[str, ...], output_root: str | None) -> list[Pa
     return [
         latest_manifest(Path(output_root or "data"))
         if value == "latest" and not Path(value).exists()
-        else Path(value)
+        else location(value, "manifest_path")
         for value in given
     ]
 
 
-def _relative(path: Path) -> Path:
+def _relative(path: Path | StoreURL) -> Path | StoreURL:
+    if isinstance(path, StoreURL):
+        return path
     try:
         return path.relative_to(Path.cwd())
     except ValueError:
