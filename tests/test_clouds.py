@@ -27,10 +27,11 @@ from edown import (
     search_images,
     stack_images,
 )
-from edown.clouds import FRACTION_BATCH, CloudCount, count_clouds, masks_for, resolve_mask
+from edown.clouds import FRACTION_BATCH, MASKS, CloudCount, count_clouds, masks_for, resolve_mask
+from edown.emulator import EmulatorConfig, Limits, serve
 from edown.emulator.server import Emulator
 from edown.errors import ConfigError
-from edown.quicklook import render_geotiff
+from edown.quicklook import render_geotiff, render_stack
 from tests.helpers import config, run_edown
 
 S2 = "COPERNICUS/S2_SR_HARMONIZED"
@@ -311,6 +312,16 @@ def test_max_cloud_fraction_keeps_exactly_the_images_at_or_under_it(
     alpha = np.asarray(Image.open(png))[..., -1]
     np.testing.assert_array_equal(alpha == 0, nodata_px)
     assert nodata_px.any() and not nodata_px.all()
+    # The time strip too: each frame's masked and nodata pixels are transparent, the rest opaque.
+    strip = np.asarray(Image.open(render_stack(cubes[0], tmp_path / "strip.png", thumb=4096)))
+    ds = xr.open_zarr(cubes[0], mask_and_scale=False)
+    fill = ds["data"].attrs.get("_FillValue", ds["data"].encoding.get("fill_value"))
+    height, width = ds.sizes["y"], ds.sizes["x"]
+    for i in range(ds.sizes["time"]):
+        missing = ds["data"].isel(time=i, band=0).values == fill
+        frame = strip[4 : 4 + height, 4 + i * (width + 4) : 4 + i * (width + 4) + width, -1]
+        np.testing.assert_array_equal(frame == 0, missing)
+        assert missing.any() and not missing.all()
 
 
 def test_cloud_mask_validation_names_the_field() -> None:
@@ -373,3 +384,97 @@ def _one_line_error(code: int, stderr: str, names: str) -> None:
     assert code == 2, stderr
     assert lines[0].startswith("error: ") and names in lines[0], stderr
     assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("hint: ")), stderr
+
+
+def test_a_fraction_batch_too_big_for_earth_engine_is_asked_again_as_two_halves(tmp_path: Path) -> None:
+    # 1000 evaluation steps fit three images' fractions but not six ("User memory limit exceeded"; a
+    # "Computation timed out" is split the same way).
+    common: dict[str, Any] = {
+        "collection_id": S2,
+        "start_date": "2024-06-01",
+        "end_date": "2024-06-14",
+        "aoi": AOI.from_bbox(CENTRAL_LONDON),
+        "bands": ("B4",),
+        "cloud_mask": "scl",
+        "max_cloud_fraction": 1.0,
+    }
+    with serve(EmulatorConfig()) as roomy:
+        reference = search_images(config(roomy, tmp_path, **common))
+    with serve(EmulatorConfig(limits=Limits(max_evaluation_nodes=1000))) as tight:
+        found = search_images(config(tight, tmp_path, **common))
+        requests = tight.stats()["requests"]["compute"]
+    fractions = {r.system_index: r.cloud_fraction for r in found.images}
+    assert len(fractions) == 6 and None not in fractions.values()
+    assert fractions == {r.system_index: r.cloud_fraction for r in reference.images}
+    assert requests == 3  # the batch of six, then two of three
+
+
+def test_cloud_score_plus_fractions_are_asked_in_smaller_batches(ee_emulator_session: Emulator) -> None:
+    assert MASKS["cloud-score-plus"].fraction_batch == 25 < MASKS["scl"].fraction_batch == FRACTION_BATCH
+    found = search_images(
+        SearchConfig(
+            collection_id=S2,
+            start_date="2024-06-01",
+            end_date="2024-06-14",
+            aoi=AOI.from_bbox(CENTRAL_LONDON),
+            bands=("B4",),
+            server_url=ee_emulator_session.url,
+        )
+    )
+    indices = [r.system_index for r in found.images]
+    ee_emulator_session.reset_stats()
+    counts = count_clouds(
+        S2,
+        indices * 5,  # 30 names (repeats are counted once by Earth Engine's inList): two batches
+        ("2024-06-01", "2024-06-15"),
+        AOI.from_bbox(CENTRAL_LONDON).geometry,
+        "cloud-score-plus",
+        0.6,
+        lambda obj: obj.getInfo(),
+    )
+    assert set(counts) == set(indices)
+    assert ee_emulator_session.stats()["requests"]["compute"] == 2
+
+
+def test_a_threshold_without_cloud_score_plus_is_refused_and_hints_only_suggest_what_fits() -> None:
+    from edown import DownloadConfig
+
+    base = {"start_date": "2024-06-01", "end_date": "2024-06-02", "aoi": AOI.from_bbox(CENTRAL_LONDON)}
+    for kw, message, hint in (
+        ({"collection_id": S2, "cloud_mask": "scl"}, "this run's cloud mask is scl", "cloud-score-plus"),
+        ({"collection_id": S2}, "there is no cloud mask", "--cloud-mask cloud-score-plus"),
+        ({"collection_id": L9, "cloud_mask": "auto"}, "cloud mask is qa-pixel", "does not fit " + L9),
+    ):
+        with pytest.raises(ConfigError, match="cloud_score_threshold: applies to cloud-score-plus only") as e:
+            DownloadConfig(**base, **kw, cloud_score_threshold=0.3, output_root=Path("x"))
+        assert message in e.value.message and hint in (e.value.hint or "")
+    fine = DownloadConfig(**base, collection_id=S2, cloud_mask="auto", cloud_score_threshold=0.3)
+    assert (fine.cloud_mask, fine.cloud_score_threshold) == ("cloud-score-plus", 0.3)
+    assert DownloadConfig(**base, collection_id=S2, cloud_mask="none").cloud_mask is None
+    for collection, mask in (("MODIS/061/MOD09GA", "qa-pixel"), ("COPERNICUS/S2_CLOUD_PROBABILITY", "auto")):
+        with pytest.raises(ConfigError) as refused:
+            DownloadConfig(**base, collection_id=collection, cloud_mask=mask)
+        hint = refused.value.hint or ""
+        assert "auto" not in hint and "S2*" not in hint and "drop --cloud-mask" in hint, hint
+        assert "COPERNICUS/S2_SR_HARMONIZED" not in hint and "S2_SR_HARMONIZED" in hint
+
+
+def test_cli_accepts_none_and_the_demo_checks_its_mask_before_starting(
+    ee_emulator: Emulator, tmp_path: Path
+) -> None:
+    bbox = ",".join(str(v) for v in CENTRAL_LONDON)
+    common = ["-c", S2, "--start-date", "2024-06-03", "--end-date", "2024-06-03", "--bbox", bbox, "-b", "B4"]
+    common += ["--server-url", ee_emulator.url, "--cloud-mask", "none"]
+    searched = run_edown("search", *common, cwd=tmp_path)
+    assert searched.returncode == 0, searched.stderr
+    planned = run_edown("download", *common, "-o", "o", "--dry-run", "--json", cwd=tmp_path)
+    assert planned.returncode == 0, planned.stderr
+    threshold = run_edown("download", *common, "-o", "o", "--cloud-score-threshold", "0.3", cwd=tmp_path)
+    _one_line_error(
+        threshold.returncode, threshold.stderr, "cloud_score_threshold: applies to cloud-score-plus"
+    )
+    demo = run_edown("demo", "-o", "d", "--cloud-mask", "qa-pixel", cwd=tmp_path)
+    _one_line_error(
+        demo.returncode, demo.stderr, "'qa-pixel' is not one of cloud-score-plus, scl, auto, none"
+    )
+    assert "emulator" not in demo.stderr + demo.stdout and not (tmp_path / "d").exists()

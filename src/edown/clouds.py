@@ -24,7 +24,8 @@ from typing import Any
 from edown.errors import ConfigError
 
 CLOUD_SCORE_PLUS = "GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED"
-#: Candidate images per ``value:compute`` request when computing cloud fractions.
+#: Candidate images per ``value:compute`` request when computing cloud fractions, for a mask band read
+#: from the image itself at 20-30 m (:attr:`MaskKind.fraction_batch` says less for dearer masks).
 FRACTION_BATCH = 100
 DEFAULT_THRESHOLD = 0.6
 #: The property names the batched fraction request sets on each image.
@@ -46,6 +47,9 @@ class MaskKind:
     #: Masked below the threshold (``cloud-score-plus``).
     thresholded: bool = False
     summary: str = ""
+    #: Images per fraction request: a linked 10 m band (Cloud Score+) costs Earth Engine about four times
+    #: the pixels of SCL plus a join, and 100 of them overrun a 60 s evaluation.
+    fraction_batch: int = FRACTION_BATCH
 
 
 MASKS: dict[str, MaskKind] = {
@@ -61,6 +65,7 @@ MASKS: dict[str, MaskKind] = {
         "cs_cdf",
         CLOUD_SCORE_PLUS,
         thresholded=True,
+        fraction_batch=25,
         summary=f"Cloud Score+ ({CLOUD_SCORE_PLUS}) cs_cdf below cloud_score_threshold",
     ),
     "qa-pixel": MaskKind(
@@ -81,6 +86,13 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+#: The collections of :data:`RULES`, as a hint says them.
+KNOWN_COLLECTIONS = (
+    "Sentinel-2 (COPERNICUS/S2, S2_HARMONIZED, S2_SR, S2_SR_HARMONIZED) and Landsat Collection 2"
+    " (e.g. LANDSAT/LC09/C02/T1_L2, LANDSAT/LE07/C02/T1_TOA)"
+)
+
+
 def masks_for(collection_id: str) -> tuple[str, ...]:
     """The masks that fit a collection, best first (empty when edown knows none)."""
     for pattern, masks in RULES:
@@ -90,27 +102,68 @@ def masks_for(collection_id: str) -> tuple[str, ...]:
 
 
 def resolve_mask(collection_id: str, mask: str | None) -> str | None:
-    """The concrete mask for ``cloud_mask`` on this collection (``"auto"`` resolved); bad input raises."""
-    if mask is None:
+    """The concrete mask for ``cloud_mask`` on this collection (``"auto"`` resolved, ``"none"`` is None);
+    bad input raises, with a hint that only suggests what works for this collection."""
+    if mask is None or mask == "none":
         return None
     if mask not in CHOICES:
-        raise ConfigError("cloud_mask", f"{mask!r} is not one of {', '.join(CHOICES)}")
+        raise ConfigError("cloud_mask", f"{mask!r} is not one of {', '.join(CHOICES)}, none")
     fitting = masks_for(collection_id)
     if mask == "auto":
         if not fitting:
             raise ConfigError(
                 "cloud_mask",
                 f"'auto' knows no cloud mask for {collection_id}",
-                "masks exist for Sentinel-2 (COPERNICUS/S2*) and Landsat Collection 2 (LANDSAT/*/C02/*);"
-                " drop --cloud-mask for this collection",
+                f"masks exist for {KNOWN_COLLECTIONS}; drop --cloud-mask for this collection",
             )
         return fitting[0]
     if mask not in fitting:
-        fits = f"it fits {', '.join(fitting)}" if fitting else "no cloud mask fits it"
+        if not fitting:
+            raise ConfigError(
+                "cloud_mask",
+                f"{mask!r} does not fit {collection_id}; no cloud mask fits it",
+                f"masks exist for {KNOWN_COLLECTIONS}; drop --cloud-mask for this collection",
+            )
         raise ConfigError(
-            "cloud_mask", f"{mask!r} does not fit {collection_id}; {fits}", "or use --cloud-mask auto"
+            "cloud_mask",
+            f"{mask!r} does not fit {collection_id}; it fits {', '.join(fitting)}",
+            f"use --cloud-mask {fitting[0]}, or auto (which picks {fitting[0]})",
         )
     return mask
+
+
+def check_threshold(mask: str | None, threshold: float, collection_id: str) -> None:
+    """A ``cloud_score_threshold`` other than the default means nothing without ``cloud-score-plus``: refuse
+    it rather than ignore it (as ``max_cloud_fraction`` without a mask is refused)."""
+    if threshold == DEFAULT_THRESHOLD or (mask is not None and MASKS[mask].thresholded):
+        return
+    what = "there is no cloud mask" if mask is None else f"this run's cloud mask is {mask}"
+    fits = "cloud-score-plus" in masks_for(collection_id)
+    raise ConfigError(
+        "cloud_score_threshold",
+        f"applies to cloud-score-plus only, and {what}",
+        "add --cloud-mask cloud-score-plus (cloud_mask='cloud-score-plus'), or drop --cloud-score-threshold"
+        if fits
+        else f"drop --cloud-score-threshold: cloud-score-plus does not fit {collection_id}",
+    )
+
+
+def mask_identity(mask: str | None, threshold: float) -> str:
+    """What a run's pixels depend on from its cloud settings, as one short name: ``none``, ``scl``,
+    ``qa-pixel`` or ``cloud-score-plus@<threshold>``.
+
+    Finished GeoTIFFs carry it (tag :data:`IDENTITY_TAG`, and the sidecar) and stored chunks of a partial
+    download carry it in their file names, so a run with other cloud settings never reuses pixels made
+    with these. It uses only file-name-safe characters.
+    """
+    if mask is None:
+        return "none"
+    return f"{mask}@{threshold:g}" if MASKS[mask].thresholded else mask
+
+
+#: The GeoTIFF tag holding :func:`mask_identity` (absent on files without a mask, so older files read as
+#: ``none``).
+IDENTITY_TAG = "EDOWN_CLOUD_MASK"
 
 
 def check_fraction(value: Any, field_name: str) -> float:
@@ -170,13 +223,16 @@ def count_clouds(
     mask: str,
     threshold: float,
     compute: Callable[[Any], Any],
-    batch_size: int = FRACTION_BATCH,
+    batch_size: int | None = None,
 ) -> dict[str, CloudCount]:
-    """Cloudy and valid pixel counts inside ``aoi`` for every image, ``batch_size`` images per request.
+    """Cloudy and valid pixel counts inside ``aoi`` for every image, ``batch_size`` images per request
+    (the mask's :attr:`~MaskKind.fraction_batch` by default).
 
     ``dates`` is the search's ``[start, end)`` (ISO dates): with the AOI it narrows the collection before
     the ``system:index`` filter, as Earth Engine's index is by time and place. ``compute`` evaluates an ee
-    object (``getInfo`` through edown's pacer and retries).
+    object (``getInfo`` through edown's pacer and retries). A batch that Earth Engine finds too big
+    ("Computation timed out", "User memory limit exceeded") is asked again as two halves, down to single
+    images, so a long search over a large AOI still completes.
     """
     import ee
 
@@ -195,8 +251,7 @@ def count_clouds(
         )
         return image.set({_CLOUDY: sums.get("cloudy"), _VALID: sums.get("valid")})
 
-    for start in range(0, len(system_indices), batch_size):
-        batch = list(system_indices[start : start + batch_size])
+    def count_batch(batch: list[str]) -> None:
         mapped = (
             ee.ImageCollection(collection_id)
             .filterDate(*dates)
@@ -204,15 +259,32 @@ def count_clouds(
             .filter(ee.Filter.inList("system:index", batch))
             .map(counts)
         )
-        names, cloudy_px, valid_px = compute(
-            ee.List(
-                [
-                    mapped.aggregate_array("system:index"),
-                    mapped.aggregate_array(_CLOUDY),
-                    mapped.aggregate_array(_VALID),
-                ]
-            )
+        request = ee.List(
+            [
+                mapped.aggregate_array("system:index"),
+                mapped.aggregate_array(_CLOUDY),
+                mapped.aggregate_array(_VALID),
+            ]
         )
+        try:
+            names, cloudy_px, valid_px = compute(request)
+        except Exception as exc:
+            if len(batch) < 2 or not too_big(exc):
+                raise
+            half = len(batch) // 2
+            count_batch(batch[:half])
+            count_batch(batch[half:])
+            return
         for name, c, v in zip(names, cloudy_px, valid_px, strict=True):
             out[str(name)] = CloudCount(float(c), float(v))
+
+    size = batch_size or kind.fraction_batch
+    for start in range(0, len(system_indices), size):
+        count_batch(list(system_indices[start : start + size]))
     return out
+
+
+def too_big(exc: BaseException) -> bool:
+    """Whether Earth Engine refused a computation for its size or duration (a smaller one may pass)."""
+    text = str(exc)
+    return "Computation timed out" in text or "User memory limit exceeded" in text

@@ -23,7 +23,7 @@ from shapely.geometry import MultiPolygon, Polygon, box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.validation import explain_validity
 
-from edown.clouds import DEFAULT_THRESHOLD, check_fraction, resolve_mask
+from edown.clouds import DEFAULT_THRESHOLD, check_fraction, check_threshold, resolve_mask
 from edown.errors import ConfigError
 from edown.redaction import redact
 from edown.rootstate import special_file_kind
@@ -530,6 +530,7 @@ class SearchConfig:
         _set(
             self, "cloud_score_threshold", check_fraction(self.cloud_score_threshold, "cloud_score_threshold")
         )
+        check_threshold(self.cloud_mask, self.cloud_score_threshold, self.collection_id)
         if self.max_cloud_fraction is not None:
             _set(self, "max_cloud_fraction", check_fraction(self.max_cloud_fraction, "max_cloud_fraction"))
             if self.cloud_mask is None:

@@ -14,14 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edown.clouds import MASKS
+from edown.clouds import MASKS, masks_for
 from edown.config import AOI, DownloadConfig, StackConfig
 from edown.download import download_images
 from edown.emulator import EmulatorConfig, Latency, serve
+from edown.errors import ConfigError
 from edown.quicklook import render_geotiff, render_stack
 from edown.records import DownloadSummary, StackResult
 from edown.stack import stack_images
 
+DEMO_COLLECTION = "COPERNICUS/S2_SR_HARMONIZED"
 DEMO_BBOX = (-0.15, 51.48, 0.02, 51.56)
 DEMO_BANDS = ("B2", "B3", "B4", "B8")
 
@@ -40,15 +42,19 @@ def run_demo(
     progress: bool = False,
     latency: str = "fast",
     cloud_mask: str | None = "auto",
+    overwrite: bool = False,
 ) -> DemoOutcome:
     """Run the whole pipeline against an in-process emulator; ``say`` narrates each step.
 
-    ``cloud_mask`` is what the download masks (None: keep the clouds)."""
+    ``cloud_mask`` is what the download masks (None: keep the clouds). A second run into the same folder
+    reuses the first's GeoTIFFs, or refuses them when they were made with another cloud mask unless
+    ``overwrite``; what the clouds became is said only once the download has settled it."""
+    check_demo_mask(cloud_mask)
     started = time.monotonic()
     with serve(EmulatorConfig(latency=Latency.preset(latency))) as emulator:
         say(f"1/4 started a local Earth Engine emulator at {emulator.url} (latency preset '{latency}')")
         config = DownloadConfig(
-            collection_id="COPERNICUS/S2_SR_HARMONIZED",
+            collection_id=DEMO_COLLECTION,
             start_date="2024-06-01",
             end_date="2024-06-30",
             aoi=AOI.from_bbox(DEMO_BBOX),
@@ -57,10 +63,11 @@ def run_demo(
             output_root=output_root,
             progress=progress,
             cloud_mask=cloud_mask,
+            overwrite=overwrite,
         )
         say("2/4 searching and downloading a month of Sentinel-2 (B2, B3, B4, B8) over London...")
-        say(_cloud_line(config))
         summary = download_images(config)
+        say(_cloud_line(config))
         search = summary.search
         assert search is not None
         say(
@@ -84,6 +91,15 @@ def run_demo(
                 )
             )
     return DemoOutcome(summary, stacks, tuple(pictures), time.monotonic() - started)
+
+
+def check_demo_mask(cloud_mask: str | None) -> None:
+    """Refuse a mask the demo's Sentinel-2 cannot take before any emulator starts, naming what it can."""
+    choices = (*masks_for(DEMO_COLLECTION), "auto", "none")
+    if cloud_mask is not None and cloud_mask not in choices:
+        raise ConfigError(
+            "cloud_mask", f"{cloud_mask!r} is not one of {', '.join(choices)} (the demo is Sentinel-2)"
+        )
 
 
 def _cloud_line(config: DownloadConfig) -> str:

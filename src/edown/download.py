@@ -43,7 +43,7 @@ import numpy as np
 
 from edown import earthengine, stac
 from edown.bands import build_image, check_nodata_fits, default_nodata, fill_value
-from edown.clouds import clear_mask
+from edown.clouds import DEFAULT_THRESHOLD, IDENTITY_TAG, MASKS, clear_mask, mask_identity
 from edown.config import DownloadConfig, SearchConfig
 from edown.errors import (
     ConfigError,
@@ -263,6 +263,12 @@ def prepare_jobs(
         nodata = default_nodata(dtype) if config.nodata is None else float(config.nodata)
         check_nodata_fits(nodata, dtype)
         window = record.aoi_window
+        identity = mask_identity(config.cloud_mask, config.cloud_score_threshold)
+        tags = tags_for(
+            record.image_id, record.version, record.properties, utc_iso(record.acquisition_time_utc)
+        )
+        if identity != "none":
+            tags[IDENTITY_TAG] = identity
         spec = OutputSpec(
             width=window.width,
             height=window.height,
@@ -273,19 +279,18 @@ def prepare_jobs(
             nodata=nodata,
             compression=config.compression,
             cog=config.cog,
-            tags=tags_for(
-                record.image_id, record.version, record.properties, utc_iso(record.acquisition_time_utc)
-            ),
+            tags=tags,
         )
         check_no_links(root, tiff.absolute())
-        store = chunk_store(partial_dir(tiff), root)
+        store = chunk_store(partial_dir(tiff), root, identity)
         store.check()
         if staged_exists(tiff) and not config.overwrite:
             problem = _existing_mismatch(tiff, spec)
             if problem:
                 raise OutputExistsError(
                     f"{tiff} exists but {problem}",
-                    hint="replace it with --overwrite (overwrite=True), or keep both with another --output-root",
+                    hint="replace it with --overwrite (overwrite=True), or keep both with another --output-root"
+                    + (" (or rerun with its cloud mask)" if "cloud mask" in problem else ""),
                 )
             return _skipped(record, "skipped_existing", tiff, nodata=nodata)
         chunks = planned.get(index)
@@ -429,11 +434,14 @@ def _existing_mismatch(tiff: Path, spec: OutputSpec) -> str | None:
             f"origin {old[2]:.10g},{old[5]:.10g} step {abs(old[0]):g}",
             f"origin {new[2]:.10g},{new[5]:.10g} step {abs(new[0]):g}",
         )
+    made_with, makes = found["tags"].get(IDENTITY_TAG, "none"), (spec.tags or {}).get(IDENTITY_TAG, "none")
+    if made_with != makes:
+        differ("cloud mask", made_with, makes)
     if not there:
         return None
     return (
         f"with {', '.join(there)}; this run makes {', '.join(here)} (a file's name comes from its image only,"
-        " not from the bands, AOI or nodata)"
+        " not from the bands, AOI, nodata or cloud mask)"
     )
 
 
@@ -678,12 +686,30 @@ def resolve_search(config: DownloadConfig) -> SearchResult:
         result = manifest.search
         if result is None:
             raise ConfigError("search_manifest", f"{config.search_manifest} has no search section")
+        saved = manifest.search_config or {}
+        if _saved_mask(saved) != mask_identity(config.cloud_mask, config.cloud_score_threshold):
+            # Fractions counted under another mask say nothing about this one: forget them (and the
+            # groups they shaped), and count again below when this run filters on them.
+            records = [replace(r, cloud_fraction=None) for r in result.images]
+            result = replace(
+                result, images=tuple(records), alignment_groups=tuple(alignment_groups(records, None))
+            )
         if config.max_cloud_fraction is not None and any(
             r.cloud_fraction is None and not r.outside_aoi for r in result.images
         ):
             result = _add_cloud_fractions(config, result)
         return result
     return search_images(config)
+
+
+def _saved_mask(saved: dict[str, Any]) -> str:
+    """:func:`~edown.clouds.mask_identity` of a saved search's config (an unknown mask stays as written)."""
+    mask, threshold = saved.get("cloud_mask"), saved.get("cloud_score_threshold", DEFAULT_THRESHOLD)
+    if mask is not None and mask not in MASKS:
+        return str(mask)
+    if not isinstance(threshold, int | float):
+        return f"{mask}@{threshold}"
+    return mask_identity(mask, threshold)
 
 
 def _add_cloud_fractions(config: DownloadConfig, result: SearchResult) -> SearchResult:

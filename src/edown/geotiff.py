@@ -199,4 +199,5 @@ def describe(path: Path) -> dict[str, Any]:
             "transform": list(tuple(src.transform)[:6]),
             "nodata": src.nodata,
             "band_names": list(src.descriptions),
+            "tags": src.tags(),
         }

@@ -121,23 +121,30 @@ class PendingChunk:
 
 
 class ChunkStore:
-    """Finished chunks of one image, one ``.npy`` each, named by their window.
+    """Finished chunks of one image, one ``.npy`` each, named by their window (and the cloud mask that
+    made them, when there is one: ``c0_r0_w256_h256_mscl.npy``).
+
+    A chunk made under another ``identity`` (another cloud mask or threshold) is unusable like one of
+    another shape: :meth:`existing` ignores it and, with ``cleanup``, deletes it, so a resumed run with
+    other cloud settings refetches rather than assembling a half-masked image.
 
     The directory lives in edown's own folders under ``root``; every operation first checks that no
     component below ``root`` is a symbolic link, so a planted link can neither receive chunks nor lose
     its target's files when the store is cleaned.
     """
 
-    _CHUNK = re.compile(r"c(-?\d+)_r(-?\d+)_w(\d+)_h(\d+)\.npy")
+    _CHUNK = re.compile(r"c(-?\d+)_r(-?\d+)_w(\d+)_h(\d+)(?:_m([A-Za-z0-9@.-]+))?\.npy")
     _TEMP = re.compile(r"\.tmp-[A-Za-z0-9_]+\.npy")
 
-    def __init__(self, directory: Path, root: Path) -> None:
+    def __init__(self, directory: Path, root: Path, identity: str = "none") -> None:
         self.directory = directory
         self.root = root
+        #: :func:`edown.clouds.mask_identity` of the run; ``none`` keeps the names chunks always had.
+        self.identity = identity
 
-    @staticmethod
-    def file_name(window: Window) -> str:
-        return f"c{window.col_off}_r{window.row_off}_w{window.width}_h{window.height}.npy"
+    def file_name(self, window: Window) -> str:
+        mark = "" if self.identity == "none" else f"_m{self.identity}"
+        return f"c{window.col_off}_r{window.row_off}_w{window.width}_h{window.height}{mark}.npy"
 
     def path_for(self, window: Window) -> Path:
         return self.directory / self.file_name(window)
@@ -196,12 +203,16 @@ class ChunkStore:
                 if cleanup:
                     path.unlink(missing_ok=True)
                 continue
-            window = Window(*(int(g) for g in m.groups()))
-            try:
-                arr = np.load(path, mmap_mode="r", allow_pickle=False)
-                ok = arr.shape == (bands, window.height, window.width) and arr.dtype == np.dtype(dtype)
-            except (ValueError, OSError, EOFError):
+            window = Window(*(int(g) for g in m.groups()[:4]))
+            if (m.group(5) or "none") != self.identity:
+                log.info("discarding %s: made with cloud mask %s", path.name, m.group(5) or "none")
                 ok = False
+            else:
+                try:
+                    arr = np.load(path, mmap_mode="r", allow_pickle=False)
+                    ok = arr.shape == (bands, window.height, window.width) and arr.dtype == np.dtype(dtype)
+                except (ValueError, OSError, EOFError):
+                    ok = False
             if ok:
                 found.append(StoredChunk(window, path))
             elif cleanup:

@@ -156,7 +156,8 @@ def render_stack(
     thumb: int = 256,
     notify: Callable[[str], None] | None = None,
 ) -> Path:
-    """A time strip of a datacube: one thumbnail per time step (at most ``max_frames``), dated."""
+    """A time strip of a datacube: one thumbnail per time step (at most ``max_frames``), dated, on white;
+    nodata (and cloud-masked) pixels are transparent, as in :func:`render_geotiff`."""
     from PIL import Image, ImageDraw
 
     from edown.stack import open_stack
@@ -185,7 +186,7 @@ def render_stack(
     draw = ImageDraw.Draw(strip)
     for i, (stamp, tile) in enumerate(frames):
         x = 4 + i * (width + 4)
-        strip.paste(tile, (x, 4), tile)
+        strip.paste(tile, (x, 4))  # alpha and all: masked and nodata pixels stay transparent
         draw.text((x, height + 6), _date(stamp), fill="black")
     _save(strip, out)
     return out

@@ -157,8 +157,19 @@ class ImageRecord:
             properties=dict(d.get("properties") or {}),
             footprint=d.get("footprint"),
             version=d.get("version"),
-            cloud_fraction=d.get("cloud_fraction"),
+            cloud_fraction=read_fraction(d, d["image_id"]),
         )
+
+
+def read_fraction(d: dict[str, Any], image: str) -> float | None:
+    """A saved ``cloud_fraction``: a number in [0, 1] or null; anything else is damage (ValueError) that the
+    manifest reader reports naming the file and, here, the image."""
+    value = d.get("cloud_fraction")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"cloud_fraction of {image} is {value!r}, not a number in [0, 1] or null")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -306,7 +317,7 @@ class DownloadResult:
             retries=int(d.get("retries", 0)),
             seconds=float(d.get("seconds", 0.0)),
             nodata=float("nan") if nodata == "nan" else nodata,
-            cloud_fraction=d.get("cloud_fraction"),
+            cloud_fraction=read_fraction(d, d.get("image_id", "?")),
         )
 
 

@@ -179,7 +179,42 @@ def _properties(steps: list[TimeStep]) -> dict[str, np.ndarray]:
     fractions = [step.records[0].cloud_fraction for step in steps]
     if any(f is not None for f in fractions):
         out["cloud_fraction"] = np.array([np.nan if f is None else f for f in fractions], dtype=np.float64)
+    out["cloud_mask"] = np.array([_cloud_mask_of(step.tiffs[0]) for step in steps], dtype=object)
     return out
+
+
+def _cloud_mask_of(tiff: Path) -> str:
+    """The cloud settings a GeoTIFF was made with (:func:`edown.clouds.mask_identity`, from its own tag):
+    each time step of a cube says which mask its pixels and ``cloud_fraction`` follow."""
+    from edown.clouds import IDENTITY_TAG
+    from edown.geotiff import describe
+
+    return str(describe(tiff)["tags"].get(IDENTITY_TAG, "none"))
+
+
+#: Per-time values a cube gains on an append when it lacks them (NaN or empty for the earlier times);
+#: any other property the store does not have is dropped.
+ADDED_ON_APPEND = ("cloud_fraction", "cloud_mask")
+
+
+def _add_time_array(root: Any, name: str, values: np.ndarray, t_committed: int) -> Any:
+    """A new per-time coordinate ``name`` of ``t_committed`` steps (NaN or ""), listed as a coordinate of
+    ``data`` so xarray reads it as one."""
+    text = values.dtype == object
+    arr = root.create_array(
+        name,
+        shape=(t_committed,),
+        dtype=str if text else np.float64,
+        chunks=(512,),
+        dimension_names=("time",),
+        fill_value="" if text else np.nan,
+    )
+    if t_committed:
+        arr[:] = np.array([""] * t_committed, dtype=object) if text else np.full(t_committed, np.nan)
+    data = root["data"]
+    listed = str(data.attrs.get("coordinates", "")).split()
+    data.attrs["coordinates"] = " ".join([*listed, name])
+    return arr
 
 
 def _template(
@@ -750,6 +785,7 @@ def _append(
     committed = xr.open_zarr(target, mask_and_scale=False)
     existing_ids = committed_image_ids(committed, group, target)
     t_committed = committed.sizes["time"]
+    check_appends_later(committed, [r for r, _ in pairs if r.image_id not in existing_ids], target)
     committed.close()
     root = zarr.open_group(str(target), mode="r+", use_consolidated=False)
     arrays = time_arrays(root)
@@ -771,7 +807,7 @@ def _append(
         )
     steps = _time_steps(new_pairs)
     n = len(steps)
-    extend_time(arrays, t_committed, steps)
+    extend_time(arrays, t_committed, steps, root)
     # An append keeps the store's own chunking, whatever chunk_size says today.
     tasks = _tasks(str(target), group, steps, t_committed, nodata, max(arrays["data"].chunks[-2:]))
     _run(config, tasks, log_dir)
@@ -816,6 +852,23 @@ def committed_image_ids(committed: Any, group: AlignmentGroup, target: Path) -> 
     return existing_ids
 
 
+def check_appends_later(committed: Any, new: list[ImageRecord], target: Path) -> None:
+    """Refuse an append of times earlier than the cube's last one: appending only grows the time axis at
+    its end, and a cube whose time axis is out of order breaks ``sel(time=slice(...))`` and resampling."""
+    if not new or committed.sizes["time"] == 0:
+        return
+    import pandas as pd
+
+    last = pd.Timestamp(committed["time"].values.max()).tz_localize("UTC")
+    first_new = min(r.acquisition_time_utc for r in new)
+    if pd.Timestamp(first_new) <= last:
+        raise StackError(
+            f"{target} holds times up to {utc_iso(last.to_pydatetime())}; this run adds"
+            f" {utc_iso(first_new)}, which an append would put out of order",
+            hint="rebuild the cube from all the manifests with --overwrite (overwrite=True)",
+        )
+
+
 def time_arrays(root: Any) -> dict[str, Any]:
     """The arrays of a Zarr group whose first dimension is ``time`` (``data`` and the per-time values)."""
     return {
@@ -825,11 +878,18 @@ def time_arrays(root: Any) -> dict[str, Any]:
     }
 
 
-def extend_time(arrays: dict[str, Any], t_committed: int, steps: list[TimeStep]) -> None:
+def extend_time(arrays: dict[str, Any], t_committed: int, steps: list[TimeStep], root: Any = None) -> None:
     """Grow the time arrays by ``steps`` and write their time, image ids and properties (a property the
-    store does not have is dropped; one the new images lack is NaN or empty)."""
+    store does not have is dropped, except :data:`ADDED_ON_APPEND`, added when ``root`` is given; one the
+    new images lack is NaN or empty)."""
     n = len(steps)
     props = _properties(steps)
+    if root is not None:
+        for name in ADDED_ON_APPEND:
+            if name in props and name not in arrays:
+                arrays[name] = _add_time_array(root, name, props[name], t_committed)
+                # Reopened: resizing the stale handle would write back its metadata without the new name.
+                arrays["data"] = root["data"]
     for arr in arrays.values():
         arr.resize((t_committed + n, *arr.shape[1:]))
     arrays["time"][t_committed:] = np.array([s.millis for s in steps], dtype=np.int64)

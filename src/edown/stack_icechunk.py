@@ -51,6 +51,7 @@ from edown.stack import (
     _tasks,
     _template,
     _time_steps,
+    check_appends_later,
     committed_image_ids,
     extend_time,
     time_arrays,
@@ -265,6 +266,7 @@ def _append(
     ) as committed:
         existing_ids = committed_image_ids(committed, group, target)
         t_committed = committed.sizes["time"]
+        check_appends_later(committed, [r for r, _ in pairs if r.image_id not in existing_ids], target)
     steps = _time_steps([(r, p) for r, p in pairs if r.image_id not in existing_ids])
     shape = (t_committed + len(steps), len(group.band_names), group.height, group.width)
     if not steps:
@@ -278,8 +280,9 @@ def _append(
             seconds=time.monotonic() - started,
             snapshot_id=session.snapshot_id,
         )
-    arrays = time_arrays(zarr.open_group(session.store, mode="r+"))
-    extend_time(arrays, t_committed, steps)
+    root = zarr.open_group(session.store, mode="r+")
+    arrays = time_arrays(root)
+    extend_time(arrays, t_committed, steps, root)
     # An append keeps the store's own chunking, whatever chunk_size says today.
     chunk = max(arrays["data"].chunks[-2:])
     _write_steps(config, session, _tasks(str(target), group, steps, t_committed, nodata, chunk), log_dir)

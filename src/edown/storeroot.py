@@ -326,8 +326,10 @@ class ObjectChunkStore(ChunkStore):
     to it while the image is assembled.
     """
 
-    def __init__(self, directory: Path, root: Path, store: Store, prefix: str) -> None:
-        super().__init__(directory, root)
+    def __init__(
+        self, directory: Path, root: Path, store: Store, prefix: str, identity: str = "none"
+    ) -> None:
+        super().__init__(directory, root, identity)
         self.store, self.prefix = store, prefix
 
     def _key(self, name: str) -> str:
@@ -350,8 +352,10 @@ class ObjectChunkStore(ChunkStore):
         for name, size in self._own_objects():
             match = self._CHUNK.fullmatch(name)
             assert match is not None
-            window = Window(*(int(g) for g in match.groups()))
-            if self._usable(name, size, (bands, window.height, window.width), np.dtype(dtype)):
+            window = Window(*(int(g) for g in match.groups()[:4]))
+            if (match.group(5) or "none") == self.identity and self._usable(
+                name, size, (bands, window.height, window.width), np.dtype(dtype)
+            ):
                 found.append(StoredChunk(window, self.path_for(window)))
             elif cleanup:
                 self.store.delete(self._key(name))
@@ -391,10 +395,11 @@ class ObjectChunkStore(ChunkStore):
         super().remove()
 
 
-def chunk_store(directory: Path, root: Path) -> ChunkStore:
-    """The chunk store for an image's partial folder: objects on the store when it is staged."""
+def chunk_store(directory: Path, root: Path, identity: str = "none") -> ChunkStore:
+    """The chunk store for an image's partial folder: objects on the store when it is staged.
+    ``identity`` is the run's cloud settings (:func:`edown.clouds.mask_identity`)."""
     remote = remote_of(directory)
     if remote is None:
-        return ChunkStore(directory, root)
+        return ChunkStore(directory, root, identity)
     store, key = remote
-    return ObjectChunkStore(directory, root, store, key)
+    return ObjectChunkStore(directory, root, store, key, identity)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 
 from edown.bands import fill_value
+from edown.clouds import IDENTITY_TAG
 from edown.errors import EarthEngineError, is_disk_full
 from edown.geotiff import write_geotiff
 from edown.grid import Window
@@ -358,5 +359,6 @@ def write_sidecar(job: ImageJob) -> None:
         "properties": record.properties,
         "footprint": record.footprint,
         "chunks": len(job.chunks),
+        "cloud_mask": (job.spec.tags or {}).get(IDENTITY_TAG, "none"),
     }
     atomic_write_text(sidecar_path(job.tiff), json.dumps(doc, indent=1, default=str) + "\n")

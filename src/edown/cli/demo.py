@@ -22,11 +22,14 @@ from edown.cli.errors import handle_errors
     "--cloud-mask",
     default="auto",
     show_default=True,
-    help="Cloud mask for the download (scl, cloud-score-plus, auto) or none to keep the clouds.",
+    help="Cloud mask for the download (cloud-score-plus, scl, auto) or none to keep the clouds.",
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace GeoTIFFs an earlier demo made (e.g. with another cloud mask)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print where everything is as JSON.")
 @handle_errors
-def demo(output_root: str, latency: str, cloud_mask: str, as_json: bool) -> None:
+def demo(output_root: str, latency: str, cloud_mask: str, overwrite: bool, as_json: bool) -> None:
     """Run search -> download -> stack offline against the embedded Earth Engine emulator.
 
     \b
@@ -43,6 +46,7 @@ def demo(output_root: str, latency: str, cloud_mask: str, as_json: bool) -> None
         progress=sys.stderr.isatty(),
         latency=latency,
         cloud_mask=None if cloud_mask == "none" else cloud_mask,
+        overwrite=overwrite,
     )
     stores = [str(s.output_path) for s in outcome.stacks if s.output_path]
     if as_json:

@@ -29,6 +29,12 @@ def _download_config(params: dict[str, Any]) -> Any:
         mine = {
             k: params[k] for k in ("server_url", "project", "transform_plugin") if params.get(k) is not None
         } | cloud_kwargs(params)
+        if "cloud_mask" in mine and mine["cloud_mask"] != saved.get("cloud_mask"):
+            # Another mask starts its cloud settings afresh: the saved threshold and maximum were chosen for
+            # the saved mask (given again on the command line, they count).
+            saved = {
+                k: v for k, v in saved.items() if k not in ("cloud_score_threshold", "max_cloud_fraction")
+            }
         base = search_config_from_dict(saved, **mine)
         _check_saved_user_fields(source, saved, base)
         values = {**{k: getattr(base, k) for k in saved if hasattr(base, k)}, **mine, **extra}

@@ -61,14 +61,15 @@ def search_options(func: F) -> F:
         # Values are parsed by the config (not click), so a bad one is one line naming the option.
         click.option(
             "--cloud-mask",
-            metavar="[scl|cloud-score-plus|qa-pixel|auto]",
+            metavar="[scl|cloud-score-plus|qa-pixel|auto|none]",
             help="Mask clouds and shadows on Earth Engine (masked pixels become nodata); auto: the"
-            " collection's default (Cloud Score+ for Sentinel-2, QA_PIXEL for Landsat).",
+            " collection's default (Cloud Score+ for Sentinel-2, QA_PIXEL for Landsat); none: keep them.",
         ),
         click.option(
             "--cloud-score-threshold",
             metavar="FLOAT",
-            help="cloud-score-plus: mask pixels whose cs_cdf is below this (0..1, default 0.6).",
+            help="cloud-score-plus: mask pixels whose cs_cdf is below this (0..1, default 0.6; an error"
+            " with another mask).",
         ),
         click.option(
             "--max-cloud-fraction",
