@@ -6,12 +6,14 @@ the session, with its endpoint in the environment; nothing here mocks a storage 
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import posixpath
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,23 @@ def test_unsupported_scheme_is_one_line_exit_2(tmp_path: Path) -> None:
     assert all(line.startswith("hint: ") for line in lines[1:]) and "Traceback" not in done.stderr
     with pytest.raises(Exception, match="ftp://"):
         location("ftp://host/data", "output_root")
+
+
+@pytest.mark.parametrize("given", ["s3:/x", "gs:bucket/x", "vsis3:/b/x"])
+def test_a_path_that_only_looks_like_a_store_url_is_refused_and_nothing_is_written(
+    tmp_path: Path, given: str
+) -> None:
+    """GDAL would read "s3:/x/..." as a URL and sign requests to the provider's public endpoint."""
+    done = run_edown(
+        "download", "--collection-id", "X/Y", "--start-date", "2024-01-01", "--end-date", "2024-01-02",
+        "--bbox", "0,0,1,1", "-o", given, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: output_root: {given} starts like a URL"), done.stderr
+    assert "Traceback" not in done.stderr and list(tmp_path.iterdir()) == []
+    assert location(f"./{given}", "output_root") == Path.cwd() / given  # absolute: never read as a URL
+    spelled = location(str(Path("folder") / given), "output_root")
+    assert spelled == Path("folder") / given  # inside a folder it is a plain local path
 
 
 # ---- resume after a kill, the lock, do no harm -------------------------------------------------------
@@ -515,3 +534,55 @@ def test_the_stac_catalog_goes_to_the_store_and_merges_across_runs(
             doc.get("properties", {}).pop("created", None)
             doc.get("properties", {}).pop("updated", None)
         assert theirs == mine, key  # same ids, relative hrefs, grids and bands, both runs' items
+
+
+class _GarbageStore(http.server.BaseHTTPRequestHandler):
+    """A store endpoint that answers every request with 200 and bytes that are neither XML nor JSON."""
+
+    def _answer(self) -> None:
+        body = b"<<garbage \x00\xff not xml>>"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True  # the request's body (if any) is never read
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_PUT(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self._answer()
+
+    def do_HEAD(self) -> None:
+        self._answer()
+
+    def do_DELETE(self) -> None:
+        self._answer()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "variable,root", [("STORAGE_EMULATOR_HOST", "gs://g/x"), ("AWS_ENDPOINT_URL", "s3://g/x")]
+)
+def test_a_store_answering_garbage_is_one_line_of_bad_input(tmp_path: Path, variable: str, root: str) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _GarbageStore)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        done = run_edown(
+            "download", "--collection-id", "X/Y", "--start-date", "2024-01-01", "--end-date", "2024-01-02",
+            "--bbox", "0,0,1,1", "-o", root, "--server-url", "http://127.0.0.1:9", cwd=tmp_path,
+            env={**os.environ, variable: f"http://127.0.0.1:{server.server_address[1]}",
+                 "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"},
+            timeout=180,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: "), done.stderr
+    assert "Traceback" not in done.stderr and "report it" not in done.stderr, done.stderr

@@ -865,6 +865,8 @@ def _download(
             if not is_disk_full(exc):
                 raise
             log.warning("could not update the manifest: %s", exc)
+        except EdownError as exc:  # a store that stopped answering: the final write reports it
+            log.warning("could not update the manifest: %s", exc)
 
     run = _Run(config, conn, counters, progress_manifest, model)
     runs.append(run)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -83,6 +84,10 @@ class StoreURL(str):
 Location = Path | StoreURL
 
 
+#: A relative path that starts like a URL scheme (``s3:/x``, ``gs:x``, ``https:/y``, ``/vsis3/``-style ``vsis3:``).
+_SCHEME_LIKE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+
+
 def is_store_url(value: object) -> bool:
     return isinstance(value, str) and "://" in value and value.split("://", 1)[0].lower() in STORE_SCHEMES
 
@@ -97,7 +102,22 @@ def location(value: str | os.PathLike[str], field: str) -> Location:
         return value
     text = os.fspath(value)
     if "://" not in text:
-        return Path(text).expanduser()
+        looks_like = _SCHEME_LIKE.match(text)
+        if looks_like:
+            # GDAL reads "s3:/x" or "vsis3:/x" as a URL, and would send the environment's credentials to
+            # the provider's public endpoint: a path that only looks like one is refused, not written.
+            scheme = looks_like.group(1).lower()
+            store = (
+                f"write {scheme}://bucket/prefix for a store, or " if scheme in STORE_SCHEMES else "write "
+            )
+            raise ConfigError(
+                field,
+                f"{text} starts like a URL ({looks_like.group(0)}) but is not one",
+                f"{store}./{text} for a local folder",
+            )
+        path = Path(text).expanduser()
+        # "./s3:/x" is a folder; absolute, GDAL can never read it as a URL.
+        return path.absolute() if path.parts and ":" in path.parts[0] else path
     scheme, rest = text.split("://", 1)
     scheme = scheme.lower()
     if scheme == "file":
@@ -223,6 +243,13 @@ _filesystems: dict[tuple[str, str], Any] = {}
 _filesystems_guard = threading.Lock()
 
 
+#: Seconds to connect to a store, to wait for each read of an S3 answer, and for a whole GCS request (an
+#: upload of at most one 48 MB chunk or one COG block at a time).
+CONNECT_TIMEOUT_S = 30
+READ_TIMEOUT_S = 60
+REQUEST_TIMEOUT_S = 300
+
+
 def _endpoint(scheme: str) -> str:
     if scheme == "s3":
         return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
@@ -236,7 +263,15 @@ def _new_filesystem(scheme: str, asynchronous: bool) -> Any:
             import s3fs
 
             return s3fs.S3FileSystem(
-                endpoint_url=endpoint or None, skip_instance_cache=True, asynchronous=asynchronous
+                endpoint_url=endpoint or None,
+                skip_instance_cache=True,
+                asynchronous=asynchronous,
+                # A server that stops answering fails the call instead of hanging the run.
+                config_kwargs={
+                    "connect_timeout": CONNECT_TIMEOUT_S,
+                    "read_timeout": READ_TIMEOUT_S,
+                    "retries": {"mode": "standard", "max_attempts": 3},
+                },
             )
         # The core class: gcsfs's default "extended" one first probes gRPC control-plane APIs.
         from gcsfs.core import GCSFileSystem
@@ -246,6 +281,7 @@ def _new_filesystem(scheme: str, asynchronous: bool) -> Any:
             endpoint_url=endpoint or None,
             token="anon" if endpoint else None,
             skip_instance_cache=True,
+            requests_timeout=REQUEST_TIMEOUT_S,
             asynchronous=asynchronous,
         )
     except ImportError:
@@ -369,7 +405,9 @@ class ObjectStore:
                 "gcsfs",
                 "s3fs",
             )
-            if not (library or isinstance(exc, (OSError, ConnectionError, TimeoutError))):
+            # A server answering garbage surfaces as a decoding error inside the client library.
+            answered = (OSError, ConnectionError, TimeoutError, UnicodeDecodeError, ValueError)
+            if not (library or isinstance(exc, answered)):
                 raise
             what = "write" if writing else "read"
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
