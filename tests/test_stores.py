@@ -69,6 +69,11 @@ def test_same_job_to_local_and_store_gives_identical_cogs(
     assert manifest_key in keys
     doc = json.loads(ObjectStore(StoreURL(root)).read_bytes(manifest_key))
     assert doc["output_root"] == root
+    assert (
+        doc["download"]["config"]["output_root"] == root
+        and doc["download"]["config"]["manifest_path"] is None
+    )
+    assert "edown-staging" not in json.dumps(doc)  # the staging folder never shows in the record
     assert doc["download"]["state"] == "finished"
     assert doc["download"]["counts"]["downloaded"] == remote.downloaded
     # no chunk, partial or temporary object is left; every image has its COG and sidecar

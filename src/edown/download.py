@@ -632,6 +632,7 @@ class _StoreTarget:
     root: StoreURL | None
     root_id: str | None
     staged_root: Path
+    manifest: StoreURL | None = None
 
     def url_of(self, path: Path | StoreURL | None) -> Path | StoreURL | None:
         if path is None or self.root is None or isinstance(path, StoreURL):
@@ -770,6 +771,7 @@ def download_images(config: DownloadConfig) -> DownloadSummary:
             config.output_root if isinstance(config.output_root, StoreURL) else None,
             root_id,
             local_root,
+            config.manifest_path if isinstance(config.manifest_path, StoreURL) else None,
         )
         summary = _download(local, started_wall, target)
     return replace(
@@ -854,6 +856,10 @@ def _download(
                 base,
                 interrupted,
             )
+            if target is not None:  # the places the user named, not the staging folder that stood in
+                named = into.doc["download"]["config"]
+                named["output_root"] = str(target.root) if target.root is not None else named["output_root"]
+                named["manifest_path"] = str(target.manifest) if target.manifest is not None else None
             into.write()
             manifest = into
 
