@@ -152,7 +152,7 @@ def test_another_selection_in_the_same_root_says_what_differs_and_both_ways_out(
     assert first.returncode == 0, first.stderr
     tiff = "data/images/COPERNICUS.S2_SR_HARMONIZED/20240603T104058_20240603T104237_T30UXC.tif"
     hint = "hint: replace it with --overwrite (overwrite=True), or keep both with another --output-root"
-    why = "(a file's name comes from its image only, not from the bands, AOI or nodata)"
+    why = "(a file's name comes from its image only, not from the bands, AOI, nodata or cloud mask)"
 
     bands = run_edown(*download_args(ee_emulator, root, "-b", "B8"), cwd=tmp_path)
     assert bands.returncode == 2

@@ -290,7 +290,7 @@ def prepare_jobs(
                 raise OutputExistsError(
                     f"{tiff} exists but {problem}",
                     hint="replace it with --overwrite (overwrite=True), or keep both with another --output-root"
-                    + (" (or rerun with its cloud mask)" if "cloud mask" in problem else ""),
+                    + (" (or rerun with its cloud mask)" if "cloud mask" in problem.split(";")[0] else ""),
                 )
             return _skipped(record, "skipped_existing", tiff, nodata=nodata)
         chunks = planned.get(index)
