@@ -591,3 +591,25 @@ def test_a_store_answering_garbage_is_one_line_of_bad_input(tmp_path: Path, vari
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: "), done.stderr
     assert "Traceback" not in done.stderr and "report it" not in done.stderr, done.stderr
+
+
+def test_stack_latest_on_a_store_and_a_folder_or_glob_is_one_line(
+    ee_emulator_session: Emulator, tmp_path: Path, s3_root: str
+) -> None:
+    first = download_images(config(ee_emulator_session, tmp_path, output_root=s3_root, end_date="2024-06-04"))
+    newest = download_images(
+        config(ee_emulator_session, tmp_path, output_root=s3_root, start_date="2024-06-05")
+    )
+    assert str(first.manifest_path) < str(newest.manifest_path)
+    done = run_edown("stack", "-m", "latest", "-o", s3_root, "--json", cwd=tmp_path, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert f"manifests: {newest.manifest_path}" in done.stderr
+    [cube] = json.loads(done.stdout)
+    assert cube["image_count"] == newest.downloaded and cube["output_path"].startswith(f"{s3_root}/stacks/")
+    for given in (f"{s3_root}/manifests", f"{s3_root}/manifests/run-*.json"):
+        refused = run_edown("stack", "-m", given, cwd=tmp_path)
+        assert refused.returncode == 2, refused.stderr
+        lines = refused.stderr.splitlines()
+        expected = f"error: manifest_path: {given} is not one manifest: on a store, edown stacks one run's"
+        assert lines[0] == expected + " manifest at a time", lines
+        assert lines[1] == f"hint: give its run-….json, or -m latest -o {s3_root} for the newest"

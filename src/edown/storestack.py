@@ -18,6 +18,7 @@ uploads the result:
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
@@ -87,6 +88,23 @@ def stack_on_store(config: StackConfig) -> list[StackResult]:
         _upload_catalog(store, local_root, catalog_before)
         _publish_manifest(store, local_manifest, manifest_url, root)
     return out
+
+
+def latest_on_store(root: StoreURL) -> StoreURL:
+    """The newest run's manifest under ``root/manifests`` on a store (names sort by start time)."""
+    from edown.stores import ObjectStore
+
+    runs = [
+        info.key
+        for info in ObjectStore(root).list("manifests/")
+        if fnmatch.fnmatchcase(info.key, "manifests/run-*.json") and info.key.count("/") == 1
+    ]
+    if not runs:
+        raise StackError(
+            f"manifest_path: latest: no run-*.json manifest in {root / 'manifests'}",
+            hint="download into that output root first, or give --output-root where you downloaded",
+        )
+    return root / max(runs)
 
 
 def _trusted_store_root(manifest_url: StoreURL, root_id: str | None) -> StoreURL:

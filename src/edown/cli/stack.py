@@ -134,12 +134,26 @@ def _stack_manifests(given: tuple[str, ...], output_root: str | None) -> list[Pa
             "give at least one download manifest",
             "e.g. -m data/manifests/run-*.json, -m data/manifests or -m latest",
         )
-    return [
-        latest_manifest(Path(output_root or "data"))
-        if value == "latest" and not Path(value).exists()
-        else location(value, "manifest_path")
-        for value in given
-    ]
+    root = location(output_root or "data", "output_root")
+    named: list[Path | StoreURL] = []
+    for value in given:
+        if value == "latest" and not Path(value).exists():
+            if isinstance(root, StoreURL):
+                from edown.storestack import latest_on_store
+
+                named.append(latest_on_store(root))
+            else:
+                named.append(latest_manifest(root))
+            continue
+        where = location(value, "manifest_path")
+        if isinstance(where, StoreURL) and (not where.endswith(".json") or any(c in where for c in "*?[")):
+            raise ConfigError(
+                "manifest_path",
+                f"{where} is not one manifest: on a store, edown stacks one run's manifest at a time",
+                f"give its run-….json, or -m latest -o {where.split('/manifests')[0]} for the newest",
+            )
+        named.append(where)
+    return named
 
 
 def _relative(path: Path | StoreURL) -> Path | StoreURL:
