@@ -102,9 +102,10 @@ def small_filesystem(path: Path, megabytes: int) -> Iterator[Path]:
 def test_disk_full_is_one_clear_error_nothing_corrupt_and_resumable(
     ee_emulator: Emulator, tmp_path: Path
 ) -> None:
-    with small_filesystem(tmp_path / "small", 24) as small:
+    # Room for the resumed run too: its writers assemble several GeoTIFFs at once beside their chunks.
+    with small_filesystem(tmp_path / "small", 48) as small:
         filler = small / "filler.bin"
-        filler.write_bytes(b"\0" * (21 * 1024 * 1024))  # leave ~3 MB for a ~10 MB download
+        filler.write_bytes(b"\0" * (45 * 1024 * 1024))  # leave ~3 MB for a ~10 MB download
         root = small / "data"
         kw = {"output_root": root, "chunk_size": 256, "chunk_size_mode": "fixed"}
         with pytest.raises(DiskFullError) as info:
