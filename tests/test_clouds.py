@@ -22,6 +22,7 @@ from edown import (
     AOI,
     DownloadSummary,
     SearchConfig,
+    SearchResult,
     StackConfig,
     download_images,
     search_images,
@@ -216,17 +217,22 @@ def test_cloud_fractions_match_the_mask_band_pixels_inside_the_aoi(
     assert 0 < min(truth.values()) < max(truth.values()) <= 1
 
 
-def test_fractions_cost_one_request_per_batch_of_images(ee_emulator_session: Emulator) -> None:
-    found = search_images(
+def _two_weeks_over_central_london(emu: Emulator) -> SearchResult:
+    """The six S2 candidates the batching tests count clouds for (no mask: the tests ask themselves)."""
+    return search_images(
         SearchConfig(
             collection_id=S2,
             start_date="2024-06-01",
             end_date="2024-06-14",
             aoi=AOI.from_bbox(CENTRAL_LONDON),
             bands=("B4",),
-            server_url=ee_emulator_session.url,
+            server_url=emu.url,
         )
     )
+
+
+def test_fractions_cost_one_request_per_batch_of_images(ee_emulator_session: Emulator) -> None:
+    found = _two_weeks_over_central_london(ee_emulator_session)
     indices = [r.system_index for r in found.images]
     assert len(indices) == 6
 
@@ -411,16 +417,7 @@ def test_a_fraction_batch_too_big_for_earth_engine_is_asked_again_as_two_halves(
 
 def test_cloud_score_plus_fractions_are_asked_in_smaller_batches(ee_emulator_session: Emulator) -> None:
     assert MASKS["cloud-score-plus"].fraction_batch == 25 < MASKS["scl"].fraction_batch == FRACTION_BATCH
-    found = search_images(
-        SearchConfig(
-            collection_id=S2,
-            start_date="2024-06-01",
-            end_date="2024-06-14",
-            aoi=AOI.from_bbox(CENTRAL_LONDON),
-            bands=("B4",),
-            server_url=ee_emulator_session.url,
-        )
-    )
+    found = _two_weeks_over_central_london(ee_emulator_session)
     indices = [r.system_index for r in found.images]
     ee_emulator_session.reset_stats()
     counts = count_clouds(
