@@ -969,11 +969,8 @@ def _write_catalog(
     entries = stac.image_entries(search.images, results, config.cog)
     root = on_disk(config.output_root)
     try:
-        documents = stac.catalog_documents(root, existing, entries)
-        catalog = stac.write_documents(root, documents)
-        for relative in documents:  # on a store root: uploaded in the same order, items first
-            upload(root / stac.STAC_DIR / relative)
-        return catalog
+        # On a store root each changed document is uploaded as written: items first, catalog last.
+        return stac.write_documents(root, stac.catalog_documents(root, existing, entries), upload)
     except OSError as exc:
         if is_disk_full(exc):
             raise DiskFullError(str(config.output_root)) from None

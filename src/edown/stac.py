@@ -31,7 +31,7 @@ import json
 import os
 import posixpath
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -692,7 +692,9 @@ def _damaged(path: Path, what: str) -> OutputPathError:
     )
 
 
-def write_documents(root: Path, documents: Mapping[str, str]) -> Path:
+def write_documents(
+    root: Path, documents: Mapping[str, str], on_written: Callable[[Path], object] | None = None
+) -> Path:
     """Write ``documents`` (from :func:`catalog_documents`) under ``root/stac``, each atomically, in
     order; return the catalog's path. Files that already hold their text are left alone, so a run that
     adds one image rewrites one item, its collection and the catalog. The caller holds the root's lock."""
@@ -706,6 +708,8 @@ def write_documents(root: Path, documents: Mapping[str, str]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         check_no_links(root.absolute(), path.absolute())
         atomic_write_text(path, text)
+        if on_written is not None:  # e.g. uploaded to the store a staged root stands for
+            on_written(path)
     return catalog_path(root)
 
 
