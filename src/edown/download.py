@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from edown import earthengine, stac
+from edown import earthengine, geotiff, stac
 from edown.bands import build_image, check_nodata_fits, default_nodata, fill_value
 from edown.clouds import DEFAULT_THRESHOLD, IDENTITY_TAG, MASKS, clear_mask, mask_identity
 from edown.config import DownloadConfig, SearchConfig
@@ -497,7 +497,12 @@ class _Run:
             on_replan=self._replanned,
         )
         self.writer = ChunkWriter(
-            self.config.download_workers, self.counters, self.budget, self._finish, self._disk_full
+            self.config.download_workers,
+            self.counters,
+            self.budget,
+            self._finish,
+            self._disk_full,
+            on_stored=self._stored,
         )
         self.fetcher = Fetcher(
             self.config.max_concurrent_requests,
@@ -591,6 +596,11 @@ class _Run:
             job.chunks = [c for c in job.chunks if c not in gone] + added
             job.outstanding += len(added) - len(removed)
         self.counters.add(chunks_total=len(added) - len(removed))
+
+    def _stored(self) -> None:
+        """A chunk was stored: :meth:`wait` looks at once whether that was the last response."""
+        with self.done_cond:
+            self.done_cond.notify_all()
 
     def _disk_full(self) -> None:
         self.fatal = DiskFullError(str(self.config.output_root))
@@ -876,6 +886,7 @@ def _download(
 
     run = _Run(config, conn, counters, progress_manifest, model)
     runs.append(run)
+    preloading = threading.Thread(target=_preload, name="edown-preload", daemon=True)
     writes = ("images", "stac") if config.manifest_path is not None else ("images", "manifests", "stac")
     catalog_before: list[dict[str, stac.CollectionState]] = []
     interrupted = False
@@ -898,6 +909,7 @@ def _download(
                 pull_tree(output_root / stac.STAC_DIR)  # a store root: merge with the catalog it holds
                 catalog_before.append(stac.read_catalog(output_root))  # a damaged one is refused now
                 run.start()
+                preloading.start()
             taken.update(r.record_key for r in fresh)
             first = len(taken) - len(fresh)
             prepared = prepare_jobs(
@@ -946,6 +958,8 @@ def _download(
                 log.warning("could not update the manifest: %s", exc)
         if run.fatal is not None:
             raise run.fatal
+        if preloading.is_alive():  # never started when no image needed fetching
+            preloading.join()
         catalog = _write_catalog(config, search, results_now(), catalog_before[0])
     return DownloadSummary.build(
         manifest_path,
@@ -956,6 +970,13 @@ def _download(
         stats=_stats(conn, before, counters, plan, time.monotonic() - started, runs),
         stac_catalog=catalog,
     )
+
+
+def _preload() -> None:
+    """Load what the first GeoTIFF and the catalog need (rasterio and GDAL's drivers, pystac's extension
+    hooks: ~0.3 s on the first use) while the run waits for Earth Engine, not after its last response."""
+    geotiff.preload()
+    stac.preload()
 
 
 def _write_catalog(

@@ -29,6 +29,7 @@ import random
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -46,6 +47,7 @@ from edown.errors import (
     RequestTooLargeError,
     is_disk_full,
 )
+from edown.plan import rate_window
 
 log = logging.getLogger("edown.earthengine")
 
@@ -452,20 +454,21 @@ class RequestPacer:
     """Keeps requests within the project's quotas and backs off when Earth Engine says 429.
 
     Concurrency is bounded by an AIMD window (starts at ``max_concurrent``; halves on a 429 at most once per
-    second; grows by ``1/window`` per success, i.e. by one per window of successes). The request rate is
-    smoothed to at most ``requests_per_second`` (one start every ``1/rate`` seconds). A ``Retry-After``
-    or a burst of 429s pauses new requests for a while.
+    second; grows by ``1/window`` per success, i.e. by one per window of successes). At most
+    ``requests_per_second`` requests start in any one second (:func:`edown.plan.rate_window`), which is
+    the quota as Earth Engine states it; the few requests of a small run all start at once rather than
+    10 ms apart. A ``Retry-After`` or a burst of 429s pauses new requests for a while.
     """
 
     def __init__(self, max_concurrent: int = 40, requests_per_second: float = 100.0) -> None:
         self.max_concurrent = max_concurrent
-        self.interval = 1.0 / requests_per_second
+        self.rate_starts, self.rate_span = rate_window(requests_per_second)
+        self._recent: deque[float] = deque()
         self.window = float(max_concurrent)
         self.inflight = 0
         self.peak_inflight = 0
         self.throttled = 0
         self.started = 0
-        self._next_start = 0.0
         self._paused_until = 0.0
         self._last_decrease = 0.0
         self._cond = threading.Condition()
@@ -476,12 +479,16 @@ class RequestPacer:
                 if stop is not None and stop.is_set():
                     raise InterruptedError("stopping")
                 now = time.monotonic()
-                wait = max(self._paused_until - now, self._next_start - now)
+                recent = self._recent
+                while recent and now - recent[0] >= self.rate_span:
+                    recent.popleft()
+                rated = recent[0] + self.rate_span - now if len(recent) >= self.rate_starts else 0.0
+                wait = max(self._paused_until - now, rated)
                 if self.inflight < max(1, int(self.window)) and wait <= 0:
                     self.inflight += 1
                     self.started += 1
                     self.peak_inflight = max(self.peak_inflight, self.inflight)
-                    self._next_start = max(now, self._next_start) + self.interval
+                    recent.append(now)
                     return
                 self._cond.wait(timeout=min(0.5, wait) if wait > 0 else 0.5)
 

@@ -177,8 +177,11 @@ def grid_phase(transform: Transform) -> tuple[float, float]:
     return (px, py)
 
 
+@lru_cache(maxsize=256)
 def crs_key(crs: str) -> str:
-    """A canonical CRS name for comparisons: the EPSG code when PROJ knows one, else the given string."""
+    """A canonical CRS name for comparisons: the EPSG code when PROJ knows one, else the given string.
+
+    Cached: a WKT that names no EPSG code costs PROJ a database search, and every image asks again."""
     if re.fullmatch(r"EPSG:\d+", crs, re.I):
         return crs.upper()
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from collections import deque
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -35,6 +36,22 @@ MAX_CANDIDATES = 128
 K = TypeVar("K", bound=Hashable)
 
 
+#: Seconds added to the rate quota's window on the client's side: Earth Engine counts a request when it
+#: arrives, which may be a little later than the client started its predecessor's clock.
+RATE_MARGIN_SECONDS = 0.02
+
+
+def rate_window(requests_per_second: float) -> tuple[int, float]:
+    """The rate quota as ``(starts, seconds)``: at most ``starts`` requests begin within any ``seconds``.
+
+    "100 requests per second" is a count per second, not a spacing: a run of a few requests may start
+    them all at once (the concurrency quota bounds the burst). A rate below one per second allows one
+    start per ``1 / rate`` seconds.
+    """
+    starts = max(1, math.floor(requests_per_second))
+    return starts, starts / requests_per_second + RATE_MARGIN_SECONDS
+
+
 @dataclass(frozen=True)
 class CostModel:
     """What one pixel request costs and how many may run: the parameters of the makespan model.
@@ -47,13 +64,18 @@ class CostModel:
     latency_seconds: float = 0.25
     #: Bytes per second of one response body (NPY bytes, no mask byte).
     bandwidth_bytes_per_second: float = 40e6
-    #: The project's request-rate quota; the pacer starts requests at most this often.
+    #: The project's request-rate quota: requests started in any one second (:func:`rate_window`).
     requests_per_second: float = 100.0
     #: The project's concurrent-request quota.
     concurrency: int = 40
     #: Bytes per second the writer stores (decode + chunk store); each request's bytes must still be
     #: written after it arrives, and all of them go through the writer.
     write_bytes_per_second: float = 400e6
+    #: Seconds of the client's own work per request whatever its size: building and sending it, opening,
+    #: committing and later assembling its chunk (7.6 ms of CPU measured on the benchmark machine). One
+    #: Python process does that work mostly one request at a time, so requests start at most this often;
+    #: it is what keeps a small job from being cut into more requests than it gains from.
+    request_overhead_seconds: float = 0.008
 
     def request_seconds(self, body_bytes: int) -> float:
         """The modelled service time of one request whose body is ``body_bytes``."""
@@ -63,21 +85,26 @@ class CostModel:
         """Modelled seconds from the first request to the last byte written, for bodies of ``sizes``
         sent in this order.
 
-        Requests start one every ``1/requests_per_second`` at the earliest and only when one of the
-        ``concurrency`` slots is free; each is then written (``write_bytes_per_second``), and the writer
-        as a whole cannot go faster than that rate either. This is the issue's
-        ``max(n / rps, waves(n, c) x (latency + bytes / bandwidth))`` made exact for uneven sizes.
+        A request starts when one of the ``concurrency`` slots is free, fewer than the rate quota's
+        requests started in the window before it (:func:`rate_window`, as the pacer does) and the client
+        has done its own work for the previous one (``request_overhead_seconds``); each is then
+        written (``write_bytes_per_second``), and the writer as a whole cannot go faster than that rate
+        either. This is the issue's ``max(n / rps, waves(n, c) x (latency + bytes / bandwidth))`` made
+        exact for uneven sizes.
         """
         if not sizes:
             return 0.0
-        interval = 1.0 / self.requests_per_second
+        allowed, span = rate_window(self.requests_per_second)
+        recent: deque[float] = deque()
         slots: list[float] = [0.0] * max(1, self.concurrency)
         end = 0.0
-        next_start = 0.0
+        previous = -self.request_overhead_seconds
         for size in sizes:
-            free = heapq.heappop(slots)
-            start = max(free, next_start)
-            next_start = start + interval
+            start = max(heapq.heappop(slots), previous + self.request_overhead_seconds)
+            if len(recent) == allowed:
+                start = max(start, recent.popleft() + span)
+            recent.append(start)
+            previous = start
             finish = start + self.request_seconds(size)
             heapq.heappush(slots, finish)
             end = max(end, finish + size / self.write_bytes_per_second)
@@ -173,35 +200,51 @@ def plan_requests(
     areas: Mapping[K, Area], model: CostModel, byte_limit: int, tile: int = OUTPUT_TILE
 ) -> dict[K, list[Window]]:
     """The cut of every area (in the mapping's order, which is the send order) that minimises
-    :meth:`CostModel.makespan`.
+    :meth:`CostModel.makespan`, taking the fewest requests among cuts within :data:`WORTH_IT` of it.
 
     All areas are cut to one common target body size (the candidates are every size that cuts some area
     into a whole number of pieces), so pieces of different images take about the same time and the run
-    ends on no single straggler; ties go to fewer requests. Each area gets at least the pieces Earth
-    Engine's limits demand (:func:`min_pieces`).
+    ends on no single straggler. Each area gets at least the pieces Earth Engine's limits demand
+    (:func:`min_pieces`).
     """
     if not areas:
         return {}
     floors = {key: min_pieces(area, byte_limit, tile) for key, area in areas.items()}
-    best: tuple[float, int, float] | None = None
+    allowed, span = rate_window(model.requests_per_second)
+    overhead = model.request_overhead_seconds
+    scores: list[tuple[float, int, float]] = []
+    fastest = math.inf
     for target in _candidate_targets(areas, floors, model):
         counts = {key: _pieces_for(area, floors[key], target) for key, area in areas.items()}
-        if best is not None and (sum(counts.values()) - 1) / model.requests_per_second > best[0]:
-            continue  # the rate quota alone makes this cut slower than the best so far
+        n = sum(counts.values())
+        if max((math.ceil(n / allowed) - 1) * span, (n - 1) * overhead) > fastest * (1 + WORTH_IT):
+            continue  # the rate quota or the client's own work alone make this cut too slow
         sizes = [
             pixels * area.band_count * area.itemsize
             for key, area in areas.items()
             for pixels in _piece_pixels(area.window.width, area.window.height, counts[key], tile)
         ]
-        score = (round(model.makespan(sizes), 9), len(sizes), target)
-        if best is None or score[:2] < best[:2]:
-            best = score
-    assert best is not None
-    chosen = best[2]
+        makespan = model.makespan(sizes)
+        fastest = min(fastest, makespan)
+        scores.append((makespan, len(sizes), target))
+    chosen = fewest_worth_it([(t, n) for t, n, _ in scores])
+    target = next(tgt for t, n, tgt in scores if (t, n) == chosen)
     return {
-        key: split_window(area.window, _pieces_for(area, floors[key], chosen), tile)
+        key: split_window(area.window, _pieces_for(area, floors[key], target), tile)
         for key, area in areas.items()
     }
+
+
+#: How much faster (as a fraction of the modelled makespan) a cut must be to send more requests: the
+#: model is an estimate, and every request spends the project's quota on Earth Engine.
+WORTH_IT = 0.01
+
+
+def fewest_worth_it(scores: Sequence[tuple[float, int]]) -> tuple[float, int]:
+    """Of ``(makespan, requests)`` scores, the one with the fewest requests among those within
+    :data:`WORTH_IT` of the fastest (then the faster of those)."""
+    fastest = min(t for t, _ in scores)
+    return min(((t, n) for t, n in scores if t <= fastest * (1 + WORTH_IT)), key=lambda s: (s[1], s[0]))
 
 
 def _pieces_for(area: Area, floor: int, target: float) -> int:

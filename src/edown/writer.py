@@ -222,7 +222,7 @@ class ChunkWriter:
     :meth:`put` on the fetch thread that stored them (bookkeeping only), so a writer thread waiting for an
     assembly slot never holds back the record of an arrived chunk, and "every response has arrived" is
     known the moment it is true. ``finish(job, status, error)`` records an image's outcome; ``budget`` is
-    released as each stored chunk is recorded.
+    released as each stored chunk is recorded, and then ``on_stored`` is called.
     """
 
     def __init__(
@@ -232,8 +232,10 @@ class ChunkWriter:
         budget: ByteBudget,
         finish: Callable[[ImageJob, str, str | None], None],
         on_disk_full: Callable[[], None],
+        on_stored: Callable[[], None] | None = None,
     ) -> None:
         self.counters = counters
+        self.on_stored = on_stored
         self.budget = budget
         self.finish = finish
         self.on_disk_full = on_disk_full
@@ -273,6 +275,8 @@ class ChunkWriter:
             self.budget.release(nbytes)
         if complete:
             self.queue.put(job)
+        if self.on_stored is not None:
+            self.on_stored()
 
     def fetching_done(self) -> None:
         """Every response has arrived: assemble with all workers from now on."""
