@@ -26,7 +26,8 @@ from edown.errors import ConfigError
     "--latency",
     default="none",
     show_default=True,
-    help="Latency preset: none, fast or ee (0.3 s + 2 MB/s per pixel request, like Earth Engine).",
+    help="Latency preset: none, fast, ee (0.3 s + 2 MB/s per pixel request, like Earth Engine) or ee-model "
+    "(0.25 s + 40 MB/s, no jitter: the model bench/download.py measures with).",
 )
 @click.option(
     "--latency-base", type=float, help="Override the preset: seconds per pixel request before data flows."
