@@ -14,12 +14,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edown import StackConfig, download_images, stack_images
 from edown.emulator import EmulatorConfig, FaultPlan, FaultRule, Latency, serve
 from edown.emulator.server import Emulator
-from edown.errors import DiskFullError, OutputLockedError
+from edown.errors import DiskFullError, OutputLockedError, is_disk_full
 from tests.helpers import S2, check_all_exact, config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,6 +129,36 @@ def test_disk_full_is_one_clear_error_nothing_corrupt_and_resumable(
         check_all_exact(ee_emulator, summary)
         total = sum(r.chunk_count for r in summary.results)
         assert ee_emulator.stats()["requests"]["computePixels"] == total - stored
+
+
+def test_a_geotiff_that_meets_a_full_disk_is_a_disk_full_error_and_leaves_nothing(tmp_path: Path) -> None:
+    # libtiff only prints "No space left on device" and GDAL carries on: the failure surfaced as
+    # "not recognized as being in a supported file format" when edown read its own file back.
+    from edown.geotiff import OutputSpec, write_geotiff
+    from edown.grid import Window
+    from edown.outputs import ChunkStore, StoredChunk
+
+    store = ChunkStore(tmp_path / "chunks", tmp_path)
+    window = Window(0, 0, 1024, 1024)
+    noise = (
+        np.random.default_rng(0).integers(0, 65535, (2, 1024, 1024)).astype("uint16")
+    )  # 4 MiB, incompressible
+    pending = store.begin(window)
+    np.save(pending.handle, noise, allow_pickle=False)
+    chunk = StoredChunk(window, pending.commit())
+    spec = OutputSpec(1024, 1024, ("a", "b"), "uint16", "EPSG:32631", (10.0, 0.0, 0.0, 0.0, -10.0, 0.0), 0.0)
+    with small_filesystem(tmp_path / "small", 1) as small:
+        with pytest.raises(OSError) as info:
+            write_geotiff(small / "out.tif", spec, store, [chunk], window)
+        assert is_disk_full(info.value), info.value
+        assert "No space left on device writing out.tif" in str(info.value)
+        assert list(small.iterdir()) == []
+    with small_filesystem(tmp_path / "roomy", 16) as roomy:  # the same write with room is exact
+        write_geotiff(roomy / "out.tif", spec, store, [chunk], window)
+        import rasterio
+
+        with rasterio.open(roomy / "out.tif") as src:
+            assert (src.read() == noise).all()
 
 
 def test_two_processes_on_one_output_root(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,6 +105,25 @@ class DiskFullError(EdownError):
 
 def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def as_disk_full(exc: BaseException, directory: Path, needed: int, what: str) -> OSError | None:
+    """An ENOSPC error for a write into ``directory`` that failed without saying why, when the disk has
+    less than ``needed`` bytes free; else None.
+
+    Some writers lose the errno: numpy reports a short write as a bare OSError, and libtiff only prints
+    "No space left on device" while GDAL carries on and later cannot read its own file. Free space is
+    then what tells a full disk (one line, resumable) from a bug.
+    """
+    if is_disk_full(exc) or not isinstance(exc, Exception):
+        return None
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return None
+    if free >= needed:
+        return None
+    return OSError(errno.ENOSPC, f"No space left on device writing {what}")
 
 
 class StackError(EdownError):

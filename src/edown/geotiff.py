@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from edown.crs import crs_wkt
+from edown.errors import as_disk_full
 from edown.grid import Transform, Window
 from edown.outputs import ChunkStore, StoredChunk
 from edown.rootstate import journalled
@@ -142,6 +143,12 @@ def write_geotiff(
             with final.open("rb") as handle:
                 os.fsync(handle.fileno())
             final.replace(target)
+        except Exception as exc:
+            raw = spec.width * spec.height * len(spec.band_names) * np.dtype(spec.dtype).itemsize
+            full = as_disk_full(exc, target.parent, raw * (2 if spec.cog else 1), target.name)
+            if full is not None:
+                raise full from exc
+            raise
         finally:
             tmp.unlink(missing_ok=True)
             cog.unlink(missing_ok=True)

@@ -24,12 +24,10 @@ journal entry, so a crash never leaves a chunk that looks finished but is not.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import logging
 import os
 import re
-import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ from typing import BinaryIO, Literal
 
 import numpy as np
 
+from edown.errors import as_disk_full
 from edown.grid import Window
 from edown.rootstate import check_no_links
 
@@ -160,13 +159,9 @@ class ChunkStore:
             np.save(pending.handle, np.ascontiguousarray(data), allow_pickle=False)
         except BaseException as exc:
             pending.abort()
-            # numpy reports a short write as a bare OSError ("N requested and M written"), without errno.
-            if (
-                isinstance(exc, OSError)
-                and exc.errno is None
-                and shutil.disk_usage(self.directory).free < data.nbytes
-            ):
-                raise OSError(errno.ENOSPC, f"No space left on device writing {pending.target.name}") from exc
+            full = as_disk_full(exc, self.directory, data.nbytes, pending.target.name)
+            if full is not None:
+                raise full from exc
             raise
         return pending.commit()
 
