@@ -167,6 +167,9 @@ def _to_cog(path: Path, cog: Path, spec: OutputSpec) -> None:
     if spec.compression != "none":
         options["compress"] = spec.compression
         options["predictor"] = "YES"
+        if spec.compression == "zstd":
+            # As for tiled GeoTIFFs: the COG driver's default (9) costs 5x the CPU for 8% smaller files.
+            options["level"] = 1
     options["overview_resampling"] = "nearest" if np.dtype(spec.dtype).kind in "iu" else "average"
     rasterio.shutil.copy(path, cog, **options)
     path.unlink()
