@@ -98,6 +98,22 @@ def test_same_job_to_local_and_store_gives_identical_cogs(
     assert ".edown/root.json" in keys
 
 
+@pytest.mark.parametrize("root_fixture", ["s3_root", "gs_root"])
+def test_an_object_larger_than_two_parts_is_uploaded_whole_in_parts(
+    tmp_path: Path, root_fixture: str, request: pytest.FixtureRequest
+) -> None:
+    # 8 MiB parts (edown.stores.UPLOAD_PART_BYTES): a 21 MiB object goes up as an S3 multipart / GCS
+    # resumable upload, not read whole into memory, and reads back byte for byte.
+    root: str = request.getfixturevalue(root_fixture)
+    store = ObjectStore(StoreURL(root))
+    body = np.random.default_rng(3).bytes(21 * 1024 * 1024 + 12345)
+    source = tmp_path / "big.bin"
+    source.write_bytes(body)
+    store.upload("images/big.bin", source)
+    assert [o.size for o in store.list("images/")] == [len(body)]
+    assert store.read_bytes("images/big.bin") == body
+
+
 def test_unsupported_scheme_is_one_line_exit_2(tmp_path: Path) -> None:
     done = run_edown(
         "download", "--collection-id", "X/Y", "--start-date", "2024-01-01", "--end-date", "2024-01-02",
