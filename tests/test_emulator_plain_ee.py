@@ -307,6 +307,26 @@ def test_cloud_score_plus_and_cloud_probability_follow_the_s2_clouds(ee_emulator
     assert np.corrcoef(b2.ravel(), expected_cs.ravel())[0, 1] < 0
 
 
+def test_link_collection_without_a_match_adds_fully_masked_bands_and_null_properties(
+    ee_emulator_session: Emulator,
+) -> None:
+    # EE's docs: "If no match is found, new or updated bands are fully masked, and metadata is null."
+    _, assets = _june(ee_emulator_session)
+    asset = assets[0]
+    elsewhere = ee.ImageCollection("GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED").filterDate(
+        "2024-01-01", "2024-01-02"
+    )
+    linked = ee.Image(asset.id).linkCollection(elsewhere, ["cs"], ["CLOUDY_PIXEL_PERCENTAGE"])
+    assert linked.bandNames().getInfo()[-1] == "cs"
+    assert ee.Image(asset.id).get("CLOUDY_PIXEL_PERCENTAGE").getInfo() is not None
+    assert linked.get("CLOUDY_PIXEL_PERCENTAGE").getInfo() is None
+    counts = linked.select(["B4", "cs"]).reduceRegion(
+        ee.Reducer.count(), ee.Geometry.Rectangle(list(SMALL)), 10
+    )
+    got = counts.getInfo()
+    assert got["cs"] == 0 and got["B4"] > 0
+
+
 def test_quality_mosaic_and_to_bands(ee_emulator_session: Emulator) -> None:
     coll, assets = _june(ee_emulator_session)
     row0, col0, size = 3000, 4000, 16

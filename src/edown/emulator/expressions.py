@@ -867,7 +867,14 @@ def build_registry(catalog: Catalog) -> dict[str, Function]:
         match_filter = CompareFilter("equals", matchPropertyName, None, None, value)
         found = _collection(imageCollection, "Image.linkCollection").then("filter", match_filter).elements()
         if not found:
-            return img  # EE: no match leaves the image as it is
+            # EE: "If no match is found, new or updated bands are fully masked, and metadata is null."
+            out = img
+            for band in linkedBands or []:
+                empty = im.update_mask(im.rename(im.constant_image(0.0), [str(band)]), im.constant_image(0))
+                out = im.add_bands(out, empty, None, True)
+            for name in linkedProperties or []:
+                out = _set(out, name, None)
+            return out
         other = im.as_image(found[0])
         out = img
         if linkedBands:

@@ -184,11 +184,11 @@ class EEImage:
     def property(self, name: str) -> Any:
         if name == "system:id":
             return self.image_id
+        if name in self.properties:  # set on the image: it overrides the asset's, as in to_info
+            return self.properties[name]
         if self.asset is not None:
-            value = self.asset.property_value(name)
-            if value is not None or name in self.asset.properties:
-                return value
-        return self.properties.get(name)
+            return self.asset.property_value(name)
+        return None
 
     def to_info(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "Image", "bands": [b.to_info() for b in self.bands]}
