@@ -395,3 +395,25 @@ def test_manifest_input(
     assert code == 2 and line.startswith("error: manifest_path: ") and message in line
     with pytest.raises(exc, match=re.escape(message)):
         stack_images(StackConfig(manifest_path=path))
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "field", "bound"),
+    [
+        ("--max-requests-per-second", "nan", "max_requests_per_second", "> 0"),
+        ("--max-requests-per-second", "inf", "max_requests_per_second", "> 0"),
+        ("--retry-delay-seconds", "nan", "retry_delay_seconds", ">= 0"),
+        ("--request-timeout-seconds", "inf", "request_timeout_seconds", "> 0"),
+    ],
+)
+def test_not_a_finite_number_is_one_line_before_anything_runs(
+    ee_emulator: Emulator, tmp_path: Path, option: str, value: str, field: str, bound: str
+) -> None:
+    # NaN and infinity passed the "> 0" checks and failed after the download (a manifest cannot hold
+    # NaN) or inside ee's initialisation (an infinite deadline), as "report it".
+    args = search_args(ee_emulator)[1:]
+    code, line = cli_error("download", *args, "-o", str(tmp_path / "out"), option, value)
+    assert (code, line) == (2, f"error: {field}: must be a finite number {bound}, got {float(value)!r}")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match=f"{field}: must be a finite number"):
+        DownloadConfig(**api_config(ee_emulator), **{field: float(value)})

@@ -696,3 +696,16 @@ def test_a_run_never_takes_the_manifest_name_of_an_earlier_run_in_the_same_secon
     later = _unused_run_name(first)
     assert later == manifests / "run-20240602T000001Z.json"  # the next free second, across midnight
     assert sorted(p.name for p in [*manifests.iterdir(), later])[-1] == later.name  # still newest by name
+
+
+def test_the_summary_plan_counts_what_the_run_had_to_fetch(ee_emulator: Emulator, tmp_path: Path) -> None:
+    # It used to count what was still missing when the summary was built: 0 after every finished run.
+    kw = {"bands": ("B4",), "chunk_size": 256, "chunk_size_mode": "fixed"}
+    dry = download_images(config(ee_emulator, tmp_path, dry_run=True, **kw))
+    ee_emulator.reset_stats()
+    summary = download_images(config(ee_emulator, tmp_path, **kw))
+    fetched = ee_emulator.stats()["requests"]["computePixels"]
+    assert summary.plan["requests"] == dry.plan["requests"] == fetched == summary.plan["chunks"] > 1
+    assert summary.plan["request_bytes"] == dry.plan["request_bytes"] > 0
+    again = download_images(config(ee_emulator, tmp_path, **kw))
+    assert again.downloaded == 0 and again.plan["requests"] == 0

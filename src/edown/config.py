@@ -420,6 +420,15 @@ def _check_positive_int(value: Any, name: str, minimum: int = 1) -> None:
         raise ConfigError(name, f"must be an integer >= {minimum}, got {value!r}")
 
 
+def _check_seconds_or_rate(value: Any, name: str, allow_zero: bool = False) -> None:
+    """A finite number above zero (or at least zero): NaN and infinity pass ``<=`` checks and then fail
+    deep inside a run (a timer that never fires, a JSON manifest that cannot hold them)."""
+    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(name, f"must be a finite number {bound}, got {value!r}")
+
+
 def _set(obj: object, name: str, value: Any) -> None:
     object.__setattr__(obj, name, value)
 
@@ -623,8 +632,7 @@ class DownloadConfig(SearchConfig):
         for name in ("prepare_workers", "download_workers", "max_inflight_chunks", "max_concurrent_requests"):
             _check_positive_int(getattr(self, name), name)
         _check_positive_int(self.max_retries, "max_retries", 0)
-        if not isinstance(self.retry_delay_seconds, int | float) or self.retry_delay_seconds < 0:
-            raise ConfigError("retry_delay_seconds", f"must be >= 0, got {self.retry_delay_seconds!r}")
+        _check_seconds_or_rate(self.retry_delay_seconds, "retry_delay_seconds", allow_zero=True)
         _check_positive_int(self.request_byte_limit, "request_byte_limit", 1024)
         if self.nodata is not None and (
             isinstance(self.nodata, bool) or not isinstance(self.nodata, int | float)
@@ -632,10 +640,8 @@ class DownloadConfig(SearchConfig):
             raise ConfigError("nodata", f"must be a number or None (auto), got {self.nodata!r}")
         if self.compression not in COMPRESSIONS:
             raise ConfigError("compression", f"{self.compression!r} is not one of {COMPRESSIONS}")
-        if self.max_requests_per_second <= 0:
-            raise ConfigError("max_requests_per_second", f"must be > 0, got {self.max_requests_per_second!r}")
-        if self.request_timeout_seconds <= 0:
-            raise ConfigError("request_timeout_seconds", f"must be > 0, got {self.request_timeout_seconds!r}")
+        _check_seconds_or_rate(self.max_requests_per_second, "max_requests_per_second")
+        _check_seconds_or_rate(self.request_timeout_seconds, "request_timeout_seconds")
 
     @property
     def manifests_dir(self) -> Location:
@@ -696,6 +702,7 @@ class StackConfig:
             raise ConfigError("store", f"{self.store!r} is not one of {STORES}")
         _check_positive_int(self.n_workers, "n_workers")
         _check_positive_int(self.cores_per_worker, "cores_per_worker")
+        _check_seconds_or_rate(self.worker_timeout_seconds, "worker_timeout_seconds")
         if self.threads is not None:
             _check_positive_int(self.threads, "threads")
         _check_positive_int(self.chunk_size, "chunk_size", 64)

@@ -76,7 +76,13 @@ from edown.progress import Counters, Reporter
 from edown.records import DownloadResult, DownloadSummary, ImageRecord, SearchResult, utc_iso
 from edown.rootstate import HeldRoot, check_no_links, locked_root
 from edown.scheduler import Fetcher, FetchQueue
-from edown.search import alignment_groups, is_cloudy, search_images, with_cloud_fractions
+from edown.search import (
+    alignment_groups,
+    connection_for,
+    is_cloudy,
+    search_images,
+    with_cloud_fractions,
+)
 from edown.storeroot import (
     chunk_store,
     fetched,
@@ -112,6 +118,8 @@ class ImageJob:
     stored: list[StoredChunk]
     nodata: float
     expression: Any = None
+    #: The chunks this run queued for fetching when it took the image (None until then).
+    queued: list[Window] | None = None
     outstanding: int = 0
     requests: int = 0
     retries: int = 0
@@ -172,18 +180,19 @@ class Plan:
     model: CostModel = field(default_factory=CostModel)
 
     def totals(self) -> dict[str, Any]:
+        """The plan in numbers. ``requests`` and ``request_bytes`` are what was to be fetched: when a run
+        took each image (chunks stored by an earlier run not counted), or, before any run (a dry run),
+        what a run would fetch now."""
         chunks = [w for j in self.jobs for w in j.chunks]
-        missing = [w for j in self.jobs for w in _missing(j)]
+        todo = [(j, w) for j in self.jobs for w in (j.queued if j.queued is not None else _missing(j))]
         req_bytes = sum(
-            request_bytes(w.pixels, len(j.spec.band_names), np.dtype(j.spec.dtype).itemsize)
-            for j in self.jobs
-            for w in _missing(j)
+            request_bytes(w.pixels, len(j.spec.band_names), np.dtype(j.spec.dtype).itemsize) for j, w in todo
         )
         return {
             "images": len(self.jobs),
             "skipped": len(self.skipped),
             "chunks": len(chunks),
-            "requests": len(missing),
+            "requests": len(todo),
             "request_bytes": req_bytes,
             "output_pixels": sum(j.spec.width * j.spec.height for j in self.jobs),
         }
@@ -535,6 +544,7 @@ class _Run:
                     job.store.discard(chunk)
             job.stored = [c for c in job.stored if c.path in keep]
             job.outstanding = len(todo)
+            job.queued = todo
             self.jobs_by_index[job.index] = job
             with self.done_cond:
                 self.remaining += 1
@@ -725,9 +735,7 @@ def _saved_mask(saved: dict[str, Any]) -> str:
 
 def _add_cloud_fractions(config: DownloadConfig, result: SearchResult) -> SearchResult:
     """A saved search read with ``max_cloud_fraction``: count its images' clouds now (batched)."""
-    conn = earthengine.connect(
-        config.server_url, config.project, config.credentials, timeout=config.request_timeout_seconds
-    )
+    conn = connection_for(config)
     policy = earthengine.RetryPolicy(max_retries=config.max_retries, base_delay=config.retry_delay_seconds)
     records = with_cloud_fractions(conn, config, list(result.images), policy)
     return replace(
@@ -814,14 +822,7 @@ def _download(
 
     # Connect before planning: the plan builds Earth Engine expressions, which need an initialised client
     # (a saved search means no search ran in this process).
-    conn = earthengine.connect(
-        config.server_url,
-        config.project,
-        config.credentials,
-        max_concurrent=config.max_concurrent_requests,
-        requests_per_second=config.max_requests_per_second,
-        timeout=config.request_timeout_seconds,
-    )
+    conn = connection_for(config)
     before = conn.pacer.snapshot()
     model = run_cost_model(config)
     plan = Plan([], [], [], model)

@@ -29,7 +29,6 @@ import random
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -99,7 +98,10 @@ class _Transport:
     body, not just between bytes.
     """
 
-    def __init__(self, pool_size: int, timeout: float, connect_timeout: float = 20.0) -> None:
+    def __init__(
+        self, pool_size: int, timeout: float, connect_timeout: float = 20.0, pacer: RequestPacer | None = None
+    ) -> None:
+        self.pacer = pacer
         self.timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout)
         self.session = requests.Session()
@@ -118,6 +120,8 @@ class _Transport:
     ) -> tuple[Any, bytes]:
         import httplib2
 
+        if self.pacer is not None:
+            self.pacer.sent()
         deadline = time.monotonic() + self.timeout
         try:
             response = self.session.request(
@@ -209,15 +213,15 @@ def connect(
             id(credentials) if credentials is not None else None,
             timeout,
             max_concurrent,
+            requests_per_second,
         )
         if _current is not None and _current[0] == key and _still_ours(_current[1]):
             return _current[1]
         redaction.guard_loggers()
         creds, resolved_project, method = resolve_credentials(server_url, project, credentials)
-        transport = _initialize(server_url, creds, resolved_project, max_concurrent, timeout)
-        conn = Connection(
-            server_url, resolved_project, method, RequestPacer(max_concurrent, requests_per_second), transport
-        )
+        pacer = RequestPacer(max_concurrent, requests_per_second)
+        transport = _initialize(server_url, creds, resolved_project, max_concurrent, timeout, pacer)
+        conn = Connection(server_url, resolved_project, method, pacer, transport)
         _current = (key, conn)
         log.info(
             "Earth Engine at %s as project %s (%s)", redaction.redact(server_url), resolved_project, method
@@ -243,12 +247,14 @@ def _still_ours(conn: Connection) -> bool:
     return getattr(ee.data._get_state(), "http_transport", None) is conn.transport
 
 
-def _initialize(url: str, creds: Any, project: str, pool: int, timeout: float) -> _Transport:
+def _initialize(
+    url: str, creds: Any, project: str, pool: int, timeout: float, pacer: RequestPacer
+) -> _Transport:
     import ee
 
     # Take control of retries: ee's hidden ones would stack under ours (and sleep up to a minute).
     ee.data.setMaxRetries(0)
-    transport = _Transport(pool_size=pool + 8, timeout=timeout)
+    transport = _Transport(pool_size=pool + 8, timeout=timeout, pacer=pacer)
     shown = redaction.redact(url)
     last: BaseException | None = None
     for attempt in range(3):
@@ -463,7 +469,10 @@ class RequestPacer:
     def __init__(self, max_concurrent: int = 40, requests_per_second: float = 100.0) -> None:
         self.max_concurrent = max_concurrent
         self.rate_starts, self.rate_span = rate_window(requests_per_second)
-        self._recent: deque[float] = deque()
+        #: When each request of the last ``rate_span`` seconds went on the wire: one mutable cell per
+        #: request, first the moment its slot was granted, then (:meth:`sent`) the moment it was sent.
+        self._sent: list[list[float]] = []
+        self._granted = threading.local()
         self.window = float(max_concurrent)
         self.inflight = 0
         self.peak_inflight = 0
@@ -479,18 +488,37 @@ class RequestPacer:
                 if stop is not None and stop.is_set():
                     raise InterruptedError("stopping")
                 now = time.monotonic()
-                recent = self._recent
-                while recent and now - recent[0] >= self.rate_span:
-                    recent.popleft()
-                rated = recent[0] + self.rate_span - now if len(recent) >= self.rate_starts else 0.0
+                self._sent = [cell for cell in self._sent if now - cell[0] < self.rate_span]
+                rated = 0.0
+                if len(self._sent) >= self.rate_starts:
+                    rated = min(cell[0] for cell in self._sent) + self.rate_span - now
                 wait = max(self._paused_until - now, rated)
                 if self.inflight < max(1, int(self.window)) and wait <= 0:
                     self.inflight += 1
                     self.started += 1
                     self.peak_inflight = max(self.peak_inflight, self.inflight)
-                    recent.append(now)
+                    cell = [now]
+                    self._sent.append(cell)
+                    self._granted.cell = cell
                     return
                 self._cond.wait(timeout=min(0.5, wait) if wait > 0 else 0.5)
+
+    def sent(self) -> None:
+        """A request goes on the wire now (the transport says so for every request, paced or not).
+
+        Earth Engine counts a request when it arrives: one granted a slot earlier but built slowly (the
+        client's threads share a GIL) must count from now, or the next second's requests arrive while it
+        still counts there (101 in a second, a 429 and a pause). A request that took no slot (``ee``'s
+        own calls, such as initialisation) is counted too.
+        """
+        with self._cond:
+            now = time.monotonic()
+            cell = getattr(self._granted, "cell", None)
+            if cell is not None:
+                cell[0] = now
+                self._granted.cell = None
+            else:
+                self._sent.append([now])
 
     def release(self, outcome: str) -> None:
         """``outcome``: ``ok``, ``throttled`` (a 429) or ``error``."""
@@ -555,7 +583,7 @@ def call(
             err = translate_error(exc)
             conn.pacer.release("throttled" if err.status == 429 else "error")
             if err.status == 429:
-                conn.pacer.pause(retry_after(err) or min(2.0, policy.base_delay))
+                conn.pacer.pause(retry_after(err) or min(1.0, policy.base_delay))
             if not err.transient or attempt >= policy.max_retries or isinstance(exc, KeyboardInterrupt):
                 if isinstance(exc, KeyboardInterrupt):
                     raise

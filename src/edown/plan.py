@@ -38,7 +38,7 @@ K = TypeVar("K", bound=Hashable)
 
 #: Seconds added to the rate quota's window on the client's side: Earth Engine counts a request when it
 #: arrives, which may be a little later than the client started its predecessor's clock.
-RATE_MARGIN_SECONDS = 0.02
+RATE_MARGIN_SECONDS = 0.1
 
 
 def rate_window(requests_per_second: float) -> tuple[int, float]:

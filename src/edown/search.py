@@ -45,6 +45,23 @@ PAGE_SIZE = 1000
 PROPERTY_PROBE = 50
 
 
+def connection_for(config: SearchConfig) -> earthengine.Connection:
+    """The Earth Engine connection ``config`` runs on.
+
+    A download's quotas and deadline apply to its search too (a plain search keeps the defaults): the
+    listing, the cloud fractions and the pixels then share one pacer, which counts every request
+    against the one rate quota Earth Engine keeps per project.
+    """
+    return earthengine.connect(
+        config.server_url,
+        config.project,
+        config.credentials,
+        max_concurrent=getattr(config, "max_concurrent_requests", 40),
+        requests_per_second=getattr(config, "max_requests_per_second", 100.0),
+        timeout=getattr(config, "request_timeout_seconds", 300.0),
+    )
+
+
 def search_images(
     config: SearchConfig, on_records: Callable[[list[ImageRecord]], None] | None = None
 ) -> SearchResult:
@@ -60,13 +77,7 @@ def search_images(
     """
     started = time.monotonic()
     plugin = load_plugin(config.transform_plugin) if config.transform_plugin else None
-    # A download's own deadline and retries apply to its search too (a plain search keeps the defaults).
-    conn = earthengine.connect(
-        config.server_url,
-        config.project,
-        config.credentials,
-        timeout=getattr(config, "request_timeout_seconds", 300.0),
-    )
+    conn = connection_for(config)
     first_request = conn.pacer.started
     policy = earthengine.RetryPolicy(
         max_retries=getattr(config, "max_retries", 4), base_delay=getattr(config, "retry_delay_seconds", 1.0)

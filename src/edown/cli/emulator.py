@@ -152,5 +152,5 @@ def _latency(preset: str, base: float | None, bandwidth_mb: float | None) -> Any
     if base is not None:
         latency = replace(latency, base_seconds=base)
     if bandwidth_mb is not None:
-        latency = replace(latency, bandwidth_bytes_per_second=bandwidth_mb * 1024 * 1024)
+        latency = replace(latency, bandwidth_bytes_per_second=bandwidth_mb * 1e6)
     return latency

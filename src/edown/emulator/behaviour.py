@@ -42,7 +42,7 @@ class Latency:
         presets = {
             "none": Latency(),
             "ee": Latency(
-                base_seconds=0.3, bandwidth_bytes_per_second=2 * MB, metadata_seconds=0.15, jitter=0.2
+                base_seconds=0.3, bandwidth_bytes_per_second=2e6, metadata_seconds=0.15, jitter=0.2
             ),
             "ee-model": Latency(base_seconds=0.25, bandwidth_bytes_per_second=40e6, metadata_seconds=0.15),
             "fast": Latency(base_seconds=0.05, bandwidth_bytes_per_second=50 * MB, metadata_seconds=0.02),
