@@ -709,3 +709,25 @@ def test_the_summary_plan_counts_what_the_run_had_to_fetch(ee_emulator: Emulator
     assert summary.plan["request_bytes"] == dry.plan["request_bytes"] > 0
     again = download_images(config(ee_emulator, tmp_path, **kw))
     assert again.downloaded == 0 and again.plan["requests"] == 0
+
+
+def test_edown_never_exceeds_the_rate_quota_it_is_given_listing_included(tmp_path: Path) -> None:
+    # Found by an outside look: slots were counted from when they were granted, not when the request
+    # went out, so a burst built slowly let 101 requests arrive in one second (a 429, then a pause); and
+    # the listing ran on another connection with the default quotas. Tiny one-chunk images make the rate
+    # quota, not latency, what bounds the run.
+    tiny = AOI.from_bbox((-0.100, 51.500, -0.099, 51.501))
+    with serve(
+        EmulatorConfig(latency=Latency(base_seconds=0.05), limits=Limits(requests_per_second=5))
+    ) as emu:
+        summary = download_images(
+            config(emu, tmp_path, aoi=tiny, bands=("B4",), start_date="2024-05-01", end_date="2024-06-30",
+                   max_requests_per_second=5)
+        )  # fmt: skip
+        check_all_exact(emu, summary)
+        stats = emu.stats(include_log=True)
+    assert summary.downloaded > 15 and summary.failed == 0
+    assert stats["throttled"] == 0 and summary.stats["throttled"] == 0
+    counted = sorted(r["started"] for r in stats["log"] if r["kind"] in ("listAssets", "computePixels"))
+    assert sum(1 for r in stats["log"] if r["kind"] == "listAssets") >= 1
+    assert max(sum(1 for t in counted if s <= t < s + 1.0) for s in counted) <= 5
