@@ -69,6 +69,13 @@ def preload() -> None:
 
 
 def _profile(spec: OutputSpec) -> dict[str, Any]:
+    """GDAL creation options for ``spec``.
+
+    No ``NUM_THREADS``: GDAL's shared worker pool deadlocks when several datasets are written and their
+    overviews built at once from different threads (seen as a hung COG download: two pool workers each
+    waiting on the other's block lock; rasterio#3115). Images are compressed in parallel already, one
+    per writer thread.
+    """
     import rasterio
     from rasterio.transform import Affine
 
@@ -86,7 +93,6 @@ def _profile(spec: OutputSpec) -> dict[str, Any]:
         "blockysize": TILE,
         "interleave": "band",
         "BIGTIFF": "IF_SAFER",
-        "NUM_THREADS": "ALL_CPUS",
     }
     if spec.compression != "none":
         profile["compress"] = spec.compression
@@ -162,7 +168,6 @@ def _to_cog(path: Path, cog: Path, spec: OutputSpec) -> None:
         "driver": "COG",
         "blocksize": TILE,
         "BIGTIFF": "IF_SAFER",
-        "NUM_THREADS": "ALL_CPUS",
     }
     if spec.compression != "none":
         options["compress"] = spec.compression
