@@ -30,6 +30,10 @@ TILE = 256
 #: edown reads back only what it wrote, a GeoTIFF: restricting GDAL to that driver keeps a VRT (or any
 #: other format) dressed up as ``.tif`` in a hand-edited manifest from making GDAL open URLs or files.
 GTIFF_ONLY = "GTiff"
+#: GDAL's block cache while edown writes or reads GeoTIFFs, in bytes: rasterio hands GDAL_CACHEMAX to
+#: ``GDALSetCacheMax64``, which takes bytes (a bare 128 meant 128 bytes: no cache, and building a COG's
+#: overviews then decoded every block again and again, 4x the CPU).
+GDAL_CACHE_BYTES = 128 * 1024 * 1024
 # Predictors: horizontal differencing for integers, floating-point predictor for floats.
 _PREDICTOR = {"i": 2, "u": 2, "f": 3}
 
@@ -61,10 +65,10 @@ def preload() -> None:
     from rasterio.io import MemoryFile
 
     spec = OutputSpec(TILE, TILE, ("b",), "uint16", "EPSG:4326", (0.5, 0.0, 10.0, 0.0, -0.5, 50.0), 0.0)
-    with MemoryFile() as memory:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), MemoryFile() as memory:
         with memory.open(**_profile(spec)) as dst:
             dst.write(np.zeros((1, TILE, TILE), dtype="uint16"))
-        with memory.open(driver=GTIFF_ONLY) as src, rasterio.Env():
+        with memory.open(driver=GTIFF_ONLY) as src:
             src.read(1, masked=True)
 
 
@@ -120,7 +124,10 @@ def write_geotiff(
     pieces = [(c.window.relative_to(origin), c) for c in chunks]
     with journalled(tmp), journalled(cog) if spec.cog else contextlib.nullcontext():
         try:
-            with rasterio.Env(GDAL_CACHEMAX=128), rasterio.open(tmp, "w", **_profile(spec)) as dst:
+            with (
+                rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
+                rasterio.open(tmp, "w", **_profile(spec)) as dst,
+            ):
                 opened: dict[Path, np.ndarray] = {}  # each chunk mapped once, dropped below its last row
                 for row0 in range(0, spec.height, TILE):
                     height = min(TILE, spec.height - row0)
@@ -176,7 +183,8 @@ def _to_cog(path: Path, cog: Path, spec: OutputSpec) -> None:
             # As for tiled GeoTIFFs: the COG driver's default (9) costs 5x the CPU for 8% smaller files.
             options["level"] = 1
     options["overview_resampling"] = "nearest" if np.dtype(spec.dtype).kind in "iu" else "average"
-    rasterio.shutil.copy(path, cog, **options)
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+        rasterio.shutil.copy(path, cog, **options)
     path.unlink()
 
 

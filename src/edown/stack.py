@@ -60,7 +60,7 @@ from edown.errors import (
     is_disk_full,
     user_folder,
 )
-from edown.geotiff import GTIFF_ONLY
+from edown.geotiff import GDAL_CACHE_BYTES, GTIFF_ONLY
 from edown.grid import Transform, offset_in
 from edown.manifest import Manifest, config_to_dict, load_manifest
 from edown.outputs import stack_path, store_temporary
@@ -108,7 +108,7 @@ def write_slice(array: Any, task: SliceTask) -> dict[str, float]:
     started = time.monotonic()
     written = 0
     fill = np.array(task.nodata, dtype=task.dtype)
-    with rasterio.Env(GDAL_CACHEMAX=64), contextlib.ExitStack() as stack:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), contextlib.ExitStack() as stack:
         sources = [
             (stack.enter_context(rasterio.open(path, driver=GTIFF_ONLY)), dc, dr)
             for path, dc, dr in task.sources
