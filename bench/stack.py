@@ -232,14 +232,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         print(f"writing {max(args.sizes)} input GeoTIFFs...", file=sys.stderr)
-        files = make_inputs(tmp, max(args.sizes))
+        root = tmp / "out"  # the inputs lie under its images/, where edown reads a root's outputs
+        (root / "images").mkdir(parents=True)
+        files = make_inputs(root / "images", max(args.sizes))
         for size in args.sizes:
             raw_mb = size * SIDE * SIDE * len(BANDS) * 2 / 1e6
-            root = tmp / f"out-{size}"
             manifest = edown_manifest(tmp / f"edown-{size}.json", root, files[:size])
             for backend in args.backends:
                 print(f"edown {backend}, {size} images...", file=sys.stderr)
-                argv = [EDOWN, "stack", "-m", str(manifest), "--backend", backend, "--overwrite", "--json"]
+                # The manifest is written here, not by a download, so its root has no edown marker: name
+                # the root explicitly, as a user stacking a hand-made manifest must.
+                argv = [EDOWN, "stack", "-m", str(manifest), "-o", str(root), "--backend", backend]
+                argv += ["--overwrite", "--json"]
                 if backend == "dask-local":
                     argv += ["--n-workers", "2", "--memory-per-worker", "2GB"]
                 if backend == "dask-slurm":

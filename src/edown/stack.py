@@ -60,7 +60,7 @@ from edown.errors import (
     is_disk_full,
     user_folder,
 )
-from edown.geotiff import GDAL_CACHE_BYTES, GTIFF_ONLY
+from edown.geotiff import GTIFF_ONLY
 from edown.grid import Transform, offset_in
 from edown.manifest import Manifest, config_to_dict, load_manifest
 from edown.outputs import stack_path, store_temporary
@@ -99,6 +99,12 @@ def write_time_slice(task: SliceTask) -> dict[str, float]:
     return write_slice(zarr.open_array(task.store, path="data", mode="r+"), task)
 
 
+#: GDAL's block cache while a time step is read, in bytes (rasterio hands the value to GDAL in bytes):
+#: next to nothing. Each chunk's window is read once, so a cache only holds memory: 128 MiB of it took
+#: the threads backend from 260 to 347 MiB peak for 12% more throughput (bench/stack.py, 25 images).
+READ_CACHE_BYTES = 64
+
+
 def write_slice(array: Any, task: SliceTask) -> dict[str, float]:
     """Write one time step into ``array`` (``data`` of any Zarr store): whole chunks, each composed from
     the sources it overlaps."""
@@ -108,7 +114,7 @@ def write_slice(array: Any, task: SliceTask) -> dict[str, float]:
     started = time.monotonic()
     written = 0
     fill = np.array(task.nodata, dtype=task.dtype)
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), contextlib.ExitStack() as stack:
+    with rasterio.Env(GDAL_CACHEMAX=READ_CACHE_BYTES), contextlib.ExitStack() as stack:
         sources = [
             (stack.enter_context(rasterio.open(path, driver=GTIFF_ONLY)), dc, dr)
             for path, dc, dr in task.sources
