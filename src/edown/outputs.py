@@ -32,7 +32,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
@@ -91,6 +91,15 @@ def partial_dir(tiff: Path) -> Path:
 class StoredChunk:
     window: Window
     path: Path
+
+
+def read_npy_header(stream: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """``(shape, fortran_order, dtype)`` of the NPY header at ``stream``'s position, which is left at the
+    first data byte; ``ValueError``/``EOFError`` when it is not one (or is cut short)."""
+    version = np.lib.format.read_magic(stream)
+    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = reader(stream)
+    return tuple(shape), bool(fortran_order), dtype
 
 
 class PendingChunk:

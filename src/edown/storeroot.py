@@ -55,7 +55,7 @@ import numpy as np
 from edown._version import __version__
 from edown.errors import OutputLockedError
 from edown.grid import Window
-from edown.outputs import ChunkStore, PendingChunk, StoredChunk
+from edown.outputs import ChunkStore, PendingChunk, StoredChunk, read_npy_header
 from edown.rootstate import MARKER_SCHEMA
 from edown.stores import ObjectStore, Store, StoreURL
 
@@ -364,17 +364,11 @@ class ObjectChunkStore(ChunkStore):
     def _usable(self, name: str, size: int, shape: tuple[int, int, int], dtype: np.dtype[Any]) -> bool:
         try:
             head = io.BytesIO(self.store.read_range(self._key(name), 0, min(size, HEADER_BYTES)))
-            version = np.lib.format.read_magic(head)
-            reader = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            found_shape, _, found_dtype = reader(head)
+            found_shape, _, found_dtype = read_npy_header(head)
         except (ValueError, EOFError, OSError):
             return False
         expected = head.tell() + int(np.prod(shape)) * dtype.itemsize
-        return tuple(found_shape) == shape and found_dtype == dtype and size == expected
+        return found_shape == shape and found_dtype == dtype and size == expected
 
     def load(self, chunk: StoredChunk) -> np.ndarray:
         if not chunk.path.exists():

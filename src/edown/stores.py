@@ -174,6 +174,15 @@ class Store(Protocol):
     def delete(self, key: str) -> None: ...
 
 
+def key_parts(key: str) -> list[str]:
+    """The path segments of a store key, refusing one that would leave the store (``.`` or ``..``):
+    keys may come from listings and manifests, which edown does not control."""
+    parts = [p for p in key.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise ValueError(f"key {key!r} leaves the store")
+    return parts
+
+
 class LocalStore:
     """A folder as a :class:`Store` (writes through a temporary file and a rename, as edown's local outputs
     always are)."""
@@ -186,10 +195,7 @@ class LocalStore:
         return str(self.root)
 
     def _path(self, key: str) -> Path:
-        parts = [p for p in key.split("/") if p]
-        if any(p in (".", "..") for p in parts):
-            raise ValueError(f"key {key!r} leaves the store")
-        return self.root.joinpath(*parts)
+        return self.root.joinpath(*key_parts(key))
 
     def read_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
@@ -334,10 +340,7 @@ class ObjectStore:
         return str(self.root)
 
     def _path(self, key: str) -> str:
-        parts = [p for p in key.split("/") if p]
-        if any(p in (".", "..") for p in parts):
-            raise ValueError(f"key {key!r} leaves the store")
-        return "/".join([self.root.bucket, *([self.root.key] if self.root.key else []), *parts])
+        return "/".join([self.root.bucket, *([self.root.key] if self.root.key else []), *key_parts(key)])
 
     def _key(self, path: str) -> str:
         prefix = self._path("") + "/"

@@ -25,7 +25,7 @@ from edown.clouds import IDENTITY_TAG
 from edown.errors import EarthEngineError, is_disk_full
 from edown.geotiff import write_geotiff
 from edown.grid import Window
-from edown.outputs import ChunkStore, StoredChunk, covered_by, sidecar_path
+from edown.outputs import ChunkStore, StoredChunk, covered_by, read_npy_header, sidecar_path
 from edown.progress import Counters
 from edown.records import utc_iso
 from edown.rootstate import atomic_write_text
@@ -109,13 +109,7 @@ class ChunkSink:
         head = bytes(self._buffer[:MAX_HEADER])
         try:
             stream = io.BytesIO(head)
-            version = np.lib.format.read_magic(stream)
-            reader = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran_order, records = reader(stream)
+            shape, fortran_order, records = read_npy_header(stream)
         except (ValueError, EOFError, OSError) as exc:
             if not final and len(self._buffer) < MAX_HEADER:
                 return False  # wait for more bytes
@@ -123,9 +117,9 @@ class ChunkSink:
                 f"truncated or corrupt NPY response ({self.received} bytes): {exc}", transient=True
             ) from None
         window = self.window
-        if tuple(shape) != (window.height, window.width) or records.names is None:
+        if shape != (window.height, window.width) or records.names is None:
             raise EarthEngineError(
-                f"NPY response has shape {tuple(shape)}, expected {(window.height, window.width)}",
+                f"NPY response has shape {shape}, expected {(window.height, window.width)}",
                 transient=True,
             )
         missing = [n for n in self.names if n not in records.names]
@@ -139,7 +133,7 @@ class ChunkSink:
         self._records = records
         # Earth Engine sends C order, converted row block by row block; a Fortran-ordered body is valid
         # NPY too, but column-major, so it is converted whole when complete.
-        self._fortran = bool(fortran_order) and window.height > 1 and window.width > 1
+        self._fortran = fortran_order and window.height > 1 and window.width > 1
         del self._buffer[: stream.tell()]
         handle = self._pending.handle
         np.lib.format.write_array_header_1_0(
