@@ -16,6 +16,7 @@ from edown.plan import (
     Area,
     CostLearner,
     CostModel,
+    fewest_worth_it,
     plan_requests,
     replan,
     resume_plan,
@@ -56,8 +57,15 @@ def brute_force(area: Area, model: CostModel, max_pieces: int) -> tuple[float, i
         if any(area.counted_bytes(w) > LIMIT for w in chunks):
             continue
         scores.append((model.makespan([area.body_bytes(w) for w in chunks]), len(chunks)))
-    fastest = min(t for t, _ in scores)
-    return min(((t, n) for t, n in scores if t <= fastest * (1 + WORTH_IT)), key=lambda s: (s[1], s[0]))
+    return scores[fewest_worth_it(scores)]
+
+
+def test_more_requests_must_be_worth_it() -> None:
+    # Within WORTH_IT (1%) of the fastest, the fewest requests win; beyond it, the faster cut does.
+    assert WORTH_IT == 0.01
+    assert fewest_worth_it([(1.000, 16), (1.009, 8), (1.02, 4)]) == 1
+    assert fewest_worth_it([(1.000, 16), (1.011, 8)]) == 0
+    assert fewest_worth_it([(1.005, 8), (1.004, 8), (1.000, 16)]) == 1  # equal counts: the faster
 
 
 def test_makespan_is_the_paced_wave_formula_for_equal_requests() -> None:

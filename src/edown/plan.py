@@ -227,8 +227,7 @@ def plan_requests(
         makespan = model.makespan(sizes)
         fastest = min(fastest, makespan)
         scores.append((makespan, len(sizes), target))
-    chosen = fewest_worth_it([(t, n) for t, n, _ in scores])
-    target = next(tgt for t, n, tgt in scores if (t, n) == chosen)
+    target = scores[fewest_worth_it([(t, n) for t, n, _ in scores])][2]
     return {
         key: split_window(area.window, _pieces_for(area, floors[key], target), tile)
         for key, area in areas.items()
@@ -240,11 +239,12 @@ def plan_requests(
 WORTH_IT = 0.01
 
 
-def fewest_worth_it(scores: Sequence[tuple[float, int]]) -> tuple[float, int]:
-    """Of ``(makespan, requests)`` scores, the one with the fewest requests among those within
-    :data:`WORTH_IT` of the fastest (then the faster of those)."""
+def fewest_worth_it(scores: Sequence[tuple[float, int]]) -> int:
+    """Of ``(makespan, requests)`` scores, the index of the one with the fewest requests among those
+    within :data:`WORTH_IT` of the fastest (then the faster of those)."""
     fastest = min(t for t, _ in scores)
-    return min(((t, n) for t, n in scores if t <= fastest * (1 + WORTH_IT)), key=lambda s: (s[1], s[0]))
+    worth_it = [i for i, (t, _) in enumerate(scores) if t <= fastest * (1 + WORTH_IT)]
+    return min(worth_it, key=lambda i: (scores[i][1], scores[i][0]))
 
 
 def _pieces_for(area: Area, floor: int, target: float) -> int:
